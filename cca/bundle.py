@@ -1,0 +1,65 @@
+"""A trained model bundle on disk: the classifier plus everything needed to reproduce a decision.
+
+``CCA_HOME/models/<version>/`` holds ``classifier.joblib`` and ``bundle.json`` (label set,
+department map, embedding model id, rules version, thresholds, data hash, metrics);
+``CCA_HOME/models/CURRENT`` names the version the cascade loads.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import joblib
+
+from cca.classifier import EnsembleClassifier
+from cca.errors import StateError
+
+
+@dataclass
+class BundleInfo:
+    version: str
+    created_at: str
+    data_hash: str
+    n_train: int
+    labels: list[str]
+    departments: dict[str, str]
+    embedding_model_id: str
+    rules_version: str
+    classifier_threshold: float
+    temperature: float
+    params: dict
+    metrics: dict = field(default_factory=dict)
+
+
+@dataclass
+class ModelBundle:
+    info: BundleInfo
+    classifier: EnsembleClassifier
+
+    def save(self, models_dir: Path, make_current: bool = True) -> Path:
+        target = models_dir / self.info.version
+        target.mkdir(parents=True, exist_ok=True)
+        joblib.dump(self.classifier, target / "classifier.joblib", compress=3)
+        (target / "bundle.json").write_text(json.dumps(asdict(self.info), indent=2))
+        if make_current:
+            tmp = models_dir / "CURRENT.tmp"
+            tmp.write_text(self.info.version)
+            tmp.replace(models_dir / "CURRENT")
+        return target
+
+
+def load_bundle(models_dir: Path, version: str | None = None) -> ModelBundle:
+    if version is None:
+        pointer = models_dir / "CURRENT"
+        if not pointer.exists():
+            raise StateError(f"no trained model under {models_dir}: run `cca train` first")
+        version = pointer.read_text().strip()
+    target = models_dir / version
+    try:
+        info = BundleInfo(**json.loads((target / "bundle.json").read_text()))
+        classifier = joblib.load(target / "classifier.joblib")
+    except FileNotFoundError as exc:
+        raise StateError(f"model bundle {target} is incomplete: {exc.filename} missing") from exc
+    return ModelBundle(info=info, classifier=classifier)

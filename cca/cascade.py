@@ -1,0 +1,173 @@
+"""The cascade: rules, vector cache, classifier, LLM, then human review.
+
+Each stage runs only on the tickets every cheaper stage passed on, and every answer carries
+the stage, confidence, neighbours, per-stage timings, model version and cost.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import numpy as np
+
+from cca.bundle import ModelBundle, load_bundle
+from cca.embeddings import Embedder, get_embedder
+from cca.errors import StateError
+from cca.llm_stage import DisabledLLMStage, LLMStage
+from cca.settings import Settings
+from cca.store import Database
+from cca.store.vectors import nearest, track_records
+from cca.tickets import Decision, Neighbour, Ticket
+from cca.vector_cache import CachePolicy, decide
+from rules import RuleSet, load_rules
+
+
+@dataclass
+class _Work:
+    ticket: Ticket
+    timings: dict[str, float]
+    urgency: str = "normal"
+    sla_breach: bool = False
+    neighbours: list[Neighbour] = field(default_factory=list)
+    vector: np.ndarray | None = None
+    top_classes: list[tuple[str, float]] = field(default_factory=list)
+    decision: Decision | None = None
+
+
+class Cascade:
+    def __init__(
+        self,
+        settings: Settings,
+        db: Database,
+        bundle: ModelBundle,
+        rules: RuleSet,
+        embedder: Embedder,
+        llm: LLMStage | None = None,
+    ) -> None:
+        if embedder.model_id != bundle.info.embedding_model_id:
+            raise StateError(
+                f"model {bundle.info.version} was trained on {bundle.info.embedding_model_id} "
+                f"embeddings but the configured embedder is {embedder.model_id}"
+            )
+        self.settings, self.db, self.bundle = settings, db, bundle
+        self.rules, self.embedder = rules, embedder
+        self.llm = llm or DisabledLLMStage()
+        self.policy = CachePolicy.from_settings(settings)
+        self.threshold = bundle.info.classifier_threshold
+        self.version = (
+            f"{bundle.info.version}+rules.{rules.version}+{embedder.model_id}"
+        )
+        self.refresh_track_records()
+
+    @classmethod
+    def load(cls, settings: Settings, db: Database, llm: LLMStage | None = None) -> Cascade:
+        bundle = load_bundle(settings.models_dir)
+        return cls(settings, db, bundle, load_rules(settings.rules_path),
+                   get_embedder(settings), llm)
+
+    def refresh_track_records(self) -> None:
+        with self.db.begin() as conn:
+            self.records = track_records(conn, self.embedder.model_id)
+
+    def _decision(self, w: _Work, stage: str, label: str | None, confidence: float,
+                  **extra: object) -> Decision:
+        return Decision(
+            ticket_id=w.ticket.id, label=label,
+            department=self.bundle.info.departments.get(label, label) if label else None,
+            urgency=w.urgency, sla_breach=w.sla_breach, confidence=round(float(confidence), 4),
+            stage=stage, neighbours=w.neighbours, timings_ms=w.timings,
+            model_version=self.version, **extra,
+        )
+
+    def classify(self, ticket: Ticket, now: datetime | None = None) -> Decision:
+        return self.classify_batch([ticket], now=now)[0]
+
+    def classify_batch(self, tickets: list[Ticket], now: datetime | None = None) -> list[Decision]:
+        work = [_Work(ticket=t, timings={}) for t in tickets]
+        self._rules(work, now)
+        pending = [w for w in work if w.decision is None]
+        if pending:
+            cost = self._embed_and_search(pending)
+            rest = [w for w in pending if w.decision is None]
+            if rest:
+                self._classifier(rest)
+            self._llm_or_review([w for w in rest if w.decision is None])
+            for w in pending:
+                assert w.decision is not None
+                w.decision.cost_usd += cost / len(pending)
+        return [w.decision for w in work if w.decision is not None]
+
+    def _rules(self, work: list[_Work], now: datetime | None) -> None:
+        for w in work:
+            t0 = time.perf_counter()
+            hit = self.rules.apply(w.ticket, now=now)
+            w.urgency, w.sla_breach = hit.urgency, hit.sla_breach
+            w.timings["rules"] = (time.perf_counter() - t0) * 1000
+            if hit.label and hit.confidence >= self.settings.rules_min_confidence:
+                w.decision = self._decision(w, "rules", hit.label, hit.confidence,
+                                            rule_id=hit.rule_id,
+                                            reason=f"rule {hit.rule_id} matched")
+
+    def _embed_and_search(self, todo: list[_Work]) -> float:
+        """Embed once per batch and query pgvector once per batch; returns the embedding cost."""
+        texts = [w.ticket.text for w in todo]
+        t0 = time.perf_counter()
+        vectors = self.embedder.embed(texts)
+        cost = 0.0
+        if self.embedder.cost_per_1k_tokens_usd:
+            cost = self.embedder.count_tokens(texts) / 1000 * self.embedder.cost_per_1k_tokens_usd
+        t1 = time.perf_counter()
+        with self.db.begin() as conn:
+            found = nearest(conn, self.embedder.model_id, vectors, self.settings.cache_top_k)
+        t2 = time.perf_counter()
+        embed_ms, search_ms = (t1 - t0) * 1000 / len(todo), (t2 - t1) * 1000 / len(todo)
+        for w, vector, neighbours in zip(todo, vectors, found, strict=True):
+            w.timings["embed"], w.timings["cache"] = embed_ms, search_ms
+            w.vector, w.neighbours = vector, neighbours
+            answer = decide(neighbours, self.records, self.policy)
+            if answer is not None:
+                w.decision = self._decision(w, "cache", answer.label, answer.confidence,
+                                            reason=answer.reason)
+        return cost
+
+    def _classifier(self, todo: list[_Work]) -> None:
+        t0 = time.perf_counter()
+        clf = self.bundle.classifier
+        vectors = np.vstack([w.vector for w in todo])
+        proba = clf.predict_proba([w.ticket.text for w in todo], vectors)
+        ms = (time.perf_counter() - t0) * 1000 / len(todo)
+        labels = clf.labels
+        for w, p in zip(todo, proba, strict=True):
+            w.timings["classifier"] = ms
+            top = np.argsort(-p)[:3]
+            w.top_classes = [(labels[i], round(float(p[i]), 4)) for i in top]
+            if p[top[0]] >= self.threshold:
+                w.decision = self._decision(
+                    w, "classifier", labels[top[0]], p[top[0]], top_classes=w.top_classes,
+                    reason=f"calibrated probability {p[top[0]]:.3f} >= {self.threshold:.3f}",
+                )
+
+    def _llm_or_review(self, todo: list[_Work]) -> None:
+        labels = self.bundle.info.labels
+        for w in todo:
+            t0 = time.perf_counter()
+            answer = self.llm.classify(w.ticket, w.neighbours or [], labels)
+            w.timings["llm"] = (time.perf_counter() - t0) * 1000
+            top_classes = w.top_classes
+            if (answer is not None and answer.label in labels
+                    and answer.confidence >= self.settings.llm_min_confidence):
+                w.decision = self._decision(w, "llm", answer.label, answer.confidence,
+                                            top_classes=top_classes, reason=answer.explanation,
+                                            cost_usd=answer.cost_usd)
+                continue
+            best = top_classes[0][1] if top_classes else 0.0
+            why = ("LLM stage abstained" if answer is None
+                   else f"LLM answer {answer.label!r} not accepted")
+            w.decision = self._decision(
+                w, "review", None, best, top_classes=top_classes,
+                cost_usd=answer.cost_usd if answer else 0.0,
+                reason=f"no stage confident enough (classifier {best:.3f} < "
+                f"{self.threshold:.3f}); {why}",
+            )

@@ -1,0 +1,1 @@
+"""The ``cca`` command line."""

@@ -1,0 +1,59 @@
+"""The ``cca`` entry point: every command, and a one-line error instead of a traceback."""
+
+from __future__ import annotations
+
+import typer
+
+from cca.cli import data, main_job, model, rules_cmd
+from cca.cli.common import console, run_app, settings
+
+app = typer.Typer(
+    name="cca",
+    help="Call Centre Agent: classify and route service-desk tickets through a cheap cascade.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+db_app = typer.Typer(help="The embedded PostgreSQL server under CCA_HOME.", no_args_is_help=True)
+
+app.command("run")(main_job.run_cmd)
+app.command("import")(data.import_cmd)
+app.command("index")(data.index_cmd)
+app.command("train")(model.train_cmd)
+app.command("classify")(model.classify_cmd)
+app.command("evaluate")(model.evaluate_cmd)
+app.command("feedback")(model.feedback_cmd)
+app.add_typer(rules_cmd.app, name="rules")
+app.add_typer(db_app, name="db")
+
+
+@db_app.command("start")
+def db_start() -> None:
+    """Start the embedded server and leave it running (later commands reuse it)."""
+    from cca.store.server import start_embedded
+
+    console.print(start_embedded(settings()))
+
+
+@db_app.command("stop")
+def db_stop() -> None:
+    """Stop the embedded server if it is running."""
+    from cca.store.server import stop_embedded
+
+    console.print(stop_embedded(settings()))
+
+
+@db_app.command("status")
+def db_status() -> None:
+    """Say where the database is and whether it is up."""
+    from cca.store.server import status
+
+    console.print(status(settings()))
+
+
+def run() -> None:
+    run_app(app)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,144 @@
+"""``cca train``, ``classify``, ``evaluate`` and ``feedback``: the model's life in commands."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cca.cascade import Cascade
+from cca.cli.common import console, database, print_json, progress_bar, settings
+from cca.cli.data import LabelCol, TextCol, do_import, do_index
+from cca.departments import load_department_map
+from cca.embeddings import get_embedder
+from cca.errors import InputError
+from cca.feedback import apply_feedback
+from cca.store import Database
+from cca.store.audit import append_decisions
+from cca.store.tickets_repo import upsert_tickets
+from cca.tickets import Ticket
+from pipelines.evaluate import evaluate, write_predictions
+from pipelines.read_tickets import Columns, read_ticket_file
+from training.train_classifier import TrainReport, train_from_store
+
+
+def do_train(db: Database) -> TrainReport:
+    s = settings()
+    dept = load_department_map(s.department_map).mapping
+    with db.begin() as conn:
+        import sqlalchemy as sa
+
+        stored = dict(conn.execute(sa.text(
+            "SELECT DISTINCT label, department FROM ticket_labels WHERE validated")).all())
+    _, report = train_from_store(s, db, get_embedder(s), {**stored, **dept},
+                                 progress=lambda msg: console.print(f"train: {msg}"))
+    console.print(
+        f"trained {report.version}: holdout accuracy {report.holdout_accuracy:.4f}, "
+        f"macro-F1 {report.holdout_macro_f1:.4f}, review threshold {report.threshold:.3f} "
+        f"({report.fit_seconds}s)"
+    )
+    return report
+
+
+def do_evaluate(db: Database, path: Path, cols: Columns, json_out: Path | None,
+                predictions: Path | None) -> dict:
+    s = settings()
+    parsed = read_ticket_file(path, cols, max_chars=s.max_text_chars, collapse_duplicates=False)
+    if parsed.rejects:
+        first = parsed.rejects[0]
+        raise InputError(f"{path}: line {first.line}: {first.reason}; "
+                         f"{len(parsed.rejects)} record(s) cannot be evaluated")
+    tickets = parsed.tickets
+    truths = [parsed.labels[t.id] for t in tickets]
+    cascade = Cascade.load(s, db)
+    with progress_bar("evaluating", total=len(tickets)) as advance:
+        report, decisions = evaluate(cascade, tickets, truths, progress=advance)
+    report["data"] = str(path)
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(report, indent=2))
+    if predictions:
+        write_predictions(predictions, tickets, truths, decisions)
+    return report
+
+
+def train_cmd(
+    data: Annotated[Path | None, typer.Option(help="Import this file first.")] = None,
+    text_col: TextCol = "text",
+    label_col: LabelCol = "label",
+    departments: Annotated[Path | None, typer.Option(help="Department map YAML.")] = None,
+) -> None:
+    """Train, calibrate and save the classifier from every validated label in the store."""
+    with database() as db:
+        if data:
+            do_import(db, data, Columns(text=text_col, label=label_col), None, departments)
+            do_index(db)
+        do_train(db)
+
+
+def classify_cmd(
+    text: Annotated[str | None, typer.Argument(help="Ticket text.")] = None,
+    file: Annotated[Path | None, typer.Option(help="CSV/JSONL of tickets instead.")] = None,
+    text_col: TextCol = "text",
+    as_json: Annotated[bool, typer.Option("--json", help="Print full decisions as JSON.")] = False,
+) -> None:
+    """Classify and route tickets; each decision is stored and audited."""
+    s = settings()
+    if (text is None) == (file is None):
+        raise InputError("give either a ticket text or --file, not both or neither")
+    if file:
+        parsed = read_ticket_file(file, Columns(text=text_col), source="cli",
+                                  max_chars=s.max_text_chars)
+        if parsed.rejects:
+            r = parsed.rejects[0]
+            raise InputError(f"{file}: line {r.line}: {r.reason}; nothing classified")
+        tickets = parsed.tickets
+    else:
+        assert text is not None
+        if not text.strip():
+            raise InputError("ticket text is empty")
+        if len(text) > s.max_text_chars:
+            raise InputError(f"ticket text is {len(text)} characters (limit {s.max_text_chars})")
+        tickets = [Ticket(id=Ticket.new_id(), source="cli", body=text)]
+    with database() as db:
+        cascade = Cascade.load(s, db)
+        decisions = cascade.classify_batch(tickets)
+        with db.begin() as conn:
+            upsert_tickets(conn, tickets)
+            append_decisions(conn, list(zip(tickets, decisions, strict=True)))
+    for d in decisions:
+        if as_json:
+            print_json(d.model_dump())
+        else:
+            label = d.label or "NEEDS HUMAN REVIEW"
+            typer.echo(f"{d.ticket_id}\t{label}\t{d.department or '-'}\turgency={d.urgency}\t"
+                       f"stage={d.stage}\tconfidence={d.confidence:.3f}")
+
+
+def evaluate_cmd(
+    data: Annotated[Path, typer.Option(help="Labelled CSV/JSONL to evaluate on.")],
+    text_col: TextCol = "text",
+    label_col: LabelCol = "label",
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the report here.")] = None,
+    predictions: Annotated[Path | None, typer.Option(help="Write per-ticket JSONL here.")] = None,
+) -> None:
+    """Run the cascade on labelled tickets and report accuracy, coverage, speed and cost."""
+    if not label_col:
+        raise InputError("--label-col is required for evaluation")
+    with database() as db:
+        report = do_evaluate(db, data, Columns(text=text_col, label=label_col), json_out,
+                             predictions)
+    print_json(report)
+
+
+def feedback_cmd(
+    ticket_id: Annotated[str, typer.Argument(help="A ticket the store holds.")],
+    label: Annotated[str, typer.Argument(help="The validated label.")],
+) -> None:
+    """Record a validated label: stored, indexed, and counted in the cache's track record."""
+    s = settings()
+    with database() as db:
+        result = apply_feedback(s, db, ticket_id, label)
+    console.print(result)

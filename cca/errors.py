@@ -1,0 +1,28 @@
+"""Errors a user can act on: the CLI prints them as one line, never a traceback."""
+
+
+class CCAError(Exception):
+    """A problem with input, configuration or state that the user can fix."""
+
+    exit_code = 2
+
+
+class InputError(CCAError):
+    """A file, record or argument that cannot be accepted as given."""
+
+
+class ConfigError(CCAError):
+    """A settings value, rule file or department map that is invalid."""
+
+
+class StateError(CCAError):
+    """The store or model is not in the state the command needs (e.g. no model trained yet)."""
+
+    exit_code = 3
+
+
+def describe_yaml_error(exc: Exception) -> str:
+    """'line N: problem' from a PyYAML error, without its multi-line context dump."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    return f"line {mark.line + 1}: {problem}" if mark else str(problem)

@@ -1,0 +1,53 @@
+"""Validated labels flow back: stored, added to the vector cache, and scored against the cache.
+
+This is the continuous-learning loop: a cache answer that a person confirms (or corrects)
+moves that label's track record, which decides whether the cache may reuse it again.
+"""
+
+from __future__ import annotations
+
+from cca.bundle import load_bundle
+from cca.embeddings import get_embedder
+from cca.errors import InputError
+from cca.settings import Settings
+from cca.store import Database
+from cca.store.audit import last_decision
+from cca.store.tickets_repo import get_ticket, set_labels
+from cca.store.vectors import VectorRow, record_feedback, upsert_vectors
+
+
+def apply_feedback(settings: Settings, db: Database, ticket_id: str, label: str) -> str:
+    bundle = load_bundle(settings.models_dir)
+    label = label.strip()
+    if label not in bundle.info.labels:
+        sample = ", ".join(bundle.info.labels[:5])
+        raise InputError(
+            f"unknown label {label!r}: not in the label set of model {bundle.info.version} "
+            f"({len(bundle.info.labels)} labels, e.g. {sample})"
+        )
+    department = bundle.info.departments.get(label, label)
+    with db.begin() as conn:
+        ticket = get_ticket(conn, ticket_id)
+    if ticket is None:
+        raise InputError(f"no ticket {ticket_id!r} in the store")
+    embedder = get_embedder(settings)
+    vector = embedder.embed([ticket.text])
+    with db.begin() as conn:
+        set_labels(conn, {ticket_id: (label, department)}, origin="feedback")
+        upsert_vectors(
+            conn, embedder.model_id,
+            [VectorRow(ticket_id=ticket.id, content_hash=ticket.content_hash(), label=label,
+                       department=department, source=ticket.source, validated=True,
+                       created_at=ticket.created_at)],
+            vector,
+        )
+        last = last_decision(conn, ticket_id)
+        verdict = "no earlier decision"
+        if last is not None:
+            if last["stage"] == "cache" and last["label"]:
+                confirmed = last["label"] == label
+                record_feedback(conn, embedder.model_id, last["label"], confirmed)
+                verdict = f"cache answer {'confirmed' if confirmed else 'corrected'}"
+            else:
+                verdict = f"earlier answer by {last['stage']}: {last['label'] or 'review'}"
+    return f"ticket {ticket_id} labelled {label} ({department}); {verdict}; added to the index"

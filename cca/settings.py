@@ -1,0 +1,85 @@
+"""The one place configuration comes from: environment variables prefixed ``CCA_``.
+
+All state lives under ``CCA_HOME`` so two homes never share a database, model or cache.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CCA_", env_file=None, extra="ignore")
+
+    home: Path = Field(default=Path(".cca"), description="Root of all local state.")
+    database_url: str | None = Field(
+        default=None,
+        description="PostgreSQL with pgvector; unset = embedded server under CCA_HOME/pg.",
+    )
+    database_name: str = "cca"
+
+    # Data
+    banking77_dir: Path = PROJECT_ROOT.parent / "shared" / "datasets" / "banking77"
+    banking77_url: str = (
+        "https://raw.githubusercontent.com/PolyAI-LDN/task-specific-datasets/master/banking_data"
+    )
+    department_map: Path | None = None
+    rules_path: Path = PROJECT_ROOT / "rules" / "banking.yaml"
+    max_text_chars: int = 20_000
+
+    # Embeddings
+    embedding_provider: Literal["onnx-minilm", "openai"] = "onnx-minilm"
+    embedding_model: str = "text-embedding-3-small"
+    embedding_batch_size: int = 64
+    embedding_max_tokens: int = 128
+    embedding_threads: int = 2
+    embedding_cost_per_1k_tokens_usd: float = 0.0
+    openai_base_url: str | None = None
+    openai_api_key: SecretStr | None = None
+    openai_timeout_s: float = 10.0
+
+    # Vector cache
+    cache_top_k: int = 5
+    cache_min_similarity: float = 0.92
+    cache_min_track_record: float = 0.85
+    cache_topk_agree: int = 3
+    cache_topk_min_confidence: float = 0.85
+    cache_track_record_prior: float = 2.0
+    cache_min_class_support: int = 20
+
+    # Classifier and cascade
+    rules_min_confidence: float = 0.9
+    classifier_min_confidence: float = 0.5
+    classifier_target_precision: float = 0.98
+    llm_min_confidence: float = 0.7
+    train_holdout_fraction: float = 0.15
+    random_seed: int = 13
+
+    @field_validator("home")
+    @classmethod
+    def _absolute_home(cls, v: Path) -> Path:
+        return v.expanduser().resolve()
+
+    @property
+    def models_dir(self) -> Path:
+        return self.home / "models"
+
+    @property
+    def pgdata(self) -> Path:
+        return self.home / "pg"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.home / "reports"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,70 @@
+"""The append-only decision log: which stage answered, how sure, with which model, at what cost.
+
+The table refuses UPDATE, DELETE and TRUNCATE in the database itself (migration 0001).
+Only a hash of the ticket text is kept here, never the text.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from cca.tickets import Decision, Ticket
+
+
+def text_hash(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def append_decisions(conn: Connection, pairs: list[tuple[Ticket, Decision]]) -> None:
+    if not pairs:
+        return
+    conn.execute(
+        sa.text(
+            """
+            INSERT INTO decisions (ticket_id, text_hash, stage, label, department, urgency,
+                                   confidence, model_version, cost_usd, latency_ms, details)
+            VALUES (:ticket_id, :text_hash, :stage, :label, :department, :urgency,
+                    :confidence, :model_version, :cost_usd, :latency_ms, CAST(:details AS jsonb))
+            """
+        ),
+        [
+            {
+                "ticket_id": d.ticket_id,
+                "text_hash": text_hash(t.text),
+                "stage": d.stage,
+                "label": d.label,
+                "department": d.department,
+                "urgency": d.urgency,
+                "confidence": d.confidence,
+                "model_version": d.model_version,
+                "cost_usd": d.cost_usd,
+                "latency_ms": sum(d.timings_ms.values()),
+                "details": json.dumps(
+                    {
+                        "rule_id": d.rule_id,
+                        "sla_breach": d.sla_breach,
+                        "neighbours": [n.model_dump() for n in d.neighbours],
+                        "top_classes": d.top_classes,
+                        "timings_ms": d.timings_ms,
+                        "reason": d.reason,
+                    }
+                ),
+            }
+            for t, d in pairs
+        ],
+    )
+
+
+def last_decision(conn: Connection, ticket_id: str) -> dict | None:
+    row = conn.execute(
+        sa.text(
+            "SELECT stage, label, model_version, details FROM decisions "
+            "WHERE ticket_id = :t ORDER BY decided_at DESC, id DESC LIMIT 1"
+        ),
+        {"t": ticket_id},
+    ).mappings().first()
+    return dict(row) if row else None

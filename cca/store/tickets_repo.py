@@ -1,0 +1,145 @@
+"""Tickets and their validated labels: idempotent by ticket id, written in one transaction."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from cca.tickets import Ticket
+
+
+@dataclass
+class UpsertCounts:
+    inserted: int = 0
+    updated: int = 0
+    unchanged: int = 0
+
+
+_UPSERT_TICKET = sa.text(
+    """
+    INSERT INTO tickets (id, source, subject, body, customer_ref, created_at, priority,
+                         metadata, content_hash)
+    VALUES (:id, :source, :subject, :body, :customer_ref, :created_at, :priority,
+            CAST(:metadata AS jsonb), :content_hash)
+    ON CONFLICT (id) DO UPDATE SET
+        source = EXCLUDED.source, subject = EXCLUDED.subject, body = EXCLUDED.body,
+        customer_ref = EXCLUDED.customer_ref, created_at = EXCLUDED.created_at,
+        priority = EXCLUDED.priority, metadata = EXCLUDED.metadata,
+        content_hash = EXCLUDED.content_hash, updated_at = now()
+    """
+)
+
+_UPSERT_LABEL = sa.text(
+    """
+    INSERT INTO ticket_labels (ticket_id, label, department, validated, origin)
+    VALUES (:ticket_id, :label, :department, :validated, :origin)
+    ON CONFLICT (ticket_id) DO UPDATE SET
+        label = EXCLUDED.label, department = EXCLUDED.department,
+        validated = EXCLUDED.validated, origin = EXCLUDED.origin, labelled_at = now()
+    WHERE (ticket_labels.label, ticket_labels.department, ticket_labels.validated)
+          IS DISTINCT FROM (EXCLUDED.label, EXCLUDED.department, EXCLUDED.validated)
+    """
+)
+
+
+def upsert_tickets(
+    conn: Connection,
+    tickets: list[Ticket],
+    labels: dict[str, tuple[str, str]] | None = None,
+    origin: str = "import",
+) -> UpsertCounts:
+    """Insert new tickets, update changed ones, leave identical ones alone.
+
+    ``labels`` maps ticket id to (label, department) for validated labels.
+    """
+    counts = UpsertCounts()
+    if not tickets:
+        return counts
+    existing = dict(
+        conn.execute(
+            sa.text("SELECT id, content_hash FROM tickets WHERE id = ANY(:ids)"),
+            {"ids": [t.id for t in tickets]},
+        ).all()
+    )
+    rows = []
+    for t in tickets:
+        digest = t.content_hash()
+        if t.id not in existing:
+            counts.inserted += 1
+        elif existing[t.id] != digest:
+            counts.updated += 1
+        else:
+            counts.unchanged += 1
+            continue
+        rows.append(
+            {
+                "id": t.id,
+                "source": t.source,
+                "subject": t.subject,
+                "body": t.body,
+                "customer_ref": t.customer_ref,
+                "created_at": t.created_at,
+                "priority": t.priority,
+                "metadata": json.dumps(t.metadata),
+                "content_hash": digest,
+            }
+        )
+    if rows:
+        conn.execute(_UPSERT_TICKET, rows)
+    if labels:
+        set_labels(conn, labels, origin=origin)
+    return counts
+
+
+def set_labels(
+    conn: Connection, labels: dict[str, tuple[str, str]], origin: str, validated: bool = True
+) -> None:
+    conn.execute(
+        _UPSERT_LABEL,
+        [
+            {"ticket_id": tid, "label": lab, "department": dep, "validated": validated,
+             "origin": origin}
+            for tid, (lab, dep) in labels.items()
+        ],
+    )
+
+
+def labelled_tickets(conn: Connection, source: str | None = None) -> list[tuple[Ticket, str]]:
+    """Every ticket with a validated label, oldest first (the training set)."""
+    query = """
+        SELECT t.id, t.source, t.subject, t.body, t.customer_ref, t.created_at, t.priority,
+               t.metadata, l.label
+        FROM tickets t JOIN ticket_labels l ON l.ticket_id = t.id
+        WHERE l.validated AND (CAST(:source AS text) IS NULL OR t.source = :source)
+        ORDER BY t.created_at, t.id
+    """
+    out = []
+    for row in conn.execute(sa.text(query), {"source": source}).mappings():
+        ticket = Ticket(
+            id=row["id"], source=row["source"], subject=row["subject"], body=row["body"],
+            customer_ref=row["customer_ref"], created_at=row["created_at"],
+            priority=row["priority"], metadata=row["metadata"],
+        )
+        out.append((ticket, row["label"]))
+    return out
+
+
+def get_ticket(conn: Connection, ticket_id: str) -> Ticket | None:
+    row = conn.execute(
+        sa.text(
+            "SELECT id, source, subject, body, customer_ref, created_at, priority, metadata "
+            "FROM tickets WHERE id = :id"
+        ),
+        {"id": ticket_id},
+    ).mappings().first()
+    return Ticket(**row) if row else None
+
+
+def counts_by_label(conn: Connection) -> dict[str, int]:
+    rows = conn.execute(
+        sa.text("SELECT label, count(*) FROM ticket_labels WHERE validated GROUP BY label")
+    ).all()
+    return {label: n for label, n in rows}

@@ -1,0 +1,113 @@
+"""Measure the cascade on labelled tickets: accuracy, coverage, stage shares, speed, cost.
+
+A review counts as wrong, except for a ticket whose true label is outside the trained label
+set (out of scope): there only a review is right.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from sklearn.metrics import f1_score
+
+from cca.cascade import Cascade
+from cca.tickets import STAGES, Decision, Ticket
+
+REVIEW = "__review__"
+
+
+def _is_correct(decision: Decision, truth: str, known: set[str]) -> bool:
+    if truth not in known:
+        return decision.label is None
+    return decision.label == truth
+
+
+def score(
+    decisions: list[Decision], truths: list[str], known: set[str], departments: dict[str, str]
+) -> dict:
+    """The quality half of the report, from decisions alone (no timing)."""
+    n = len(decisions)
+    correct = np.array([_is_correct(d, t, known) for d, t in zip(decisions, truths, strict=True)])
+    auto = np.array([d.label is not None for d in decisions])
+    dept = np.array([
+        (d.label is None) if t not in known
+        else d.department == departments.get(t, t)
+        for d, t in zip(decisions, truths, strict=True)
+    ])
+    stages = Counter(d.stage for d in decisions)
+    by_stage = {}
+    for stage in STAGES:
+        mask = np.array([d.stage == stage for d in decisions])
+        if mask.any() and stage != "review":
+            by_stage[stage] = round(float(correct[mask].mean()), 4)
+    predicted = [d.label or REVIEW for d in decisions]
+    return {
+        "n": n,
+        "accuracy": round(float(correct.mean()), 4),
+        "macro_f1": round(float(f1_score(truths, predicted, labels=sorted(set(truths)),
+                                         average="macro", zero_division=0)), 4),
+        "department_accuracy": round(float(dept.mean()), 4),
+        "auto_coverage": round(float(auto.mean()), 4),
+        "auto_accuracy": round(float(correct[auto].mean()), 4) if auto.any() else 0.0,
+        "stage_share": {s: round(stages.get(s, 0) / n, 4) for s in STAGES},
+        "stage_accuracy": by_stage,
+        "out_of_scope": int(sum(t not in known for t in truths)),
+        "cost_per_ticket_usd": round(sum(d.cost_usd for d in decisions) / n, 8),
+    }
+
+
+def evaluate(
+    cascade: Cascade,
+    tickets: list[Ticket],
+    truths: list[str],
+    batch_size: int = 256,
+    latency_sample: int = 200,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[dict, list[Decision]]:
+    """Batched run for throughput, then single tickets for honest per-ticket latency."""
+    decisions: list[Decision] = []
+    t0 = time.perf_counter()
+    for start in range(0, len(tickets), batch_size):
+        chunk = tickets[start : start + batch_size]
+        decisions += cascade.classify_batch(chunk)
+        if progress:
+            progress(len(chunk))
+    elapsed = time.perf_counter() - t0
+    step = max(1, len(tickets) // max(latency_sample, 1))
+    latencies = []
+    for ticket in tickets[::step][:latency_sample]:
+        t1 = time.perf_counter()
+        cascade.classify(ticket)
+        latencies.append((time.perf_counter() - t1) * 1000)
+    info = cascade.bundle.info
+    report = score(decisions, truths, set(info.labels), info.departments)
+    lat = np.asarray(latencies) if latencies else np.zeros(1)
+    report.update(
+        {
+            "latency_ms": {p: round(float(np.percentile(lat, q)), 2)
+                           for p, q in (("p50", 50), ("p95", 95), ("p99", 99))},
+            "latency_sample": len(latencies),
+            "throughput_per_s": round(len(tickets) / elapsed, 1),
+            "batch_size": batch_size,
+            "model_version": cascade.version,
+        }
+    )
+    return report, decisions
+
+
+def write_predictions(
+    path: Path, tickets: list[Ticket], truths: list[str], decisions: list[Decision]
+) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as fh:
+        for t, truth, d in zip(tickets, truths, decisions, strict=True):
+            fh.write(json.dumps({
+                "id": t.id, "text": t.text, "label": truth, "predicted": d.label,
+                "department": d.department, "stage": d.stage, "confidence": d.confidence,
+                "urgency": d.urgency, "rule_id": d.rule_id,
+            }) + "\n")

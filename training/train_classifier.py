@@ -1,0 +1,195 @@
+"""Train the classifier stage from validated labels in the store and seed the cache's track record.
+
+Fit on most of the labelled tickets, calibrate and pick the review threshold on a stratified
+holdout, then refit on everything with the same settings: the holdout numbers go into the
+bundle as an honest estimate of the final model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+
+import numpy as np
+from sklearn.metrics import accuracy_score, f1_score
+from sklearn.model_selection import train_test_split
+
+from cca.bundle import BundleInfo, ModelBundle
+from cca.classifier import ClassifierParams, EnsembleClassifier, threshold_for_precision
+from cca.embeddings import Embedder
+from cca.errors import StateError
+from cca.settings import Settings
+from cca.store import Database
+from cca.store.tickets_repo import labelled_tickets
+from cca.store.vectors import nearest, seed_track_record, stored_vectors
+from cca.tickets import Neighbour
+from cca.vector_cache import CachePolicy, decide
+from rules import load_rules
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class TrainReport:
+    version: str
+    n_train: int
+    n_holdout: int
+    labels: int
+    holdout_accuracy: float
+    holdout_macro_f1: float
+    threshold: float
+    holdout_coverage_at_threshold: float
+    temperature: float
+    fit_seconds: float
+    cache_seeded_labels: int
+
+
+def _data_hash(ids: list[str], texts: list[str], labels: list[str]) -> str:
+    h = hashlib.sha256()
+    for tid, text, label in sorted(zip(ids, texts, labels, strict=True)):
+        h.update(f"{tid}\x1f{text}\x1f{label}\x1e".encode())
+    return h.hexdigest()
+
+
+def _embeddings(db: Database, embedder: Embedder, ids: list[str], texts: list[str],
+                hashes: list[str]) -> np.ndarray:
+    """Reuse vectors the index already holds for unchanged text; embed the rest."""
+    with db.begin() as conn:
+        stored = stored_vectors(conn, embedder.model_id)
+    out = np.zeros((len(ids), embedder.dim), dtype=np.float32)
+    missing = []
+    for i, (tid, digest) in enumerate(zip(ids, hashes, strict=True)):
+        hit = stored.get(tid)
+        if hit and hit[0] == digest:
+            out[i] = hit[1]
+        else:
+            missing.append(i)
+    if missing:
+        out[missing] = embedder.embed([texts[i] for i in missing])
+    return out
+
+
+def leave_one_out_neighbours(
+    db: Database, model_id: str, ids: list[str], vectors: np.ndarray, k: int, batch: int = 512
+) -> list[list[Neighbour]]:
+    """Each labelled ticket's nearest *other* labelled tickets, as the cache would see them."""
+    out: list[list[Neighbour]] = []
+    with db.begin() as conn:
+        for start in range(0, len(ids), batch):
+            out += nearest(conn, model_id, vectors[start : start + batch], k=k,
+                           exclude_ids=ids[start : start + batch])
+    return out
+
+
+def track_record_seeds(
+    neighbours: list[list[Neighbour]], labels: list[str], min_similarity: float
+) -> dict[str, tuple[int, int]]:
+    """Per label: how often reusing the nearest other ticket's label would have been right."""
+    seeds: dict[str, list[int]] = {}
+    for truth, found in zip(labels, neighbours, strict=True):
+        if found and found[0].similarity >= min_similarity:
+            counts = seeds.setdefault(found[0].label, [0, 0])
+            counts[0] += 1
+            counts[1] += int(found[0].label == truth)
+    return {label: (r, c) for label, (r, c) in seeds.items()}
+
+
+def train_from_store(
+    settings: Settings,
+    db: Database,
+    embedder: Embedder,
+    departments: dict[str, str],
+    params: ClassifierParams | None = None,
+    progress: Progress | None = None,
+) -> tuple[ModelBundle, TrainReport]:
+    say = progress or (lambda _msg: None)
+    with db.begin() as conn:
+        rows = labelled_tickets(conn)
+    counts = Counter(label for _, label in rows)
+    if len(counts) < 2:
+        raise StateError("training needs validated labels of at least 2 classes: "
+                         "run `cca import FILE --label-col COL` first")
+    ids = [t.id for t, _ in rows]
+    texts = [t.text for t, _ in rows]
+    labels = [label for _, label in rows]
+    say(f"{len(rows)} labelled tickets, {len(counts)} labels")
+    vectors = _embeddings(db, embedder, ids, texts, [t.content_hash() for t, _ in rows])
+
+    say("seeding the cache track record (leave-one-out on the index)")
+    loo = leave_one_out_neighbours(db, embedder.model_id, ids, vectors, settings.cache_top_k)
+    seeds = track_record_seeds(loo, labels, settings.cache_min_similarity)
+    with db.begin() as conn:
+        seed_track_record(conn, embedder.model_id, seeds)
+    rules = load_rules(settings.rules_path)
+    policy = CachePolicy.from_settings(settings)
+
+    stratify = labels if min(counts.values()) >= 2 else None
+    idx_fit, idx_hold = train_test_split(
+        np.arange(len(rows)), test_size=settings.train_holdout_fraction,
+        random_state=settings.random_seed, stratify=stratify,
+    )
+    params = params or ClassifierParams()
+    t0 = time.perf_counter()
+    clf = EnsembleClassifier(params=params)
+    take = lambda idx, seq: [seq[i] for i in idx]  # noqa: E731
+    say(f"fitting on {len(idx_fit)}, holding out {len(idx_hold)}")
+    clf.fit(take(idx_fit, texts), vectors[idx_fit], take(idx_fit, labels))
+    temperature = clf.calibrate(take(idx_hold, texts), vectors[idx_hold], take(idx_hold, labels))
+    proba = clf.predict_proba(take(idx_hold, texts), vectors[idx_hold])
+    y_hold = np.asarray(take(idx_hold, labels))
+    pred = np.asarray(clf.labels)[proba.argmax(axis=1)]
+    conf = proba.max(axis=1)
+    correct = pred == y_hold
+    # The classifier only sees what rules and cache pass on, so its threshold is chosen there.
+    reaches = np.array([
+        not (hit.label and hit.confidence >= settings.rules_min_confidence)
+        and decide(loo[i], seeds, policy) is None
+        for i, hit in ((i, rules.apply(rows[i][0])) for i in idx_hold)
+    ])
+    threshold = threshold_for_precision(conf[reaches], correct[reaches],
+                                        settings.classifier_target_precision)
+    coverage = float((conf[reaches] >= threshold).mean())
+    say(f"holdout accuracy {correct.mean():.4f}; {reaches.mean():.1%} reach the classifier; "
+        f"threshold {threshold:.3f} answers {coverage:.1%} of those")
+
+    say("refitting on all labelled tickets")
+    final = EnsembleClassifier(params=params).fit(texts, vectors, labels)
+    final.temperature = temperature
+    fit_seconds = time.perf_counter() - t0
+
+    data_hash = _data_hash(ids, texts, labels)
+    created = datetime.now(UTC)
+    version = f"clf-{created:%Y%m%dT%H%M%S}-{data_hash[:8]}"
+    info = BundleInfo(
+        version=version,
+        created_at=created.isoformat(),
+        data_hash=data_hash,
+        n_train=len(rows),
+        labels=final.labels,
+        departments={label: departments.get(label, label) for label in final.labels},
+        embedding_model_id=embedder.model_id,
+        rules_version=rules.version,
+        classifier_threshold=threshold,
+        temperature=temperature,
+        params=asdict(params),
+        metrics={
+            "holdout_accuracy": float(correct.mean()),
+            "holdout_macro_f1": float(f1_score(y_hold, pred, average="macro")),
+            "holdout_share_reaching_classifier": float(reaches.mean()),
+            "holdout_classifier_coverage_at_threshold": coverage,
+        },
+    )
+    bundle = ModelBundle(info=info, classifier=final)
+    bundle.save(settings.models_dir)
+    report = TrainReport(
+        version=version, n_train=len(idx_fit), n_holdout=len(idx_hold), labels=len(counts),
+        holdout_accuracy=float(accuracy_score(y_hold, pred)),
+        holdout_macro_f1=info.metrics["holdout_macro_f1"], threshold=threshold,
+        holdout_coverage_at_threshold=coverage, temperature=temperature,
+        fit_seconds=round(fit_seconds, 1), cache_seeded_labels=len(seeds),
+    )
+    return bundle, report
