@@ -55,7 +55,9 @@ class Cascade:
         self.rules, self.embedder = rules, embedder
         self.llm = llm or DisabledLLMStage()
         self.policy = CachePolicy.from_settings(settings)
-        self.threshold = bundle.info.classifier_threshold
+        self.threshold = (settings.classifier_threshold
+                          if settings.classifier_threshold is not None
+                          else bundle.info.classifier_threshold)
         self.version = (
             f"{bundle.info.version}+rules.{rules.version}+{embedder.model_id}"
         )

@@ -1,4 +1,4 @@
-"""The scikit-learn stage: TF-IDF and sentence-embedding logistic regressions, averaged.
+"""The scikit-learn stage: TF-IDF and sentence-embedding logistic regressions, pooled.
 
 The two views make different mistakes (surface words vs meaning), so their averaged
 probabilities beat either alone; a temperature fitted on held-out tickets makes the
@@ -55,10 +55,14 @@ class EnsembleClassifier:
     def raw_proba(self, texts: list[str], embeddings: np.ndarray) -> np.ndarray:
         assert self.vectorizer is not None and self.text_model is not None
         assert self.embedding_model is not None
-        p_text = self.text_model.predict_proba(self.vectorizer.transform(texts))
-        p_emb = self.embedding_model.predict_proba(embeddings)
+        # Log-linear pooling: a class both views find likely beats one only a view is sure of.
+        log_text = self.text_model.predict_log_proba(self.vectorizer.transform(texts))
+        log_emb = self.embedding_model.predict_log_proba(embeddings)
         w = self.params.embedding_weight
-        return (1 - w) * p_text + w * p_emb
+        pooled = (1 - w) * log_text + w * log_emb
+        pooled -= pooled.max(axis=1, keepdims=True)
+        p = np.exp(pooled)
+        return p / p.sum(axis=1, keepdims=True)
 
     def predict_proba(self, texts: list[str], embeddings: np.ndarray) -> np.ndarray:
         """Calibrated class probabilities, columns in ``self.labels`` order."""
@@ -88,13 +92,21 @@ def _temper(p: np.ndarray, t: float) -> np.ndarray:
 
 
 def threshold_for_precision(
-    confidence: np.ndarray, correct: np.ndarray, target: float, min_support: int = 50
+    confidence: np.ndarray,
+    correct: np.ndarray,
+    target: float,
+    min_support: int = 50,
+    already: tuple[int, int] = (0, 0),
 ) -> float:
-    """The lowest confidence whose answers, from there up, are right at least ``target`` of the time."""
+    """The lowest confidence at which all automatic answers are right ``target`` of the time.
+
+    ``already`` is (answered, correct) by earlier stages on the same tickets, so the target
+    holds for the cascade as a whole, not just for this stage.
+    """
     order = np.argsort(-confidence)
-    hits = np.cumsum(correct[order])
-    n = np.arange(1, len(order) + 1)
-    ok = (hits / n >= target) & (n >= min_support)
+    hits = np.cumsum(correct[order]) + already[1]
+    n = np.arange(1, len(order) + 1) + already[0]
+    ok = (hits / n >= target) & (n - already[0] >= min(min_support, len(order) // 2))
     if not ok.any():
         return 1.0
     last = np.flatnonzero(ok)[-1]

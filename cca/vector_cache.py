@@ -1,9 +1,12 @@
 """The vector cache stage: reuse the label of similar, already-validated tickets.
 
-A single similarity threshold is not safe on its own (near-identical wording can carry a
-different intent), so a reuse also needs the label's track record: the share of earlier
-reuses of that label that validated labels confirmed. Labels with little evidence start at
-an uninformative prior and are not reused until they earn it.
+A neighbour proposes a label when it is similar enough, or when the top-k neighbours agree.
+Similarity alone is not safe (near-identical wording can carry another intent), so the
+proposal is only taken when that label's track record is good enough: the share of earlier
+reuses of it that validated labels confirmed. The record is seeded at training time by a
+leave-one-out pass over the index (the same proposal rule, so the estimate is per class) and
+then moved by feedback on the cache's own answers. Labels with little evidence sit at an
+uninformative prior and are not reused until they earn it.
 """
 
 from __future__ import annotations
@@ -46,33 +49,40 @@ def track_record(reuses: int, confirmed: int, prior_strength: float) -> float:
     return (confirmed + prior_strength / 2) / (reuses + prior_strength)
 
 
+def propose(neighbours: list[Neighbour], policy: CachePolicy) -> CacheAnswer | None:
+    """The label the neighbours suggest on similarity alone, before any track record."""
+    if not neighbours:
+        return None
+    top = neighbours[0]
+    if top.similarity >= policy.min_similarity:
+        return CacheAnswer(top.label, top.similarity,
+                           f"nearest ticket {top.ticket_id} at similarity {top.similarity:.3f}")
+    k = policy.topk_agree
+    if k > 0 and len(neighbours) >= k:
+        head = neighbours[:k]
+        label, votes = Counter(n.label for n in head).most_common(1)[0]
+        mean_sim = sum(n.similarity for n in head) / k
+        if votes == k and mean_sim >= policy.topk_min_confidence:
+            return CacheAnswer(label, mean_sim,
+                               f"top-{k} neighbours agree, mean similarity {mean_sim:.3f}")
+    return None
+
+
 def decide(
     neighbours: list[Neighbour],
     records: dict[str, tuple[int, int]],
     policy: CachePolicy,
 ) -> CacheAnswer | None:
     """Answer from the neighbours, or None to pass the ticket on to the classifier."""
-    if not neighbours:
+    proposal = propose(neighbours, policy)
+    if proposal is None:
         return None
-    top = neighbours[0]
-    reuses, confirmed = records.get(top.label, (0, 0))
+    reuses, confirmed = records.get(proposal.label, (0, 0))
     record = track_record(reuses, confirmed, policy.prior_strength)
-    if top.similarity >= policy.min_similarity and record >= policy.min_track_record:
-        return CacheAnswer(
-            label=top.label,
-            confidence=record,
-            reason=f"nearest ticket {top.ticket_id} at similarity {top.similarity:.3f}; "
-            f"label track record {record:.2f} over {reuses} reuses",
-        )
-    k = policy.topk_agree
-    if k > 0 and len(neighbours) >= k:
-        head = neighbours[:k]
-        label, votes = Counter(n.label for n in head).most_common(1)[0]
-        confidence = min(n.similarity for n in head)
-        if votes == k and confidence >= policy.topk_min_confidence and record >= 0.5:
-            return CacheAnswer(
-                label=label,
-                confidence=confidence,
-                reason=f"top-{k} neighbours agree, lowest similarity {confidence:.3f}",
-            )
-    return None
+    if record < policy.min_track_record:
+        return None
+    return CacheAnswer(
+        label=proposal.label,
+        confidence=record,
+        reason=f"{proposal.reason}; label track record {record:.3f} over {reuses} reuses",
+    )

@@ -39,6 +39,14 @@ def score(
         else d.department == departments.get(t, t)
         for d, t in zip(decisions, truths, strict=True)
     ])
+    # The best guess for every ticket (a review's top class): the model's raw accuracy, the
+    # number to compare with published results that never abstain.
+    guesses = [d.label or (d.top_classes[0][0] if d.top_classes else None) for d in decisions]
+    top1 = np.array([g == t for g, t in zip(guesses, truths, strict=True)])
+    top1_dept = np.array([
+        g is not None and departments.get(g, g) == departments.get(t, t)
+        for g, t in zip(guesses, truths, strict=True)
+    ])
     stages = Counter(d.stage for d in decisions)
     by_stage = {}
     for stage in STAGES:
@@ -52,6 +60,8 @@ def score(
         "macro_f1": round(float(f1_score(truths, predicted, labels=sorted(set(truths)),
                                          average="macro", zero_division=0)), 4),
         "department_accuracy": round(float(dept.mean()), 4),
+        "top1_accuracy": round(float(top1.mean()), 4),
+        "top1_department_accuracy": round(float(top1_dept.mean()), 4),
         "auto_coverage": round(float(auto.mean()), 4),
         "auto_accuracy": round(float(correct[auto].mean()), 4) if auto.any() else 0.0,
         "stage_share": {s: round(stages.get(s, 0) / n, 4) for s in STAGES},

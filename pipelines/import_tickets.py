@@ -30,7 +30,9 @@ def import_parsed(
     if strict and parsed.rejects:
         first = parsed.rejects[0]
         more = f" (and {len(parsed.rejects) - 1} more)" if len(parsed.rejects) > 1 else ""
-        raise InputError(f"{parsed.path}: line {first.line}: {first.reason}{more}; nothing imported")
+        raise InputError(
+            f"{parsed.path}: line {first.line}: {first.reason}{more}; nothing imported"
+        )
     departments.check_covers(set(parsed.labels.values()))
     labels = {tid: (lab, departments.department(lab) or lab) for tid, lab in parsed.labels.items()}
     with db.begin() as conn:

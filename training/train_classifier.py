@@ -27,7 +27,7 @@ from cca.store import Database
 from cca.store.tickets_repo import labelled_tickets
 from cca.store.vectors import nearest, seed_track_record, stored_vectors
 from cca.tickets import Neighbour
-from cca.vector_cache import CachePolicy, decide
+from cca.vector_cache import CachePolicy, decide, propose
 from rules import load_rules
 
 Progress = Callable[[str], None]
@@ -42,7 +42,7 @@ class TrainReport:
     holdout_accuracy: float
     holdout_macro_f1: float
     threshold: float
-    holdout_coverage_at_threshold: float
+    holdout_cascade_coverage: float
     temperature: float
     fit_seconds: float
     cache_seeded_labels: int
@@ -86,15 +86,16 @@ def leave_one_out_neighbours(
 
 
 def track_record_seeds(
-    neighbours: list[list[Neighbour]], labels: list[str], min_similarity: float
+    neighbours: list[list[Neighbour]], labels: list[str], policy: CachePolicy
 ) -> dict[str, tuple[int, int]]:
-    """Per label: how often reusing the nearest other ticket's label would have been right."""
+    """Per label: how often the cache's proposal of that label would have been right."""
     seeds: dict[str, list[int]] = {}
     for truth, found in zip(labels, neighbours, strict=True):
-        if found and found[0].similarity >= min_similarity:
-            counts = seeds.setdefault(found[0].label, [0, 0])
+        proposal = propose(found, policy)
+        if proposal is not None:
+            counts = seeds.setdefault(proposal.label, [0, 0])
             counts[0] += 1
-            counts[1] += int(found[0].label == truth)
+            counts[1] += int(proposal.label == truth)
     return {label: (r, c) for label, (r, c) in seeds.items()}
 
 
@@ -121,11 +122,11 @@ def train_from_store(
 
     say("seeding the cache track record (leave-one-out on the index)")
     loo = leave_one_out_neighbours(db, embedder.model_id, ids, vectors, settings.cache_top_k)
-    seeds = track_record_seeds(loo, labels, settings.cache_min_similarity)
+    policy = CachePolicy.from_settings(settings)
+    seeds = track_record_seeds(loo, labels, policy)
     with db.begin() as conn:
         seed_track_record(conn, embedder.model_id, seeds)
     rules = load_rules(settings.rules_path)
-    policy = CachePolicy.from_settings(settings)
 
     stratify = labels if min(counts.values()) >= 2 else None
     idx_fit, idx_hold = train_test_split(
@@ -144,17 +145,25 @@ def train_from_store(
     pred = np.asarray(clf.labels)[proba.argmax(axis=1)]
     conf = proba.max(axis=1)
     correct = pred == y_hold
-    # The classifier only sees what rules and cache pass on, so its threshold is chosen there.
-    reaches = np.array([
-        not (hit.label and hit.confidence >= settings.rules_min_confidence)
-        and decide(loo[i], seeds, policy) is None
-        for i, hit in ((i, rules.apply(rows[i][0])) for i in idx_hold)
-    ])
+    # The classifier only sees what rules and cache pass on; the threshold is chosen so the
+    # cascade as a whole (rules + cache + classifier) meets the target on the holdout.
+    earlier = []
+    for i in idx_hold:
+        hit = rules.apply(rows[i][0])
+        if hit.label and hit.confidence >= settings.rules_min_confidence:
+            earlier.append(hit.label)
+        else:
+            answer = decide(loo[i], seeds, policy)
+            earlier.append(answer.label if answer else None)
+    reaches = np.array([e is None for e in earlier])
+    done = (int((~reaches).sum()),
+            int(sum(e == t for e, t in zip(earlier, y_hold, strict=True) if e is not None)))
     threshold = threshold_for_precision(conf[reaches], correct[reaches],
-                                        settings.classifier_target_precision)
-    coverage = float((conf[reaches] >= threshold).mean())
-    say(f"holdout accuracy {correct.mean():.4f}; {reaches.mean():.1%} reach the classifier; "
-        f"threshold {threshold:.3f} answers {coverage:.1%} of those")
+                                        settings.classifier_target_precision, already=done)
+    coverage = float((~reaches).mean() + (reaches & (conf >= threshold)).mean())
+    say(f"holdout accuracy {correct.mean():.4f}; rules+cache answer {1 - reaches.mean():.1%} "
+        f"({done[1] / max(done[0], 1):.2%} right); classifier threshold {threshold:.3f}; "
+        f"cascade covers {coverage:.1%}")
 
     say("refitting on all labelled tickets")
     final = EnsembleClassifier(params=params).fit(texts, vectors, labels)
@@ -180,7 +189,7 @@ def train_from_store(
             "holdout_accuracy": float(correct.mean()),
             "holdout_macro_f1": float(f1_score(y_hold, pred, average="macro")),
             "holdout_share_reaching_classifier": float(reaches.mean()),
-            "holdout_classifier_coverage_at_threshold": coverage,
+            "holdout_cascade_coverage": coverage,
         },
     )
     bundle = ModelBundle(info=info, classifier=final)
@@ -189,7 +198,7 @@ def train_from_store(
         version=version, n_train=len(idx_fit), n_holdout=len(idx_hold), labels=len(counts),
         holdout_accuracy=float(accuracy_score(y_hold, pred)),
         holdout_macro_f1=info.metrics["holdout_macro_f1"], threshold=threshold,
-        holdout_coverage_at_threshold=coverage, temperature=temperature,
+        holdout_cascade_coverage=coverage, temperature=temperature,
         fit_seconds=round(fit_seconds, 1), cache_seeded_labels=len(seeds),
     )
     return bundle, report

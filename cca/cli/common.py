@@ -7,7 +7,7 @@ import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 from rich.console import Console
@@ -22,7 +22,9 @@ from rich.progress import (
 
 from cca.errors import CCAError, ConfigError
 from cca.settings import Settings, get_settings
-from cca.store import Database, open_database
+
+if TYPE_CHECKING:
+    from cca.store import Database
 
 console = Console(stderr=True)
 stdout = Console()
@@ -38,6 +40,8 @@ def settings() -> Settings:
 
 @contextmanager
 def database() -> Iterator[Database]:
+    from cca.store import open_database
+
     db = open_database(settings())
     try:
         yield db
@@ -81,8 +85,9 @@ def run_app(app: Any) -> None:
     except Exception as exc:
         if os.environ.get("CCA_DEBUG"):
             raise
+        first = str(exc).splitlines()[0] if str(exc) else ""
         console.print(
-            f"[red]internal error:[/red] {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            f"[red]internal error:[/red] {type(exc).__name__}: {first}"
             " (set CCA_DEBUG=1 for the traceback)",
             highlight=False, soft_wrap=True,
         )

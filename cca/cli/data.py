@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from cca.cli.common import console, database, progress_bar, settings
 from cca.departments import load_department_map
-from cca.embeddings import get_embedder
-from cca.store import Database
-from pipelines.import_tickets import ImportReport, import_parsed
-from pipelines.index_tickets import IndexReport, index_labelled_tickets
 from pipelines.read_tickets import Columns, read_ticket_file
+
+if TYPE_CHECKING:
+    from cca.store import Database
+    from pipelines.import_tickets import ImportReport
+    from pipelines.index_tickets import IndexReport
 
 TextCol = Annotated[str, typer.Option("--text-col", help="Column with the ticket text.")]
 LabelCol = Annotated[str | None, typer.Option("--label-col", help="Column with the label.")]
@@ -23,6 +24,8 @@ def do_import(
     db: Database, path: Path, cols: Columns, source: str | None, departments: Path | None,
     strict: bool = True,
 ) -> ImportReport:
+    from pipelines.import_tickets import import_parsed
+
     s = settings()
     parsed = read_ticket_file(path, cols, source=source, max_chars=s.max_text_chars)
     dept_map = load_department_map(departments or s.department_map)
@@ -38,6 +41,9 @@ def do_import(
 
 
 def do_index(db: Database) -> IndexReport:
+    from cca.embeddings import get_embedder
+    from pipelines.index_tickets import index_labelled_tickets
+
     embedder = get_embedder(settings())
     with progress_bar(f"embedding ({embedder.model_id})") as advance:
         report = index_labelled_tickets(db, embedder, on_total=advance.set_total,

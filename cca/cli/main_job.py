@@ -13,7 +13,6 @@ from cca.cli.common import console, database, print_json, settings, stdout
 from cca.cli.data import do_import, do_index
 from cca.cli.model import do_evaluate, do_train
 from cca.settings import PROJECT_ROOT
-from pipelines.banking77 import banking77_file
 from pipelines.read_tickets import Columns
 
 BANKING77_DEPARTMENTS = PROJECT_ROOT / "rules" / "departments" / "banking77.yaml"
@@ -24,6 +23,8 @@ def run_cmd(
     predictions: Annotated[Path | None, typer.Option(help="Per-ticket JSONL path.")] = None,
 ) -> None:
     """Import Banking77 train, embed and index, train, evaluate on test, print the report."""
+    from pipelines.banking77 import banking77_file
+
     s = settings()
     t0 = time.perf_counter()
     cols = Columns(text="text", label="category")

@@ -4,32 +4,33 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from cca.cascade import Cascade
 from cca.cli.common import console, database, print_json, progress_bar, settings
 from cca.cli.data import LabelCol, TextCol, do_import, do_index
-from cca.departments import load_department_map
-from cca.embeddings import get_embedder
 from cca.errors import InputError
-from cca.feedback import apply_feedback
-from cca.store import Database
-from cca.store.audit import append_decisions
-from cca.store.tickets_repo import upsert_tickets
-from cca.tickets import Ticket
-from pipelines.evaluate import evaluate, write_predictions
 from pipelines.read_tickets import Columns, read_ticket_file
-from training.train_classifier import TrainReport, train_from_store
+
+if TYPE_CHECKING:
+    from cca.store import Database
+    from training.train_classifier import TrainReport
+
+# scikit-learn, onnxruntime and the models load inside the commands that need them, so
+# `cca --help` and `cca rules check` answer at once.
 
 
 def do_train(db: Database) -> TrainReport:
+    import sqlalchemy as sa
+
+    from cca.departments import load_department_map
+    from cca.embeddings import get_embedder
+    from training.train_classifier import train_from_store
+
     s = settings()
     dept = load_department_map(s.department_map).mapping
     with db.begin() as conn:
-        import sqlalchemy as sa
-
         stored = dict(conn.execute(sa.text(
             "SELECT DISTINCT label, department FROM ticket_labels WHERE validated")).all())
     _, report = train_from_store(s, db, get_embedder(s), {**stored, **dept},
@@ -44,6 +45,9 @@ def do_train(db: Database) -> TrainReport:
 
 def do_evaluate(db: Database, path: Path, cols: Columns, json_out: Path | None,
                 predictions: Path | None) -> dict:
+    from cca.cascade import Cascade
+    from pipelines.evaluate import evaluate, write_predictions
+
     s = settings()
     parsed = read_ticket_file(path, cols, max_chars=s.max_text_chars, collapse_duplicates=False)
     if parsed.rejects:
@@ -85,6 +89,11 @@ def classify_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print full decisions as JSON.")] = False,
 ) -> None:
     """Classify and route tickets; each decision is stored and audited."""
+    from cca.cascade import Cascade
+    from cca.store.audit import append_decisions
+    from cca.store.tickets_repo import upsert_tickets
+    from cca.tickets import Ticket
+
     s = settings()
     if (text is None) == (file is None):
         raise InputError("give either a ticket text or --file, not both or neither")
@@ -138,6 +147,8 @@ def feedback_cmd(
     label: Annotated[str, typer.Argument(help="The validated label.")],
 ) -> None:
     """Record a validated label: stored, indexed, and counted in the cache's track record."""
+    from cca.feedback import apply_feedback
+
     s = settings()
     with database() as db:
         result = apply_feedback(s, db, ticket_id, label)

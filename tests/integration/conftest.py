@@ -1,0 +1,66 @@
+"""One embedded PostgreSQL (pgvector) per test session, under a throwaway CCA_HOME."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from cca.settings import Settings
+from cca.store import Database, open_database
+from tests.conftest import FIXTURES, ROOT
+
+
+@pytest.fixture(scope="session")
+def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("cca")
+
+
+@pytest.fixture(scope="session")
+def settings(home: Path) -> Settings:
+    return Settings(
+        home=home,
+        rules_path=FIXTURES / "service_desk_rules.yaml",
+        department_map=FIXTURES / "service_desk_departments.yaml",
+    )
+
+
+@pytest.fixture(scope="session")
+def db(settings: Settings) -> Iterator[Database]:
+    database = open_database(settings)
+    yield database
+    database.dispose()
+
+
+@pytest.fixture
+def clean_db(db: Database) -> Database:
+    """Empty every table a test may fill (the decision audit is append-only and stays)."""
+    with db.begin() as conn:
+        conn.execute(sa.text(
+            "TRUNCATE tickets, ticket_labels, ticket_embeddings, cache_track_record CASCADE"))
+    return db
+
+
+def cli_env(settings: Settings, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CCA_")}
+    env.update({
+        "CCA_HOME": str(settings.home),
+        "CCA_RULES_PATH": str(settings.rules_path),
+        "CCA_DEPARTMENT_MAP": str(settings.department_map),
+        "CCA_NO_PROGRESS": "1",
+        "COLUMNS": "200",
+    })
+    env.update(extra)
+    return env
+
+
+def run_cli(settings: Settings, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "cca.cli.main", *args],
+        cwd=ROOT, env=cli_env(settings, **env), capture_output=True, text=True, timeout=600,
+    )

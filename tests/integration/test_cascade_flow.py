@@ -1,0 +1,109 @@
+"""Train on the small service-desk fixture, then exercise every stage, the audit and feedback."""
+
+import json
+
+import pytest
+import sqlalchemy as sa
+
+from cca.cascade import Cascade
+from cca.departments import load_department_map
+from cca.embeddings import get_embedder
+from cca.errors import InputError
+from cca.feedback import apply_feedback
+from cca.store.audit import append_decisions
+from cca.store.tickets_repo import upsert_tickets
+from cca.store.vectors import seed_track_record, track_records
+from cca.tickets import Ticket
+from pipelines.import_tickets import import_parsed
+from pipelines.index_tickets import index_labelled_tickets
+from pipelines.read_tickets import Columns, read_ticket_file
+from tests.conftest import FIXTURES
+from training.train_classifier import train_from_store
+
+COLS = Columns(text="message", label="intent", id="ticket_id", subject="subject",
+               priority="priority")
+
+
+@pytest.fixture(scope="module")
+def trained(settings, db):
+    with db.begin() as conn:
+        conn.execute(sa.text(
+            "TRUNCATE tickets, ticket_labels, ticket_embeddings, cache_track_record CASCADE"))
+    depts = load_department_map(settings.department_map)
+    import_parsed(db, read_ticket_file(FIXTURES / "service_desk.csv", COLS), depts)
+    embedder = get_embedder(settings)
+    index_labelled_tickets(db, embedder)
+    bundle, report = train_from_store(settings, db, embedder, depts.mapping)
+    return bundle, report
+
+
+def test_training_saves_a_complete_bundle(settings, trained):
+    bundle, report = trained
+    info = json.loads((settings.models_dir / bundle.info.version / "bundle.json").read_text())
+    assert (settings.models_dir / "CURRENT").read_text() == bundle.info.version
+    assert info["labels"] == ["billing_question", "cancel_subscription", "delivery_delay",
+                              "password_reset"]
+    assert info["departments"]["delivery_delay"] == "Logistics"
+    assert info["embedding_model_id"] == "all-MiniLM-L6-v2-onnx-int8"
+    assert len(info["data_hash"]) == 64 and info["rules_version"]
+    assert 0 < info["classifier_threshold"] <= 1 and info["temperature"] > 0
+    assert report.n_train + report.n_holdout == 48
+
+
+def test_every_decision_says_who_answered_and_why(settings, db, trained):
+    cascade = Cascade.load(settings, db)
+    tickets = [
+        Ticket(id="q1", body="I forgot my password again"),               # rule
+        Ticket(id="q2", body="The parcel with my order is late, where is it?"),
+        Ticket(id="q3", body="zxqv blorp", priority="high"),
+    ]
+    rule, clf, nonsense = cascade.classify_batch(tickets)
+    assert (rule.stage, rule.label, rule.rule_id) == ("rules", "password_reset",
+                                                      "forgot-password")
+    assert rule.department == "Accounts"
+    assert clf.stage in ("cache", "classifier") and clf.label == "delivery_delay"
+    assert clf.urgency == "high" and clf.neighbours and clf.department == "Logistics"
+    assert {"rules", "embed", "cache"} <= set(clf.timings_ms)
+    assert nonsense.stage == "review" and nonsense.label is None
+    assert nonsense.top_classes and "no stage confident enough" in nonsense.reason
+    for d in (rule, clf, nonsense):
+        assert d.model_version.startswith(trained[0].info.version)
+        assert d.cost_usd == 0.0
+
+
+def test_cache_answers_once_a_label_has_a_track_record_and_feedback_moves_it(
+    settings, db, trained
+):
+    cascade = Cascade.load(settings, db)
+    model_id = cascade.embedder.model_id
+    twin = Ticket(id="twin-1", body="Where is my package? Tracking has not moved for a week")
+    with db.begin() as conn:
+        seed_track_record(conn, model_id, {"delivery_delay": (0, 0)})
+    cascade.refresh_track_records()
+    assert cascade.classify(twin).stage != "cache"  # no evidence yet: prior 0.5 < 0.98
+
+    with db.begin() as conn:
+        seed_track_record(conn, model_id, {"delivery_delay": (200, 200)})
+    cascade.refresh_track_records()
+    decision = cascade.classify(twin)
+    assert decision.stage == "cache" and decision.label == "delivery_delay"
+    assert decision.neighbours[0].ticket_id == "SD-027"
+    with db.begin() as conn:
+        upsert_tickets(conn, [twin])
+        append_decisions(conn, [(twin, decision)])
+
+    # A person corrects the cache: the record drops and the label stops being reused.
+    message = apply_feedback(settings, db, "twin-1", "billing_question")
+    assert "cache answer corrected" in message
+    with db.begin() as conn:
+        assert track_records(conn, model_id)["delivery_delay"] == (201, 200)
+        stored = conn.execute(sa.text(
+            "SELECT label, validated FROM ticket_embeddings WHERE ticket_id = 'twin-1'")).one()
+    assert tuple(stored) == ("billing_question", True)
+
+
+def test_feedback_rejects_unknown_label_and_ticket(settings, db, trained):
+    with pytest.raises(InputError, match="unknown label 'refunds'"):
+        apply_feedback(settings, db, "SD-001", "refunds")
+    with pytest.raises(InputError, match="no ticket 'nope'"):
+        apply_feedback(settings, db, "nope", "password_reset")

@@ -1,0 +1,99 @@
+"""The ``cca`` commands as a user runs them: outputs, reports, and one-line errors."""
+
+import json
+
+import pytest
+
+from tests.conftest import FIXTURES
+from tests.integration.conftest import run_cli
+
+FIXTURE_ARGS = ["--text-col", "message", "--label-col", "intent"]
+
+
+def assert_one_line_error(result, code: int, fragment: str) -> None:
+    assert result.returncode == code, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert fragment in lines[0]
+
+
+@pytest.fixture(scope="module")
+def trained_cli(settings, db):
+    result = run_cli(settings, "train", "--data", str(FIXTURES / "service_desk.csv"),
+                     *FIXTURE_ARGS, "--departments", str(settings.department_map))
+    assert result.returncode == 0, result.stderr
+    assert "trained clf-" in result.stderr
+    return result
+
+
+def test_evaluate_writes_report_and_predictions(settings, trained_cli, tmp_path):
+    out, preds = tmp_path / "r.json", tmp_path / "p.jsonl"
+    result = run_cli(settings, "evaluate", "--data", str(FIXTURES / "service_desk.csv"),
+                     *FIXTURE_ARGS, "--json", str(out), "--predictions", str(preds))
+    assert result.returncode == 0, result.stderr
+    report = json.loads(out.read_text())
+    for key in ("n", "accuracy", "macro_f1", "department_accuracy", "auto_coverage",
+                "auto_accuracy", "stage_share", "latency_ms", "throughput_per_s",
+                "cost_per_ticket_usd"):
+        assert key in report
+    assert report["n"] == 48
+    assert set(report["stage_share"]) == {"rules", "cache", "classifier", "llm", "review"}
+    assert abs(sum(report["stage_share"].values()) - 1) < 1e-3
+    assert set(report["latency_ms"]) == {"p50", "p95", "p99"}
+    assert report["top1_accuracy"] >= 0.9  # these are its own training tickets
+    lines = [json.loads(x) for x in preds.read_text().splitlines()]
+    assert len(lines) == 48
+    assert {"text", "label", "predicted", "stage", "confidence"} <= set(lines[0])
+    assert all((x["predicted"] is None) == (x["stage"] == "review") for x in lines)
+
+
+def test_classify_prints_route_and_audits(settings, trained_cli):
+    result = run_cli(settings, "classify", "I forgot my password", "--json")
+    assert result.returncode == 0, result.stderr
+    decision = json.loads(result.stdout)
+    assert decision["stage"] == "rules" and decision["label"] == "password_reset"
+    assert decision["department"] == "Accounts"
+
+
+def test_rules_evaluate_shows_hits_and_precision(settings):
+    result = run_cli(settings, "rules", "evaluate", "--data",
+                     str(FIXTURES / "service_desk.csv"), *FIXTURE_ARGS)
+    assert result.returncode == 0, result.stderr
+    row = next(line for line in result.stdout.splitlines() if "forgot-password" in line)
+    assert "password_reset" in row and "1.000" in row
+    assert "route rules:" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "fragment"),
+    [
+        (["import", "missing.csv", "--text-col", "x"], 2, "no such file"),
+        (["import", str(FIXTURES / "service_desk.csv"), "--text-col", "body"], 2,
+         "no column 'body'"),
+        (["classify", "   "], 2, "ticket text is empty"),
+        (["classify", "x" * 100_000], 2, "100000 characters"),
+        (["classify"], 2, "give either a ticket text or --file"),
+        (["feedback", "SD-001", "no_such_label"], 2, "unknown label 'no_such_label'"),
+        (["evaluate", "--data", str(FIXTURES / "service_desk.csv"), "--text-col", "message",
+          "--label-col", "nope"], 2, "no column 'nope'"),
+    ],
+)
+def test_bad_input_is_one_line_and_non_zero(settings, trained_cli, args, code, fragment):
+    assert_one_line_error(run_cli(settings, *args), code, fragment)
+
+
+def test_invalid_utf8_and_malformed_rules(settings, tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_bytes(b"message,intent\nok,a\n\xc3\x28,b\n")
+    assert_one_line_error(run_cli(settings, "import", str(bad), *FIXTURE_ARGS), 2,
+                          "not valid UTF-8 (line 3")
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("rules:\n  - id: x\n    label: y\n    when: {regex: '[unclosed'}\n")
+    assert_one_line_error(run_cli(settings, "rules", "check", "--rules", str(rules)), 2,
+                          "rule 'x': invalid regex")
+
+
+def test_bad_setting_is_one_line(settings):
+    result = run_cli(settings, "rules", "check", CCA_CACHE_TOP_K="many")
+    assert_one_line_error(result, 2, "CCA_CACHE_TOP_K")

@@ -1,0 +1,104 @@
+import numpy as np
+import pytest
+import sqlalchemy as sa
+
+from cca.departments import load_department_map
+from cca.embeddings import get_embedder
+from cca.errors import InputError
+from cca.store.vectors import nearest
+from pipelines.import_tickets import import_parsed
+from pipelines.index_tickets import index_labelled_tickets
+from pipelines.read_tickets import Columns, read_ticket_file
+from tests.conftest import FIXTURES
+
+COLS = Columns(text="message", label="intent", id="ticket_id", subject="subject",
+               priority="priority")
+
+
+def count(db, table: str) -> int:
+    with db.begin() as conn:
+        return conn.execute(sa.text(f"SELECT count(*) FROM {table}")).scalar()
+
+
+def load(settings, path=FIXTURES / "service_desk.csv"):
+    return read_ticket_file(path, COLS), load_department_map(settings.department_map)
+
+
+def test_import_is_idempotent_and_tracks_changes(settings, clean_db, tmp_path):
+    parsed, depts = load(settings)
+    first = import_parsed(clean_db, parsed, depts)
+    assert (first.inserted, first.labelled) == (48, 48)
+    again = import_parsed(clean_db, parsed, depts)
+    assert (again.inserted, again.updated, again.unchanged) == (0, 0, 48)
+    changed = tmp_path / "changed.csv"
+    changed.write_text((FIXTURES / "service_desk.csv").read_text().replace(
+        "My order has not arrived yet", "My order has still not arrived"))
+    report = import_parsed(clean_db, read_ticket_file(changed, COLS), depts)
+    assert (report.inserted, report.updated, report.unchanged) == (0, 1, 47)
+    with clean_db.begin() as conn:
+        dept = conn.execute(sa.text(
+            "SELECT department FROM ticket_labels WHERE ticket_id = 'SD-013'")).scalar()
+    assert dept == "Finance"
+
+
+def test_bad_file_writes_nothing(settings, clean_db, tmp_path):
+    bad = tmp_path / "bad.csv"
+    lines = (FIXTURES / "service_desk.csv").read_text().splitlines()
+    lines.insert(30, "SD-999,,   ,billing_question,normal")  # whitespace-only text
+    bad.write_text("\n".join(lines) + "\n")
+    parsed, depts = load(settings, bad)
+    with pytest.raises(InputError, match=r"line 31: empty or missing text.*nothing imported"):
+        import_parsed(clean_db, parsed, depts)
+    assert count(clean_db, "tickets") == 0
+    report = import_parsed(clean_db, parsed, depts, strict=False)
+    assert report.inserted == 48 and len(report.rejected) == 1
+
+
+def test_label_outside_department_map_writes_nothing(settings, clean_db, tmp_path):
+    extra = tmp_path / "extra.csv"
+    extra.write_text((FIXTURES / "service_desk.csv").read_text()
+                     + "SD-100,,I want a refund,refunds,normal\n")
+    parsed, depts = load(settings, extra)
+    with pytest.raises(Exception, match="in no department: refunds"):
+        import_parsed(clean_db, parsed, depts)
+    assert count(clean_db, "tickets") == 0
+
+
+def test_index_embeds_only_new_or_changed_and_finds_neighbours(settings, clean_db):
+    parsed, depts = load(settings)
+    import_parsed(clean_db, parsed, depts)
+    embedder = get_embedder(settings)
+    first = index_labelled_tickets(clean_db, embedder)
+    assert (first.considered, first.embedded) == (48, 48)
+    assert index_labelled_tickets(clean_db, embedder).embedded == 0
+    with clean_db.begin() as conn:
+        conn.execute(sa.text(
+            "UPDATE ticket_labels SET label = 'billing_question', department = 'Finance' "
+            "WHERE ticket_id = 'SD-001'"))
+    relabel = index_labelled_tickets(clean_db, embedder)
+    assert (relabel.embedded, relabel.relabelled) == (0, 1)
+
+    query = embedder.embed(["Where is my package? Tracking has not moved for a week"])
+    with clean_db.begin() as conn:
+        found = nearest(conn, embedder.model_id, query, k=3)[0]
+        excluded = nearest(conn, embedder.model_id, query, k=3, exclude_ids=["SD-027"])[0]
+        plan = "\n".join(conn.execute(sa.text(
+            "EXPLAIN SELECT ticket_id FROM ticket_embeddings "
+            f"WHERE model_id = '{embedder.model_id}' AND label IS NOT NULL "
+            "ORDER BY embedding::vector(384) <=> CAST(:q AS vector(384)) LIMIT 3"),
+            {"q": "[" + ",".join(["0.1"] * 384) + "]"}).scalars())
+    assert found[0].ticket_id == "SD-027" and found[0].similarity > 0.99
+    assert found[0].label == "delivery_delay"
+    assert all(n.ticket_id != "SD-027" for n in excluded)
+    assert [n.similarity for n in found] == sorted((n.similarity for n in found), reverse=True)
+    assert "hnsw" in plan.lower() or "Index Scan" in plan
+
+
+def test_embeddings_are_normalised_and_deterministic(settings):
+    embedder = get_embedder(settings)
+    a = embedder.embed(["card not arrived", "reset my password please"] * 3)
+    b = embedder.embed(["reset my password please"])
+    assert a.shape == (6, 384)
+    assert np.allclose(np.linalg.norm(a, axis=1), 1, atol=1e-5)
+    assert np.allclose(a[1], b[0], atol=1e-5)
+    assert float(a[0] @ a[1]) < 0.6

@@ -1,0 +1,50 @@
+import pytest
+import sqlalchemy as sa
+
+from cca.errors import StateError
+from cca.settings import Settings
+from cca.store import open_database
+
+
+def test_schema_and_pgvector_are_in_place(db):
+    with db.begin() as conn:
+        tables = set(conn.execute(sa.text(
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")).scalars())
+        version = conn.execute(sa.text(
+            "SELECT extversion FROM pg_extension WHERE extname = 'vector'")).scalar()
+    assert {"tickets", "ticket_labels", "ticket_embeddings", "decisions",
+            "cache_track_record", "alembic_version"} <= tables
+    assert version and version >= "0.8"
+
+
+def test_migrations_are_idempotent(settings, db):
+    again = open_database(settings)  # reuses the running server, upgrade is a no-op
+    with again.begin() as conn:
+        assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == "0001"
+    again.dispose()
+
+
+def test_audit_log_refuses_update_delete_truncate(db):
+    with db.begin() as conn:
+        conn.execute(sa.text(
+            "INSERT INTO decisions (ticket_id, text_hash, stage, urgency, confidence, "
+            "model_version, latency_ms) VALUES ('a', 'h', 'review', 'normal', 0.1, 'm', 1)"))
+    for statement in ("UPDATE decisions SET stage = 'rules'", "DELETE FROM decisions",
+                      "TRUNCATE decisions"):
+        with pytest.raises(sa.exc.DBAPIError, match="append-only"), db.begin() as conn:
+            conn.execute(sa.text(statement))
+    with db.begin() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM decisions")).scalar() >= 1
+
+
+def test_postgres_without_pgvector_is_a_clear_error(tmp_path):
+    # The machine's PostgreSQL 15 on 127.0.0.1:5432 has no pgvector.
+    s = Settings(home=tmp_path, database_url="postgresql://postgres@127.0.0.1:5432/test")
+    with pytest.raises(StateError, match="has no pgvector extension"):
+        open_database(s)
+
+
+def test_unreachable_database_is_a_clear_error(tmp_path):
+    s = Settings(home=tmp_path, database_url="postgresql://postgres@127.0.0.1:1/none")
+    with pytest.raises(StateError, match="cannot connect to PostgreSQL"):
+        open_database(s)
