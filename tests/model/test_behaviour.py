@@ -1,0 +1,75 @@
+"""Behavioural tests: what must not change the route, and what must."""
+
+import pytest
+
+from cca.tickets import Ticket
+
+NAMES = ["John Smith", "Maria Garcia", "Wei Zhang", "Aisha Khan", "Olga Ivanova",
+         "Kwame Mensah"]
+
+
+def route(cascade, text: str, **fields):
+    d = cascade.classify(Ticket(id="t", body=text, **fields))
+    return d.label, d.department
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        "Hi, this is {name}. My card still hasn't arrived, it has been two weeks.",
+        "{name} here - I think someone used my card without permission.",
+        "Hello, my name is {name} and I want to know why my transfer is still pending.",
+        "Dear team, {name} writing: how do I top up with a bank transfer?",
+    ],
+)
+def test_a_name_swap_does_not_change_the_route(banking_cascade, template):
+    routes = {route(banking_cascade, template.format(name=n)) for n in NAMES}
+    assert len(routes) == 1, routes
+    assert next(iter(routes))[0] is not None
+
+
+@pytest.mark.parametrize(
+    ("template", "values"),
+    [
+        ("I was charged {v} twice for the same purchase", ["£12.50", "€300", "$7", "45 EUR"]),
+        ("I got {v} less cash from the ATM than I asked for", ["£20", "€50", "$100"]),
+    ],
+)
+def test_amounts_do_not_change_the_route(banking_cascade, template, values):
+    routes = {route(banking_cascade, template.format(v=v)) for v in values}
+    assert len(routes) == 1, routes
+
+
+def test_case_and_punctuation_do_not_change_the_route(banking_cascade):
+    text = "Why was my card payment declined at the shop?"
+    assert route(banking_cascade, text) == route(banking_cascade, text.upper().rstrip("?"))
+
+
+def test_urgency_words_raise_urgency_not_the_label(banking_cascade):
+    calm = banking_cascade.classify(Ticket(id="a", body="my card payment was declined"))
+    urgent = banking_cascade.classify(
+        Ticket(id="b", body="URGENT: my card payment was declined, please help asap"))
+    assert calm.label == urgent.label
+    assert (calm.urgency, urgent.urgency) == ("normal", "high")
+
+
+@pytest.mark.parametrize(
+    ("text", "label"),
+    [
+        ("I lost my card yesterday", "lost_or_stolen_card"),
+        ("Someone stole my card", "lost_or_stolen_card"),
+        ("My phone was stolen and my app is on it", "lost_or_stolen_phone"),
+        ("How do I activate my new card?", "activate_my_card"),
+        ("Can I use Google Pay?", "apple_pay_or_google_pay"),
+    ],
+)
+def test_clear_tickets_route_to_their_intent(banking_cascade, text, label):
+    decision = banking_cascade.classify(Ticket(id="t", body=text))
+    assert decision.label == label, decision.top_classes
+
+
+def test_out_of_domain_goes_to_review(banking_cascade):
+    for text in ("What will the weather be like in Lisbon tomorrow?",
+                 "Recommend me a good pizza recipe"):
+        decision = banking_cascade.classify(Ticket(id="t", body=text))
+        assert decision.stage == "review", (text, decision.label, decision.confidence)
