@@ -13,7 +13,7 @@ from pathlib import Path
 
 import joblib
 
-from cca.classifier import EnsembleClassifier
+from cca.classifier import TieredClassifier
 from cca.errors import StateError
 
 
@@ -26,9 +26,10 @@ class BundleInfo:
     labels: list[str]
     departments: dict[str, str]
     embedding_model_id: str
+    deep_embedding_model_id: str | None
     rules_version: str
     classifier_threshold: float
-    temperature: float
+    fast_threshold: float
     params: dict
     metrics: dict = field(default_factory=dict)
 
@@ -36,7 +37,7 @@ class BundleInfo:
 @dataclass
 class ModelBundle:
     info: BundleInfo
-    classifier: EnsembleClassifier
+    classifier: TieredClassifier
 
     def save(self, models_dir: Path, make_current: bool = True) -> Path:
         target = models_dir / self.info.version

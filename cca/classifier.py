@@ -1,94 +1,133 @@
-"""The scikit-learn stage: TF-IDF and sentence-embedding logistic regressions, pooled.
+"""The scikit-learn stage: logistic regressions on TF-IDF and on sentence embeddings, pooled.
 
-The two views make different mistakes (surface words vs meaning), so their averaged
-probabilities beat either alone; a temperature fitted on held-out tickets makes the
-confidence mean what it says, which is what the review threshold relies on.
+Two tiers. The fast tier pools TF-IDF with the cheap static embedding every ticket already
+has; when it is sure (calibrated confidence >= ``fast_threshold``, set on held-out tickets
+for ``fast_precision``), it answers. Only the uncertain rest pays for the contextual MiniLM
+embedding, whose pool with TF-IDF is the more accurate model. Log-linear pooling makes a class
+both views find likely beat one only one view is sure of; a temperature per tier, fitted on
+held-out tickets, makes the confidence mean what it says, which the review threshold needs.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 from scipy.optimize import minimize_scalar
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import FeatureUnion
+from sklearn.pipeline import FeatureUnion, Pipeline, make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+DeepVectors = Callable[[list[int]], np.ndarray]
 
 
 @dataclass
 class ClassifierParams:
     tfidf_c: float = 10.0
-    embedding_c: float = 10.0
+    fast_c: float = 0.3
+    deep_c: float = 10.0
     embedding_weight: float = 0.5
+    fast_precision: float = 0.985
     max_iter: int = 1000
 
 
 @dataclass
-class EnsembleClassifier:
+class TieredClassifier:
     params: ClassifierParams = field(default_factory=ClassifierParams)
     labels: list[str] = field(default_factory=list)
-    temperature: float = 1.0
     vectorizer: FeatureUnion | None = None
     text_model: LogisticRegression | None = None
-    embedding_model: LogisticRegression | None = None
+    fast_model: Pipeline | None = None
+    deep_model: LogisticRegression | None = None
+    fast_temperature: float = 1.0
+    deep_temperature: float = 1.0
+    fast_threshold: float = 0.0
 
-    def fit(self, texts: list[str], embeddings: np.ndarray, y: list[str]) -> EnsembleClassifier:
+    def fit(self, texts: list[str], fast_vectors: np.ndarray, deep_vectors: np.ndarray | None,
+            y: list[str]) -> TieredClassifier:
         self.labels = sorted(set(y))
-        self.vectorizer = FeatureUnion(
-            [
-                ("word", TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=1,
-                                         lowercase=True, strip_accents="unicode")),
-                ("char", TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5),
-                                         sublinear_tf=True, min_df=2, lowercase=True)),
-            ]
-        )
-        x_text = self.vectorizer.fit_transform(texts)
-        self.text_model = LogisticRegression(C=self.params.tfidf_c, max_iter=self.params.max_iter)
-        self.text_model.fit(x_text, y)
-        self.embedding_model = LogisticRegression(
-            C=self.params.embedding_c, max_iter=self.params.max_iter
-        )
-        self.embedding_model.fit(embeddings, y)
+        self.vectorizer = FeatureUnion([
+            ("word", TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True,
+                                     strip_accents="unicode")),
+            ("char", TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), sublinear_tf=True,
+                                     min_df=2)),
+        ])
+        p = self.params
+        self.text_model = LogisticRegression(C=p.tfidf_c, max_iter=p.max_iter)
+        self.text_model.fit(self.vectorizer.fit_transform(texts), y)
+        # Standardised: static vectors are ill-conditioned and lbfgs crawls on them raw.
+        self.fast_model = make_pipeline(
+            StandardScaler(), LogisticRegression(C=p.fast_c, max_iter=p.max_iter))
+        self.fast_model.fit(fast_vectors, y)
+        self.deep_model = None
+        if deep_vectors is not None:
+            self.deep_model = LogisticRegression(C=p.deep_c, max_iter=p.max_iter)
+            self.deep_model.fit(deep_vectors, y)
         return self
 
-    def raw_proba(self, texts: list[str], embeddings: np.ndarray) -> np.ndarray:
+    def _log_text(self, texts: list[str]) -> np.ndarray:
         assert self.vectorizer is not None and self.text_model is not None
-        assert self.embedding_model is not None
-        # Log-linear pooling: a class both views find likely beats one only a view is sure of.
-        log_text = self.text_model.predict_log_proba(self.vectorizer.transform(texts))
-        log_emb = self.embedding_model.predict_log_proba(embeddings)
+        return self.text_model.predict_log_proba(self.vectorizer.transform(texts))
+
+    def _pool(self, log_text: np.ndarray, model: LogisticRegression | Pipeline, vectors: np.ndarray,
+              temperature: float) -> np.ndarray:
         w = self.params.embedding_weight
-        pooled = (1 - w) * log_text + w * log_emb
-        pooled -= pooled.max(axis=1, keepdims=True)
-        p = np.exp(pooled)
-        return p / p.sum(axis=1, keepdims=True)
+        return _softmax(((1 - w) * log_text + w * model.predict_log_proba(vectors)) / temperature)
 
-    def predict_proba(self, texts: list[str], embeddings: np.ndarray) -> np.ndarray:
-        """Calibrated class probabilities, columns in ``self.labels`` order."""
-        return _temper(self.raw_proba(texts, embeddings), self.temperature)
+    def predict_proba(
+        self, texts: list[str], fast_vectors: np.ndarray, deep_vectors: DeepVectors | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Calibrated probabilities (columns in ``labels`` order) and which rows used MiniLM.
 
-    def calibrate(self, texts: list[str], embeddings: np.ndarray, y: list[str]) -> float:
-        """Fit the temperature that minimises log-loss on held-out tickets."""
-        raw = self.raw_proba(texts, embeddings)
+        ``deep_vectors(rows)`` is called once, for the uncertain rows only.
+        """
+        assert self.fast_model is not None
+        log_text = self._log_text(texts)
+        proba = self._pool(log_text, self.fast_model, fast_vectors, self.fast_temperature)
+        deep = np.zeros(len(texts), dtype=bool)
+        if self.deep_model is not None and deep_vectors is not None:
+            deep = proba.max(axis=1) < self.fast_threshold
+            rows = np.flatnonzero(deep).tolist()
+            if rows:
+                proba[rows] = self._pool(log_text[rows], self.deep_model, deep_vectors(rows),
+                                         self.deep_temperature)
+        return proba, deep
+
+    def calibrate(self, texts: list[str], fast_vectors: np.ndarray,
+                  deep_vectors: np.ndarray | None, y: list[str]) -> None:
+        """Temperatures per tier, then the fast tier's threshold, on held-out tickets."""
+        assert self.fast_model is not None
         index = {label: i for i, label in enumerate(self.labels)}
         known = np.array([label in index for label in y])
-        rows = np.flatnonzero(known)
         cols = np.array([index[label] for label in np.asarray(y)[known]])
+        log_text = self._log_text(texts)[known]
+        self.fast_temperature = _fit_temperature(
+            lambda t: self._pool(log_text, self.fast_model, fast_vectors[known], t), cols)
+        if self.deep_model is None or deep_vectors is None:
+            self.fast_threshold = 0.0
+            return
+        self.deep_temperature = _fit_temperature(
+            lambda t: self._pool(log_text, self.deep_model, deep_vectors[known], t), cols)
+        fast = self._pool(log_text, self.fast_model, fast_vectors[known], self.fast_temperature)
+        self.fast_threshold = threshold_for_precision(
+            fast.max(axis=1), fast.argmax(axis=1) == cols, self.params.fast_precision)
 
-        def nll(t: float) -> float:
-            p = _temper(raw[rows], t)
-            return float(-np.mean(np.log(np.clip(p[np.arange(len(rows)), cols], 1e-12, 1))))
 
-        self.temperature = float(minimize_scalar(nll, bounds=(0.05, 5.0), method="bounded").x)
-        return self.temperature
-
-
-def _temper(p: np.ndarray, t: float) -> np.ndarray:
-    logp = np.log(np.clip(p, 1e-12, 1)) / t
-    logp -= logp.max(axis=1, keepdims=True)
-    e = np.exp(logp)
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    logits = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(logits)
     return e / e.sum(axis=1, keepdims=True)
+
+
+def _fit_temperature(proba_at: Callable[[float], np.ndarray], cols: np.ndarray) -> float:
+    rows = np.arange(len(cols))
+
+    def nll(t: float) -> float:
+        return float(-np.mean(np.log(np.clip(proba_at(t)[rows, cols], 1e-12, 1))))
+
+    return float(minimize_scalar(nll, bounds=(0.05, 5.0), method="bounded").x)
 
 
 def threshold_for_precision(

@@ -142,9 +142,32 @@ def _onnx(max_tokens: int, batch_size: int, threads: int) -> OnnxMiniLM:
     return OnnxMiniLM(max_tokens=max_tokens, batch_size=batch_size, threads=threads)
 
 
-def get_embedder(settings: Settings) -> Embedder:
-    """The configured embedder; the ONNX model is loaded once per process."""
-    if settings.embedding_provider == "openai":
+@lru_cache(maxsize=4)
+def _static(cache_dir: Path, teacher: OnnxMiniLM) -> Embedder:
+    from cca.static_embeddings import StaticMiniLM
+
+    return StaticMiniLM(cache_dir, teacher)
+
+
+def _build(settings: Settings, provider: str) -> Embedder | None:
+    if provider == "none":
+        return None
+    if provider == "openai":
         return OpenAIEmbedder(settings)
-    return _onnx(settings.embedding_max_tokens, settings.embedding_batch_size,
-                 settings.embedding_threads)
+    teacher = _onnx(settings.embedding_max_tokens, settings.embedding_batch_size,
+                    settings.embedding_threads)
+    if provider == "onnx-minilm":
+        return teacher
+    return _static(settings.home / "embeddings", teacher)
+
+
+def get_embedder(settings: Settings) -> Embedder:
+    """The embedder of the vector cache (every ticket past the rules is embedded with it)."""
+    embedder = _build(settings, settings.embedding_provider)
+    assert embedder is not None
+    return embedder
+
+
+def get_deep_embedder(settings: Settings) -> Embedder | None:
+    """The contextual embedder the classifier runs only on tickets it is unsure of."""
+    return _build(settings, settings.deep_embedding_provider)

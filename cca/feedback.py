@@ -7,7 +7,7 @@ moves that label's track record, which decides whether the cache may reuse it ag
 from __future__ import annotations
 
 from cca.bundle import load_bundle
-from cca.embeddings import get_embedder
+from cca.embeddings import get_deep_embedder, get_embedder
 from cca.errors import InputError
 from cca.settings import Settings
 from cca.store import Database
@@ -31,16 +31,15 @@ def apply_feedback(settings: Settings, db: Database, ticket_id: str, label: str)
     if ticket is None:
         raise InputError(f"no ticket {ticket_id!r} in the store")
     embedder = get_embedder(settings)
-    vector = embedder.embed([ticket.text])
+    embedders = [e for e in (embedder, get_deep_embedder(settings)) if e is not None]
+    vectors = [e.embed([ticket.text]) for e in embedders]
+    row = VectorRow(ticket_id=ticket.id, content_hash=ticket.content_hash(), label=label,
+                    department=department, source=ticket.source, validated=True,
+                    created_at=ticket.created_at)
     with db.begin() as conn:
         set_labels(conn, {ticket_id: (label, department)}, origin="feedback")
-        upsert_vectors(
-            conn, embedder.model_id,
-            [VectorRow(ticket_id=ticket.id, content_hash=ticket.content_hash(), label=label,
-                       department=department, source=ticket.source, validated=True,
-                       created_at=ticket.created_at)],
-            vector,
-        )
+        for e, vector in zip(embedders, vectors, strict=True):
+            upsert_vectors(conn, e.model_id, [row], vector)
         last = last_decision(conn, ticket_id)
         verdict = "no earlier decision"
         if last is not None:

@@ -35,11 +35,15 @@ class Settings(BaseSettings):
     max_text_chars: int = 20_000
 
     # Embeddings
-    embedding_provider: Literal["onnx-minilm", "openai"] = "onnx-minilm"
+    # The cache's embedder runs on every ticket past the rules, so it must be cheap; the deep
+    # one runs only where the classifier is unsure (README: measured choices).
+    embedding_provider: Literal["static-minilm", "onnx-minilm", "openai"] = "static-minilm"
+    deep_embedding_provider: Literal["onnx-minilm", "openai", "none"] = "onnx-minilm"
     embedding_model: str = "text-embedding-3-small"
-    embedding_batch_size: int = 64
+    embedding_batch_size: int = 32
     embedding_max_tokens: int = 128
     embedding_threads: int = 2
+    blas_threads: int = 1
     embedding_cost_per_1k_tokens_usd: float = 0.0
     openai_base_url: str | None = None
     openai_api_key: SecretStr | None = None

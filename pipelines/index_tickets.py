@@ -36,12 +36,14 @@ def index_labelled_tickets(
     db: Database,
     embedder: Embedder,
     batch_size: int = 1024,
+    hnsw: bool = True,
     on_total: Callable[[int], None] | None = None,
     progress: Progress | None = None,
 ) -> IndexReport:
     """Only tickets whose text changed since they were embedded with this model are embedded.
 
-    Label changes on unchanged text update the metadata without re-embedding.
+    Label changes on unchanged text update the metadata without re-embedding. Vectors only
+    kept for training (the deep model's) need no search index: ``hnsw=False``.
     """
     with db.begin() as conn:
         rows = conn.execute(_LABELLED).mappings().all()
@@ -74,7 +76,7 @@ def index_labelled_tickets(
         ]
         with db.begin() as conn:
             upsert_vectors(conn, embedder.model_id, meta, vectors)
-    if todo or rows:
+    if hnsw and (todo or rows):
         with db.begin() as conn:
             ensure_index(conn, embedder.model_id, embedder.dim)
     return IndexReport(model_id=embedder.model_id, considered=len(rows), embedded=len(todo),

@@ -19,7 +19,7 @@ from sklearn.metrics import accuracy_score, f1_score
 from sklearn.model_selection import train_test_split
 
 from cca.bundle import BundleInfo, ModelBundle
-from cca.classifier import ClassifierParams, EnsembleClassifier, threshold_for_precision
+from cca.classifier import ClassifierParams, TieredClassifier, threshold_for_precision
 from cca.embeddings import Embedder
 from cca.errors import StateError
 from cca.settings import Settings
@@ -43,7 +43,7 @@ class TrainReport:
     holdout_macro_f1: float
     threshold: float
     holdout_cascade_coverage: float
-    temperature: float
+    fast_threshold: float
     fit_seconds: float
     cache_seeded_labels: int
 
@@ -57,20 +57,20 @@ def _data_hash(ids: list[str], texts: list[str], labels: list[str]) -> str:
 
 def _embeddings(db: Database, embedder: Embedder, ids: list[str], texts: list[str],
                 hashes: list[str]) -> np.ndarray:
-    """Reuse vectors the index already holds for unchanged text; embed the rest."""
+    """Reuse vectors the store already holds for unchanged text; embed the rest."""
     with db.begin() as conn:
         stored = stored_vectors(conn, embedder.model_id)
-    out = np.zeros((len(ids), embedder.dim), dtype=np.float32)
+    rows: list[np.ndarray | None] = []
     missing = []
     for i, (tid, digest) in enumerate(zip(ids, hashes, strict=True)):
         hit = stored.get(tid)
-        if hit and hit[0] == digest:
-            out[i] = hit[1]
-        else:
+        rows.append(hit[1] if hit and hit[0] == digest else None)
+        if rows[-1] is None:
             missing.append(i)
     if missing:
-        out[missing] = embedder.embed([texts[i] for i in missing])
-    return out
+        for i, vector in zip(missing, embedder.embed([texts[i] for i in missing]), strict=True):
+            rows[i] = vector
+    return np.vstack(rows).astype(np.float32)
 
 
 def leave_one_out_neighbours(
@@ -104,6 +104,7 @@ def train_from_store(
     db: Database,
     embedder: Embedder,
     departments: dict[str, str],
+    deep_embedder: Embedder | None = None,
     params: ClassifierParams | None = None,
     progress: Progress | None = None,
 ) -> tuple[ModelBundle, TrainReport]:
@@ -117,8 +118,10 @@ def train_from_store(
     ids = [t.id for t, _ in rows]
     texts = [t.text for t, _ in rows]
     labels = [label for _, label in rows]
+    hashes = [t.content_hash() for t, _ in rows]
     say(f"{len(rows)} labelled tickets, {len(counts)} labels")
-    vectors = _embeddings(db, embedder, ids, texts, [t.content_hash() for t, _ in rows])
+    vectors = _embeddings(db, embedder, ids, texts, hashes)
+    deep = _embeddings(db, deep_embedder, ids, texts, hashes) if deep_embedder else None
 
     say("seeding the cache track record (leave-one-out on the index)")
     loo = leave_one_out_neighbours(db, embedder.model_id, ids, vectors, settings.cache_top_k)
@@ -135,12 +138,16 @@ def train_from_store(
     )
     params = params or ClassifierParams()
     t0 = time.perf_counter()
-    clf = EnsembleClassifier(params=params)
     take = lambda idx, seq: [seq[i] for i in idx]  # noqa: E731
+    pick = lambda idx, m: None if m is None else m[idx]  # noqa: E731
     say(f"fitting on {len(idx_fit)}, holding out {len(idx_hold)}")
-    clf.fit(take(idx_fit, texts), vectors[idx_fit], take(idx_fit, labels))
-    temperature = clf.calibrate(take(idx_hold, texts), vectors[idx_hold], take(idx_hold, labels))
-    proba = clf.predict_proba(take(idx_hold, texts), vectors[idx_hold])
+    clf = TieredClassifier(params=params).fit(
+        take(idx_fit, texts), vectors[idx_fit], pick(idx_fit, deep), take(idx_fit, labels))
+    clf.calibrate(take(idx_hold, texts), vectors[idx_hold], pick(idx_hold, deep),
+                  take(idx_hold, labels))
+    proba, used_deep = clf.predict_proba(
+        take(idx_hold, texts), vectors[idx_hold],
+        None if deep is None else (lambda r: deep[idx_hold][r]))
     y_hold = np.asarray(take(idx_hold, labels))
     pred = np.asarray(clf.labels)[proba.argmax(axis=1)]
     conf = proba.max(axis=1)
@@ -161,18 +168,28 @@ def train_from_store(
     threshold = threshold_for_precision(conf[reaches], correct[reaches],
                                         settings.classifier_target_precision, already=done)
     coverage = float((~reaches).mean() + (reaches & (conf >= threshold)).mean())
-    say(f"holdout accuracy {correct.mean():.4f}; rules+cache answer {1 - reaches.mean():.1%} "
-        f"({done[1] / max(done[0], 1):.2%} right); classifier threshold {threshold:.3f}; "
-        f"cascade covers {coverage:.1%}")
+    say(f"holdout accuracy {correct.mean():.4f} (MiniLM on {used_deep.mean():.0%}); rules+cache "
+        f"answer {1 - reaches.mean():.1%} ({done[1] / max(done[0], 1):.2%} right); "
+        f"classifier threshold {threshold:.3f}; cascade covers {coverage:.1%}")
 
     say("refitting on all labelled tickets")
-    final = EnsembleClassifier(params=params).fit(texts, vectors, labels)
-    final.temperature = temperature
+    final = TieredClassifier(params=params).fit(texts, vectors, deep, labels)
+    final.fast_temperature, final.deep_temperature = clf.fast_temperature, clf.deep_temperature
+    final.fast_threshold = clf.fast_threshold
     fit_seconds = time.perf_counter() - t0
 
     data_hash = _data_hash(ids, texts, labels)
     created = datetime.now(UTC)
     version = f"clf-{created:%Y%m%dT%H%M%S}-{data_hash[:8]}"
+    metrics = {
+        "holdout_accuracy": float(correct.mean()),
+        "holdout_macro_f1": float(f1_score(y_hold, pred, average="macro")),
+        "holdout_share_reaching_classifier": float(reaches.mean()),
+        "holdout_share_using_deep_embedding": float(used_deep.mean()),
+        "holdout_cascade_coverage": coverage,
+        "fast_temperature": clf.fast_temperature,
+        "deep_temperature": clf.deep_temperature,
+    }
     info = BundleInfo(
         version=version,
         created_at=created.isoformat(),
@@ -181,24 +198,20 @@ def train_from_store(
         labels=final.labels,
         departments={label: departments.get(label, label) for label in final.labels},
         embedding_model_id=embedder.model_id,
+        deep_embedding_model_id=deep_embedder.model_id if deep_embedder else None,
         rules_version=rules.version,
         classifier_threshold=threshold,
-        temperature=temperature,
+        fast_threshold=final.fast_threshold,
         params=asdict(params),
-        metrics={
-            "holdout_accuracy": float(correct.mean()),
-            "holdout_macro_f1": float(f1_score(y_hold, pred, average="macro")),
-            "holdout_share_reaching_classifier": float(reaches.mean()),
-            "holdout_cascade_coverage": coverage,
-        },
+        metrics=metrics,
     )
     bundle = ModelBundle(info=info, classifier=final)
     bundle.save(settings.models_dir)
     report = TrainReport(
         version=version, n_train=len(idx_fit), n_holdout=len(idx_hold), labels=len(counts),
         holdout_accuracy=float(accuracy_score(y_hold, pred)),
-        holdout_macro_f1=info.metrics["holdout_macro_f1"], threshold=threshold,
-        holdout_cascade_coverage=coverage, temperature=temperature,
+        holdout_macro_f1=metrics["holdout_macro_f1"], threshold=threshold,
+        holdout_cascade_coverage=coverage, fast_threshold=final.fast_threshold,
         fit_seconds=round(fit_seconds, 1), cache_seeded_labels=len(seeds),
     )
     return bundle, report

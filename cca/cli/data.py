@@ -40,17 +40,23 @@ def do_import(
     return report
 
 
-def do_index(db: Database) -> IndexReport:
-    from cca.embeddings import get_embedder
+def do_index(db: Database) -> list[IndexReport]:
+    """The cache's vectors (searchable), then the deep model's (kept for training)."""
+    from cca.embeddings import get_deep_embedder, get_embedder
     from pipelines.index_tickets import index_labelled_tickets
 
-    embedder = get_embedder(settings())
-    with progress_bar(f"embedding ({embedder.model_id})") as advance:
-        report = index_labelled_tickets(db, embedder, on_total=advance.set_total,
-                                        progress=advance)
-    console.print(f"indexed {report.embedded} new or changed of {report.considered} labelled "
-                  f"tickets; {report.relabelled} relabelled")
-    return report
+    s = settings()
+    reports = []
+    for embedder, hnsw in ((get_embedder(s), True), (get_deep_embedder(s), False)):
+        if embedder is None:
+            continue
+        with progress_bar(f"embedding ({embedder.model_id})") as advance:
+            report = index_labelled_tickets(db, embedder, hnsw=hnsw,
+                                            on_total=advance.set_total, progress=advance)
+        console.print(f"{embedder.model_id}: embedded {report.embedded} new or changed of "
+                      f"{report.considered} labelled tickets; {report.relabelled} relabelled")
+        reports.append(report)
+    return reports
 
 
 def import_cmd(

@@ -25,7 +25,7 @@ def do_train(db: Database) -> TrainReport:
     import sqlalchemy as sa
 
     from cca.departments import load_department_map
-    from cca.embeddings import get_embedder
+    from cca.embeddings import get_deep_embedder, get_embedder
     from training.train_classifier import train_from_store
 
     s = settings()
@@ -34,6 +34,7 @@ def do_train(db: Database) -> TrainReport:
         stored = dict(conn.execute(sa.text(
             "SELECT DISTINCT label, department FROM ticket_labels WHERE validated")).all())
     _, report = train_from_store(s, db, get_embedder(s), {**stored, **dept},
+                                 deep_embedder=get_deep_embedder(s),
                                  progress=lambda msg: console.print(f"train: {msg}"))
     console.print(
         f"trained {report.version}: holdout accuracy {report.holdout_accuracy:.4f}, "

@@ -7,7 +7,7 @@ import sqlalchemy as sa
 
 from cca.cascade import Cascade
 from cca.departments import load_department_map
-from cca.embeddings import get_embedder
+from cca.embeddings import get_deep_embedder, get_embedder
 from cca.errors import InputError
 from cca.feedback import apply_feedback
 from cca.store.audit import append_decisions
@@ -31,9 +31,10 @@ def trained(settings, db):
             "TRUNCATE tickets, ticket_labels, ticket_embeddings, cache_track_record CASCADE"))
     depts = load_department_map(settings.department_map)
     import_parsed(db, read_ticket_file(FIXTURES / "service_desk.csv", COLS), depts)
-    embedder = get_embedder(settings)
+    embedder, deep = get_embedder(settings), get_deep_embedder(settings)
     index_labelled_tickets(db, embedder)
-    bundle, report = train_from_store(settings, db, embedder, depts.mapping)
+    index_labelled_tickets(db, deep, hnsw=False)
+    bundle, report = train_from_store(settings, db, embedder, depts.mapping, deep_embedder=deep)
     return bundle, report
 
 
@@ -44,9 +45,10 @@ def test_training_saves_a_complete_bundle(settings, trained):
     assert info["labels"] == ["billing_question", "cancel_subscription", "delivery_delay",
                               "password_reset"]
     assert info["departments"]["delivery_delay"] == "Logistics"
-    assert info["embedding_model_id"] == "all-MiniLM-L6-v2-onnx-int8"
+    assert info["embedding_model_id"] == "minilm-l6-static-v2"
+    assert info["deep_embedding_model_id"] == "all-MiniLM-L6-v2-onnx-int8"
     assert len(info["data_hash"]) == 64 and info["rules_version"]
-    assert 0 < info["classifier_threshold"] <= 1 and info["temperature"] > 0
+    assert 0 < info["classifier_threshold"] <= 1 and 0 <= info["fast_threshold"] <= 1
     assert report.n_train + report.n_holdout == 48
 
 

@@ -3,7 +3,7 @@ import pytest
 import sqlalchemy as sa
 
 from cca.departments import load_department_map
-from cca.embeddings import get_embedder
+from cca.embeddings import get_deep_embedder, get_embedder
 from cca.errors import InputError
 from cca.store.vectors import nearest
 from pipelines.import_tickets import import_parsed
@@ -94,11 +94,25 @@ def test_index_embeds_only_new_or_changed_and_finds_neighbours(settings, clean_d
     assert "hnsw" in plan.lower() or "Index Scan" in plan
 
 
-def test_embeddings_are_normalised_and_deterministic(settings):
-    embedder = get_embedder(settings)
+@pytest.mark.parametrize("which", ["cache", "deep"])
+def test_embeddings_are_normalised_deterministic_and_semantic(settings, which):
+    embedder = get_embedder(settings) if which == "cache" else get_deep_embedder(settings)
     a = embedder.embed(["card not arrived", "reset my password please"] * 3)
     b = embedder.embed(["reset my password please"])
     assert a.shape == (6, 384)
     assert np.allclose(np.linalg.norm(a, axis=1), 1, atol=1e-5)
     assert np.allclose(a[1], b[0], atol=1e-5)
-    assert float(a[0] @ a[1]) < 0.6
+    near, far = embedder.embed(["my new card has not been delivered", "what is the weather"])
+    assert float(a[0] @ near) > float(a[0] @ far) + 0.1
+
+
+def test_static_table_is_cached_and_verified(settings):
+    from cca.embeddings import OnnxMiniLM
+    from cca.static_embeddings import StaticMiniLM
+
+    get_embedder(settings)  # distils once into CCA_HOME/embeddings
+    cached = settings.home / "embeddings" / "minilm-static-v2.npy"
+    assert cached.exists() and cached.with_suffix(".json").exists()
+    teacher = OnnxMiniLM()
+    reloaded = StaticMiniLM(settings.home / "embeddings", teacher)
+    assert reloaded.table.shape == (30522, 384)

@@ -8,7 +8,7 @@ import pytest
 
 from cca.cascade import Cascade
 from cca.departments import load_department_map
-from cca.embeddings import get_embedder
+from cca.embeddings import get_deep_embedder, get_embedder
 from cca.settings import Settings
 from cca.store import open_database
 from pipelines.import_tickets import import_parsed
@@ -28,8 +28,9 @@ def banking_cascade(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cascad
     departments = load_department_map(settings.department_map)
     import_parsed(db, read_ticket_file(BANKING77 / "train.csv", COLS, source="b77-train"),
                   departments)
-    embedder = get_embedder(settings)
+    embedder, deep = get_embedder(settings), get_deep_embedder(settings)
     index_labelled_tickets(db, embedder)
-    train_from_store(settings, db, embedder, departments.mapping)
+    index_labelled_tickets(db, deep, hnsw=False)
+    train_from_store(settings, db, embedder, departments.mapping, deep_embedder=deep)
     yield Cascade.load(settings, db)
     db.dispose()

@@ -9,7 +9,7 @@ from tests.model.conftest import COLS
 def test_banking77_test_split_quality(banking_cascade):
     parsed = read_ticket_file(BANKING77 / "test.csv", COLS, collapse_duplicates=False)
     truths = [parsed.labels[t.id] for t in parsed.tickets]
-    report, decisions = evaluate(banking_cascade, parsed.tickets, truths, latency_sample=20)
+    report, _ = evaluate(banking_cascade, parsed.tickets, truths, latency_sample=20)
     assert report["n"] == 3080
     assert report["top1_accuracy"] >= 0.935
     assert report["top1_department_accuracy"] >= 0.965

@@ -1,6 +1,6 @@
 import numpy as np
 
-from cca.classifier import ClassifierParams, EnsembleClassifier, threshold_for_precision
+from cca.classifier import ClassifierParams, TieredClassifier, threshold_for_precision
 
 
 def test_threshold_for_precision_picks_widest_safe_cut():
@@ -11,26 +11,48 @@ def test_threshold_for_precision_picks_widest_safe_cut():
     assert threshold_for_precision(conf, ~correct, 0.9, min_support=1) == 1.0
 
 
-def test_ensemble_learns_and_calibration_lowers_log_loss():
-    rng = np.random.default_rng(0)
+def _toy(seed: int = 0):
+    rng = np.random.default_rng(seed)
     words = {"a": "refund money back", "b": "password login access", "c": "parcel late delivery"}
-    texts, y, emb = [], [], []
+    texts, y, fast, deep = [], [], [], []
     centres = {k: rng.normal(size=8) for k in words}
-    for _ in range(60):
+    for _ in range(80):
         for label, w in words.items():
-            toks = w.split()
-            texts.append(" ".join(rng.choice(toks, size=3)) + " " + rng.choice(["pls", "hi", ""]))
+            texts.append(" ".join(rng.choice(w.split(), size=3)) + " " + rng.choice(["pls", "hi"]))
             y.append(label)
-            emb.append(centres[label] + rng.normal(scale=1.5, size=8))
-    emb = np.asarray(emb, dtype=np.float32)
-    clf = EnsembleClassifier(params=ClassifierParams(tfidf_c=1.0, embedding_c=1.0))
-    clf.fit(texts[:120], emb[:120], y[:120])
-    p_before = clf.predict_proba(texts[120:], emb[120:])
-    t = clf.calibrate(texts[120:], emb[120:], y[120:])
-    p_after = clf.predict_proba(texts[120:], emb[120:])
-    idx = [clf.labels.index(label) for label in y[120:]]
-    nll = lambda p: -np.mean(np.log(p[np.arange(len(idx)), idx]))  # noqa: E731
-    assert t != 1.0
-    assert nll(p_after) <= nll(p_before) + 1e-9
-    assert (np.asarray(clf.labels)[p_after.argmax(1)] == np.asarray(y[120:])).mean() >= 0.85
-    assert np.allclose(p_after.sum(axis=1), 1.0)
+            fast.append(centres[label] + rng.normal(scale=2.0, size=8))
+            deep.append(centres[label] + rng.normal(scale=0.5, size=8))
+    return texts, y, np.asarray(fast, np.float32), np.asarray(deep, np.float32)
+
+
+def test_tiered_classifier_calibrates_and_asks_for_deep_vectors_only_when_unsure():
+    texts, y, fast, deep = _toy()
+    fit, hold = slice(0, 150), slice(150, 240)
+    clf = TieredClassifier(params=ClassifierParams(tfidf_c=1.0, fast_c=1.0, deep_c=1.0,
+                                                   fast_precision=0.99))
+    clf.fit(texts[fit], fast[fit], deep[fit], y[fit])
+    clf.calibrate(texts[hold], fast[hold], deep[hold], y[hold])
+    assert clf.fast_temperature > 0 and clf.deep_temperature > 0
+    assert 0 < clf.fast_threshold <= 1
+
+    asked: list[list[int]] = []
+
+    def deep_vectors(rows: list[int]) -> np.ndarray:
+        asked.append(rows)
+        return deep[hold][rows]
+
+    proba, used = clf.predict_proba(texts[hold], fast[hold], deep_vectors)
+    assert np.allclose(proba.sum(axis=1), 1.0)
+    assert len(asked) <= 1 and (not asked or asked[0] == np.flatnonzero(used).tolist())
+    fast_only, _ = clf.predict_proba(texts[hold], fast[hold], None)
+    assert (fast_only[~used].argmax(1) == proba[~used].argmax(1)).all()
+    accuracy = (np.asarray(clf.labels)[proba.argmax(1)] == np.asarray(y[hold])).mean()
+    assert accuracy >= 0.85
+
+
+def test_without_deep_model_the_fast_tier_answers_everything():
+    texts, y, fast, _ = _toy(1)
+    clf = TieredClassifier().fit(texts[:150], fast[:150], None, y[:150])
+    clf.calibrate(texts[150:], fast[150:], None, y[150:])
+    _, used = clf.predict_proba(texts[150:], fast[150:], lambda rows: 1 / 0)
+    assert not used.any() and clf.fast_threshold == 0.0
