@@ -100,8 +100,13 @@ def test_cache_answers_once_a_label_has_a_track_record_and_feedback_moves_it(
     with db.begin() as conn:
         assert track_records(conn, model_id)["delivery_delay"] == (201, 200)
         stored = conn.execute(sa.text(
-            "SELECT label, validated FROM ticket_embeddings WHERE ticket_id = 'twin-1'")).one()
-    assert tuple(stored) == ("billing_question", True)
+            "SELECT model_id, label, validated FROM ticket_embeddings "
+            "WHERE ticket_id = 'twin-1' ORDER BY model_id")).all()
+    # Both the cache's vector and the deep model's (kept for the next training) are stored.
+    assert [tuple(r) for r in stored] == [
+        ("all-MiniLM-L6-v2-onnx-int8", "billing_question", True),
+        ("minilm-l6-static-v2", "billing_question", True),
+    ]
 
 
 def test_feedback_rejects_unknown_label_and_ticket(settings, db, trained):
