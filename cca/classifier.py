@@ -69,12 +69,12 @@ class TieredClassifier:
 
     def _log_text(self, texts: list[str]) -> np.ndarray:
         assert self.vectorizer is not None and self.text_model is not None
-        return self.text_model.predict_log_proba(self.vectorizer.transform(texts))
+        return _log_proba(self.text_model, self.vectorizer.transform(texts))
 
     def _pool(self, log_text: np.ndarray, model: LogisticRegression | Pipeline, vectors: np.ndarray,
               temperature: float) -> np.ndarray:
         w = self.params.embedding_weight
-        return _softmax(((1 - w) * log_text + w * model.predict_log_proba(vectors)) / temperature)
+        return _softmax(((1 - w) * log_text + w * _log_proba(model, vectors)) / temperature)
 
     def predict_proba(
         self, texts: list[str], fast_vectors: np.ndarray, deep_vectors: DeepVectors | None = None
@@ -113,6 +113,11 @@ class TieredClassifier:
         fast = self._pool(log_text, self.fast_model, fast_vectors[known], self.fast_temperature)
         self.fast_threshold = threshold_for_precision(
             fast.max(axis=1), fast.argmax(axis=1) == cols, self.params.fast_precision)
+
+
+def _log_proba(model: LogisticRegression | Pipeline, x: object) -> np.ndarray:
+    """Log-probabilities floored at 1e-12, so one view's hard zero cannot veto a class."""
+    return np.log(np.clip(model.predict_proba(x), 1e-12, 1.0))
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
