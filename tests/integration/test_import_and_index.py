@@ -82,9 +82,10 @@ def test_index_embeds_only_new_or_changed_and_finds_neighbours(settings, clean_d
     with clean_db.begin() as conn:
         found = nearest(conn, embedder.model_id, query, k=3)[0]
         excluded = nearest(conn, embedder.model_id, query, k=3, exclude_ids=["SD-027"])[0]
-        # With 48 rows the planner rightly prefers a scan; forbid it to prove the partial
-        # HNSW expression index matches the query shape the cache uses.
-        conn.execute(sa.text("SET LOCAL enable_seqscan = off"))
+        # With 48 rows the planner rightly prefers scan + sort; discourage those to prove the
+        # partial HNSW expression index matches the query shape the cache uses.
+        for knob in ("enable_seqscan", "enable_bitmapscan", "enable_sort"):
+            conn.execute(sa.text(f"SET LOCAL {knob} = off"))
         plan = "\n".join(conn.execute(sa.text(
             "EXPLAIN SELECT ticket_id FROM ticket_embeddings "
             f"WHERE model_id = '{embedder.model_id}' AND label IS NOT NULL "
