@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 # `cca --help` and `cca rules check` answer at once.
 
 
-def do_train(db: Database) -> TrainReport:
+def do_train(db: Database, departments: Path | None = None) -> TrainReport:
     import sqlalchemy as sa
 
     from cca.departments import load_department_map
@@ -29,7 +29,7 @@ def do_train(db: Database) -> TrainReport:
     from training.train_classifier import train_from_store
 
     s = settings()
-    dept = load_department_map(s.department_map).mapping
+    dept = load_department_map(departments or s.department_map).mapping
     with db.begin() as conn:
         stored = dict(conn.execute(sa.text(
             "SELECT DISTINCT label, department FROM ticket_labels WHERE validated")).all())
@@ -80,7 +80,7 @@ def train_cmd(
         if data:
             do_import(db, data, Columns(text=text_col, label=label_col), None, departments)
             do_index(db)
-        do_train(db)
+        do_train(db, departments)
 
 
 def classify_cmd(
