@@ -59,7 +59,6 @@ class Settings(BaseSettings):
     cache_topk_agree: int = 5
     cache_topk_min_confidence: float = 0.85
     cache_track_record_prior: float = 2.0
-    cache_min_class_support: int = 20
 
     # Classifier and cascade
     rules_min_confidence: float = 0.9

@@ -80,7 +80,3 @@ class Decision(BaseModel):
     model_version: str
     cost_usd: float = 0.0
     reason: str = ""
-
-    @property
-    def needs_review(self) -> bool:
-        return self.stage == "review"

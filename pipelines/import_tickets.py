@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from cca.departments import DepartmentMap
-from cca.errors import InputError
 from cca.store import Database
 from cca.store.tickets_repo import upsert_tickets
 from pipelines.read_tickets import ParsedFile, Reject
@@ -27,12 +26,8 @@ def import_parsed(
     db: Database, parsed: ParsedFile, departments: DepartmentMap, strict: bool = True
 ) -> ImportReport:
     """Write tickets and their validated labels; a strict import with any reject writes nothing."""
-    if strict and parsed.rejects:
-        first = parsed.rejects[0]
-        more = f" (and {len(parsed.rejects) - 1} more)" if len(parsed.rejects) > 1 else ""
-        raise InputError(
-            f"{parsed.path}: line {first.line}: {first.reason}{more}; nothing imported"
-        )
+    if strict:
+        parsed.refuse_if_rejected("nothing imported")
     departments.check_covers(set(parsed.labels.values()))
     labels = {tid: (lab, departments.department(lab) or lab) for tid, lab in parsed.labels.items()}
     with db.begin() as conn:

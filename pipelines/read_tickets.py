@@ -32,6 +32,14 @@ class ParsedFile:
     rejects: list[Reject] = field(default_factory=list)
     duplicates: int = 0
 
+    def refuse_if_rejected(self, consequence: str) -> None:
+        """One line naming the first bad record, for commands that take a file whole."""
+        if self.rejects:
+            first = self.rejects[0]
+            more = f" (and {len(self.rejects) - 1} more)" if len(self.rejects) > 1 else ""
+            raise InputError(f"{self.path}: line {first.line}: {first.reason}{more}; "
+                             f"{consequence}")
+
 
 @dataclass(frozen=True)
 class Columns:

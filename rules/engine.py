@@ -7,6 +7,7 @@ stage answers the label.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -109,8 +110,6 @@ def _where(path: Path, index: int, raw: object) -> str:
 
 def load_rules(path: Path) -> RuleSet:
     """Parse and compile every rule; any problem names the file, the rule and the reason."""
-    import hashlib
-
     try:
         raw_text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:

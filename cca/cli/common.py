@@ -51,7 +51,7 @@ def database() -> Iterator[Database]:
 
 @contextmanager
 def progress_bar(description: str, total: int | None = None) -> Iterator[Any]:
-    """A rich progress bar on stderr; ``advance(n)`` moves it. Quiet when not a terminal in CI."""
+    """A rich progress bar on stderr; ``advance(n)`` moves it. ``CCA_NO_PROGRESS=1`` hides it."""
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn(), TimeRemainingColumn()]
     with Progress(*columns, console=console, transient=False,

@@ -51,10 +51,7 @@ def do_evaluate(db: Database, path: Path, cols: Columns, json_out: Path | None,
 
     s = settings()
     parsed = read_ticket_file(path, cols, max_chars=s.max_text_chars, collapse_duplicates=False)
-    if parsed.rejects:
-        first = parsed.rejects[0]
-        raise InputError(f"{path}: line {first.line}: {first.reason}; "
-                         f"{len(parsed.rejects)} record(s) cannot be evaluated")
+    parsed.refuse_if_rejected("nothing evaluated")
     tickets = parsed.tickets
     truths = [parsed.labels[t.id] for t in tickets]
     cascade = Cascade.load(s, db)
@@ -101,9 +98,7 @@ def classify_cmd(
     if file:
         parsed = read_ticket_file(file, Columns(text=text_col), source="cli",
                                   max_chars=s.max_text_chars)
-        if parsed.rejects:
-            r = parsed.rejects[0]
-            raise InputError(f"{file}: line {r.line}: {r.reason}; nothing classified")
+        parsed.refuse_if_rejected("nothing classified")
         tickets = parsed.tickets
     else:
         assert text is not None

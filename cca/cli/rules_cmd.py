@@ -40,6 +40,7 @@ def evaluate(
     rs = load_rules(rules or settings().rules_path)
     parsed = read_ticket_file(data, Columns(text=text_col, label=label_col),
                               collapse_duplicates=False)
+    parsed.refuse_if_rejected("nothing evaluated")
     tickets = parsed.tickets
     stats = evaluate_rules(rs, tickets, [parsed.labels[t.id] for t in tickets])
     table = Table(title=f"{rs.path.name} on {data.name} ({len(tickets)} tickets)")

@@ -136,10 +136,3 @@ def get_ticket(conn: Connection, ticket_id: str) -> Ticket | None:
         {"id": ticket_id},
     ).mappings().first()
     return Ticket(**row) if row else None
-
-
-def counts_by_label(conn: Connection) -> dict[str, int]:
-    rows = conn.execute(
-        sa.text("SELECT label, count(*) FROM ticket_labels WHERE validated GROUP BY label")
-    ).all()
-    return {label: n for label, n in rows}

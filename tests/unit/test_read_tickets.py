@@ -83,6 +83,15 @@ def test_record_level_rejects_carry_line_and_reason(tmp_path):
     assert "NUL" in reasons[7]
 
 
+def test_a_file_taken_whole_is_refused_with_the_first_reason(tmp_path):
+    p = tmp_path / "t.csv"
+    p.write_text("text,label\nok,a\n ,a\n,b\n")
+    parsed = read_ticket_file(p, Columns(text="text", label="label"))
+    with pytest.raises(InputError, match=r"line 3: empty or missing text.*\(and 1 more\); "
+                                         r"nothing imported$"):
+        parsed.refuse_if_rejected("nothing imported")
+
+
 def test_malformed_jsonl_line_is_a_reject(tmp_path):
     p = tmp_path / "t.jsonl"
     p.write_text('{"text": "ok", "label": "a"}\n{"text": \n["list"]\n')
