@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from datetime import datetime
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -107,17 +108,26 @@ def set_labels(
     )
 
 
-def labelled_tickets(conn: Connection, source: str | None = None) -> list[tuple[Ticket, str]]:
-    """Every ticket with a validated label, oldest first (the training set)."""
+def labelled_tickets(
+    conn: Connection, source: str | None = None, since: datetime | None = None
+) -> list[tuple[Ticket, str]]:
+    """The training set, oldest first: validated labels on redacted, non-duplicate tickets.
+
+    Tickets carry their redacted text (the raw text never reaches a model); ``since`` keeps
+    labels given (or tickets created) from that moment on.
+    """
     query = """
-        SELECT t.id, t.source, t.subject, t.body, t.customer_ref, t.created_at, t.priority,
-               t.metadata, l.label
+        SELECT t.id, t.source, t.clean_subject AS subject, t.clean_body AS body,
+               t.customer_ref, t.created_at, t.priority, t.metadata, l.label
         FROM tickets t JOIN ticket_labels l ON l.ticket_id = t.id
-        WHERE l.validated AND (CAST(:source AS text) IS NULL OR t.source = :source)
+        WHERE l.validated AND t.sanitized_for = t.content_hash AND t.duplicate_of IS NULL
+          AND (CAST(:source AS text) IS NULL OR t.source = :source)
+          AND (CAST(:since AS timestamptz) IS NULL
+               OR greatest(t.created_at, l.labelled_at) >= :since)
         ORDER BY t.created_at, t.id
     """
     out = []
-    for row in conn.execute(sa.text(query), {"source": source}).mappings():
+    for row in conn.execute(sa.text(query), {"source": source, "since": since}).mappings():
         ticket = Ticket(
             id=row["id"], source=row["source"], subject=row["subject"], body=row["body"],
             customer_ref=row["customer_ref"], created_at=row["created_at"],
