@@ -22,6 +22,7 @@ from cca.store import Database
 from cca.store.vectors import nearest, track_records
 from cca.tickets import Decision, Neighbour, Ticket
 from cca.vector_cache import CachePolicy, decide
+from pipelines.pii import Sanitizer
 from rules import RuleSet, load_rules
 
 
@@ -47,6 +48,7 @@ class Cascade:
         embedder: Embedder,
         deep_embedder: Embedder | None = None,
         llm: LLMStage | None = None,
+        sanitizer: Sanitizer | None = None,
     ) -> None:
         trained = (bundle.info.embedding_model_id, bundle.info.deep_embedding_model_id)
         configured = (embedder.model_id, deep_embedder.model_id if deep_embedder else None)
@@ -58,6 +60,9 @@ class Cascade:
         self.settings, self.db, self.bundle = settings, db, bundle
         self.rules, self.embedder, self.deep_embedder = rules, embedder, deep_embedder
         self.llm = llm or DisabledLLMStage()
+        # The model was trained on redacted text, and nothing past the rules (embedder,
+        # classifier, LLM, logs) may see raw PII, so tickets are redacted right after the rules.
+        self.sanitizer = sanitizer or Sanitizer.from_settings(settings)
         self.policy = CachePolicy.from_settings(settings)
         self.threshold = (settings.classifier_threshold
                           if settings.classifier_threshold is not None
@@ -99,6 +104,7 @@ class Cascade:
         self._rules(work, now)
         pending = [w for w in work if w.decision is None]
         if pending:
+            self._redact(pending)
             cost = self._embed_and_search(pending)
             rest = [w for w in pending if w.decision is None]
             if rest:
@@ -119,6 +125,15 @@ class Cascade:
                 w.decision = self._decision(w, "rules", hit.label, hit.confidence,
                                             rule_id=hit.rule_id,
                                             reason=f"rule {hit.rule_id} matched")
+
+    def _redact(self, todo: list[_Work]) -> None:
+        t0 = time.perf_counter()
+        subjects = self.sanitizer.redact_many([w.ticket.subject for w in todo])
+        bodies = self.sanitizer.redact_many([w.ticket.body for w in todo])
+        ms = (time.perf_counter() - t0) * 1000 / len(todo)
+        for w, subject, body in zip(todo, subjects, bodies, strict=True):
+            w.ticket = w.ticket.model_copy(update={"subject": subject.text, "body": body.text})
+            w.timings["redact"] = ms
 
     def _embed_and_search(self, todo: list[_Work]) -> float:
         """Embed once per batch and query pgvector once per batch; returns the embedding cost."""

@@ -12,8 +12,10 @@ from cca.errors import InputError
 from cca.settings import Settings
 from cca.store import Database
 from cca.store.audit import last_decision
-from cca.store.tickets_repo import get_ticket, set_labels
+from cca.store.tickets_repo import get_redacted_ticket, get_ticket, set_labels
 from cca.store.vectors import VectorRow, record_feedback, upsert_vectors
+from pipelines.pii import Sanitizer
+from pipelines.sanitize_tickets import sanitize_pending
 
 
 def apply_feedback(settings: Settings, db: Database, ticket_id: str, label: str) -> str:
@@ -27,9 +29,14 @@ def apply_feedback(settings: Settings, db: Database, ticket_id: str, label: str)
         )
     department = bundle.info.departments.get(label, label)
     with db.begin() as conn:
-        ticket = get_ticket(conn, ticket_id)
-    if ticket is None:
-        raise InputError(f"no ticket {ticket_id!r} in the store")
+        if get_ticket(conn, ticket_id) is None:
+            raise InputError(f"no ticket {ticket_id!r} in the store")
+        ticket = get_redacted_ticket(conn, ticket_id)
+    if ticket is None:  # not redacted yet: only redacted text may be embedded
+        sanitize_pending(db, Sanitizer.from_settings(settings), ids=[ticket_id])
+        with db.begin() as conn:
+            ticket = get_redacted_ticket(conn, ticket_id)
+        assert ticket is not None
     embedder = get_embedder(settings)
     embedders = [e for e in (embedder, get_deep_embedder(settings)) if e is not None]
     vectors = [e.embed([ticket.text]) for e in embedders]

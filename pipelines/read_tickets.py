@@ -9,6 +9,7 @@ import csv
 import hashlib
 import io
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from cca.tickets import Ticket
 class Reject:
     line: int
     reason: str
+    record: dict = field(default_factory=dict, repr=False)
 
 
 @dataclass
@@ -31,6 +33,7 @@ class ParsedFile:
     labels: dict[str, str] = field(default_factory=dict)
     rejects: list[Reject] = field(default_factory=list)
     duplicates: int = 0
+    lines: dict[str, int] = field(default_factory=dict)
 
     def refuse_if_rejected(self, consequence: str) -> None:
         """One line naming the first bad record, for commands that take a file whole."""
@@ -53,17 +56,28 @@ class Columns:
 
 
 def _decode(path: Path) -> str:
+    """Bytes that are not UTF-8 survive as surrogates so the record holding them is rejected
+    on its own line instead of refusing the whole file."""
     try:
         raw = path.read_bytes()
     except FileNotFoundError as exc:
         raise InputError(f"{path}: no such file") from exc
     except OSError as exc:
         raise InputError(f"{path}: cannot read: {exc.strerror}") from exc
-    try:
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise InputError(f"{path}: not valid UTF-8 (line {line}, byte {exc.start})") from exc
+    if raw.startswith(b"\xef\xbb\xbf"):
+        raw = raw[3:]
+    return raw.decode("utf-8", errors="surrogateescape")
+
+
+def _bad_encoding(rec: dict) -> str | None:
+    for key, value in rec.items():
+        for item in (key, value):
+            if isinstance(item, str) and _SURROGATES.search(item):
+                return f"not valid UTF-8 in {key.encode('utf-8', 'replace').decode()!r}"
+    return None
+
+
+_SURROGATES = re.compile("[\udc80-\udcff]")
 
 
 def _records(path: Path, text: str, cols: Columns) -> list[tuple[int, dict | None, str]]:
@@ -102,6 +116,19 @@ def _records(path: Path, text: str, cols: Columns) -> list[tuple[int, dict | Non
     return out
 
 
+def file_columns(path: Path) -> set[str]:
+    """The columns a file offers (CSV header, or keys of the JSONL records)."""
+    text = _decode(path)
+    suffix = path.suffix.lower()
+    if suffix in (".csv", ".tsv"):
+        reader = csv.reader(io.StringIO(text), delimiter="\t" if suffix == ".tsv" else ",")
+        return set(next(reader, []))
+    keys: set[str] = set()
+    for _, rec, _ in _records(path, text, Columns(text="")):
+        keys |= set(rec or {})
+    return keys
+
+
 def _text_id(source: str, text: str) -> str:
     return f"{source}-{hashlib.sha256(text.encode('utf-8')).hexdigest()[:16]}"
 
@@ -124,22 +151,27 @@ def read_ticket_file(
     first_line: dict[str, int] = {}
     for line, rec, error in _records(path, _decode(path), cols):
         if rec is None:
-            parsed.rejects.append(Reject(line, error))
+            parsed.rejects.append(Reject(line, error, {}))
+            continue
+        bad = _bad_encoding(rec)
+        if bad:
+            parsed.rejects.append(Reject(line, bad, rec))
             continue
         body = rec.get(cols.text)
         if not isinstance(body, str) or not body.strip():
-            parsed.rejects.append(Reject(line, f"empty or missing text in {cols.text!r}"))
+            parsed.rejects.append(Reject(line, f"empty or missing text in {cols.text!r}", rec))
             continue
         if len(body) > max_chars:
             parsed.rejects.append(
-                Reject(line, f"text is {len(body)} characters (limit {max_chars})")
+                Reject(line, f"text is {len(body)} characters (limit {max_chars})", rec)
             )
             continue
         label = None
         if cols.label:
             label = rec.get(cols.label)
             if not isinstance(label, str | int) or not str(label).strip():
-                parsed.rejects.append(Reject(line, f"empty or missing label in {cols.label!r}"))
+                parsed.rejects.append(
+                    Reject(line, f"empty or missing label in {cols.label!r}", rec))
                 continue
             label = str(label).strip()
         subject = str(rec.get(cols.subject) or "") if cols.subject else ""
@@ -155,7 +187,7 @@ def read_ticket_file(
             else:
                 why = "conflicting label for identical text" if derived else "duplicate id"
                 parsed.rejects.append(
-                    Reject(line, f"{why} {tid!r} (first at line {first_line[tid]})")
+                    Reject(line, f"{why} {tid!r} (first at line {first_line[tid]})", rec)
                 )
                 continue
         fields: dict = {"id": tid, "source": source, "subject": subject, "body": body}
@@ -170,9 +202,10 @@ def read_ticket_file(
         except ValidationError as exc:
             err = exc.errors()[0]
             where = ".".join(map(str, err["loc"]))
-            parsed.rejects.append(Reject(line, f"{where}: {err['msg']}"))
+            parsed.rejects.append(Reject(line, f"{where}: {err['msg']}", rec))
             continue
         first_line[tid] = line
+        parsed.lines[tid] = line
         parsed.tickets.append(ticket)
         if label is not None:
             parsed.labels[tid] = label

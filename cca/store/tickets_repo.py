@@ -121,6 +121,7 @@ def labelled_tickets(
                t.customer_ref, t.created_at, t.priority, t.metadata, l.label
         FROM tickets t JOIN ticket_labels l ON l.ticket_id = t.id
         WHERE l.validated AND t.sanitized_for = t.content_hash AND t.duplicate_of IS NULL
+          AND t.checked_for = t.clean_hash
           AND (CAST(:source AS text) IS NULL OR t.source = :source)
           AND (CAST(:since AS timestamptz) IS NULL
                OR greatest(t.created_at, l.labelled_at) >= :since)
@@ -142,6 +143,19 @@ def get_ticket(conn: Connection, ticket_id: str) -> Ticket | None:
         sa.text(
             "SELECT id, source, subject, body, customer_ref, created_at, priority, metadata "
             "FROM tickets WHERE id = :id"
+        ),
+        {"id": ticket_id},
+    ).mappings().first()
+    return Ticket(**row) if row else None
+
+
+def get_redacted_ticket(conn: Connection, ticket_id: str) -> Ticket | None:
+    """The ticket with its redacted text, or None if absent or not redacted since it changed."""
+    row = conn.execute(
+        sa.text(
+            "SELECT id, source, clean_subject AS subject, clean_body AS body, customer_ref, "
+            "created_at, priority, metadata FROM tickets "
+            "WHERE id = :id AND sanitized_for = content_hash"
         ),
         {"id": ticket_id},
     ).mappings().first()

@@ -25,6 +25,7 @@ def upgrade() -> None:
             ADD COLUMN pii_found      jsonb NOT NULL DEFAULT '{}'::jsonb,
             ADD COLUMN duplicate_of   text REFERENCES tickets (id) ON DELETE SET NULL,
             ADD COLUMN dedup_for      text,
+            ADD COLUMN checked_for    text,
             ADD COLUMN raw_purged_at  timestamptz
         """
     )
@@ -123,6 +124,6 @@ def downgrade() -> None:
         ALTER TABLE tickets
             DROP COLUMN clean_subject, DROP COLUMN clean_body, DROP COLUMN clean_hash,
             DROP COLUMN sanitized_for, DROP COLUMN pii_found, DROP COLUMN duplicate_of,
-            DROP COLUMN dedup_for, DROP COLUMN raw_purged_at
+            DROP COLUMN dedup_for, DROP COLUMN checked_for, DROP COLUMN raw_purged_at
         """
     )

@@ -1,0 +1,68 @@
+"""``cca ingest``, ``cca prepare`` and ``cca purge``: the DAG steps, by hand, with progress bars."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from cca.cli.common import console, database, progress_bar, settings
+
+if TYPE_CHECKING:
+    from cca.store import Database
+
+
+def do_prepare(db: Database) -> dict:
+    """sanitize -> dedup -> validate -> index: the same functions the prepare_tickets DAG runs."""
+    from pipelines import lifecycle
+
+    s = settings()
+    san = lifecycle.sanitize_pending(s, db, progress_bar)
+    console.print(f"sanitize: {san['sanitized']} tickets redacted in {san['seconds']}s, "
+                  f"{san['with_pii']} had PII {san['found'] or ''}")
+    dup = lifecycle.dedup_pending(s, db, progress_bar)
+    console.print(f"dedup: {dup['checked']} checked, {dup['duplicates']} near-duplicates linked "
+                  f"to their original ({dup['label_conflicts']} with another label)"
+                  + (", Redis index rebuilt from PostgreSQL" if dup["rebuilt_index"] else ""))
+    val = lifecycle.validate_pending(s, db)
+    if val["checked"]:
+        docs = val["clean_suite"]["data_docs"]
+        console.print(f"validate: {val['checked']} tickets passed (Data Docs: {docs})")
+    else:
+        console.print("validate: nothing new to validate")
+    idx = lifecycle.index_pending(s, db, progress_bar)
+    for m in idx["models"]:
+        console.print(f"index {m['model_id']}: embedded {m['embedded']} new or changed of "
+                      f"{m['considered']} ({m['per_second']:.0f}/s), {m['relabelled']} "
+                      f"relabelled, {m['dropped_duplicates']} duplicates dropped")
+    return {"sanitize": san, "dedup": dup, "validate": val, "index": idx}
+
+
+def prepare_cmd() -> None:
+    """Redact PII, link near-duplicates, validate, then embed and index what is new."""
+    with database() as db:
+        do_prepare(db)
+
+
+def ingest_cmd() -> None:
+    """Take the files in the inbox folder and fetch from configured ticketing systems."""
+    from pipelines import lifecycle
+
+    s = settings()
+    with database() as db:
+        inbox = lifecycle.ingest_inbox(s, db)
+        console.print(f"inbox {s.inbox}: {inbox['files']} files, {inbox['tickets_new']} new "
+                      f"tickets, {inbox['quarantined']} quarantined, {inbox['failed_files']} "
+                      f"unreadable (moved to failed/)")
+        for result in lifecycle.ingest_connectors(s, db)["connectors"]:
+            console.print(f"{result['connector']}: {result['new']} new, {result['updated']} "
+                          f"updated, {result['quarantined']} quarantined")
+
+
+def purge_cmd() -> None:
+    """Retention: purge raw text past CCA_RETENTION_RAW_DAYS, embeddings past 2 years."""
+    from pipelines import lifecycle
+
+    with database() as db:
+        r = lifecycle.purge_expired(settings(), db)
+    console.print(f"raw text purged on {r['raw_text_purged']} tickets (before "
+                  f"{r['raw_cutoff'][:10]}), {r['embeddings_deleted']} embeddings deleted, "
+                  f"{r['quarantine_payloads_purged']} quarantine payloads cleared")

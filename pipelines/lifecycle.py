@@ -1,0 +1,146 @@
+"""The data lifecycle as plain functions: what each Airflow task and the main job call.
+
+Each function opens what it needs from the settings, does one step, logs one line and
+returns a small JSON-serialisable summary (an Airflow task passes it on as XCom). Nothing
+here imports Airflow, so every step runs and is tested on its own.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from typing import Any
+
+from cca.departments import load_department_map
+from cca.settings import Settings, get_settings
+from cca.store import Database, open_database
+
+log = logging.getLogger("cca.lifecycle")
+Bar = Callable[[str], AbstractContextManager[Any]]
+
+
+@contextmanager
+def _quiet_bar(description: str) -> Iterator[Any]:
+    """Without a terminal (Airflow, tests) progress goes to the log once at the end."""
+    done = [0]
+
+    def advance(n: int) -> None:
+        done[0] += n
+
+    advance.set_total = lambda n: None  # type: ignore[attr-defined]
+    yield advance
+    log.info("%s: %d done", description, done[0])
+
+
+@contextmanager
+def _session(settings: Settings | None, db: Database | None) -> Iterator[tuple[Settings, Database]]:
+    s = settings or get_settings()
+    if db is not None:
+        yield s, db
+        return
+    opened = open_database(s)
+    try:
+        yield s, opened
+    finally:
+        opened.dispose()
+
+
+def ingest_inbox(settings: Settings | None = None, db: Database | None = None) -> dict:
+    from pipelines.ingest import ingest_inbox as run
+
+    with _session(settings, db) as (s, conn):
+        report = run(conn, s, load_department_map(s.department_map)).as_dict()
+    log.info("ingest inbox: %s files, %s new tickets, %s quarantined", report["files"],
+             report["tickets_new"], report["quarantined"])
+    return report
+
+
+def ingest_connectors(settings: Settings | None = None, db: Database | None = None) -> dict:
+    from pipelines.connectors import connectors_from_settings
+    from pipelines.ingest import ingest_from_connector
+
+    with _session(settings, db) as (s, conn):
+        departments = load_department_map(s.department_map)
+        results = [ingest_from_connector(conn, c, departments)
+                   for c in connectors_from_settings(s)]
+    log.info("ingest connectors: %s", results or "none configured")
+    return {"connectors": results}
+
+
+def sanitize_pending(settings: Settings | None = None, db: Database | None = None,
+                     bar: Bar = _quiet_bar) -> dict:
+    from pipelines.pii import Sanitizer
+    from pipelines.sanitize_tickets import sanitize_pending as run
+
+    with _session(settings, db) as (s, conn), bar("redacting PII") as advance:
+        report = run(conn, Sanitizer.from_settings(s), on_total=advance.set_total,
+                     progress=advance).as_dict()
+    log.info("sanitize: %s tickets redacted (%s with PII: %s)", report["sanitized"],
+             report["with_pii"], report["found"])
+    return report
+
+
+def dedup_pending(settings: Settings | None = None, db: Database | None = None,
+                  bar: Bar = _quiet_bar) -> dict:
+    from pipelines.dedup import dedup_pending as run
+
+    with _session(settings, db) as (s, conn), bar("near-duplicates") as advance:
+        report = run(conn, s, on_total=advance.set_total, progress=advance).as_dict()
+    log.info("dedup: %s checked, %s near-duplicates linked (%s with another label)",
+             report["checked"], report["duplicates"], report["label_conflicts"])
+    return report
+
+
+def validate_pending(settings: Settings | None = None, db: Database | None = None) -> dict:
+    from pipelines.validate_tickets import validate_pending as run
+
+    with _session(settings, db) as (s, conn):
+        report = run(conn, s).as_dict()
+    log.info("validate: %s tickets passed the raw and clean suites", report["checked"])
+    return report
+
+
+def index_pending(settings: Settings | None = None, db: Database | None = None,
+                  bar: Bar = _quiet_bar) -> dict:
+    """The cache's vectors (searchable), then the deep model's (kept for training)."""
+    from cca.embeddings import get_deep_embedder, get_embedder
+    from pipelines.index_tickets import index_labelled_tickets
+
+    out = []
+    with _session(settings, db) as (s, conn):
+        for embedder, hnsw in ((get_embedder(s), True), (get_deep_embedder(s), False)):
+            if embedder is None:
+                continue
+            with bar(f"embedding ({embedder.model_id})") as advance:
+                r = index_labelled_tickets(conn, embedder, hnsw=hnsw,
+                                           on_total=advance.set_total, progress=advance)
+            out.append({"model_id": r.model_id, "considered": r.considered,
+                        "embedded": r.embedded, "relabelled": r.relabelled,
+                        "dropped_duplicates": r.dropped_duplicates, "seconds": r.seconds,
+                        "per_second": round(r.per_second, 1)})
+            log.info("index %s: %s embedded of %s (%.0f/s)", r.model_id, r.embedded,
+                     r.considered, r.per_second)
+    return {"models": out}
+
+
+def prepare(settings: Settings | None = None, db: Database | None = None,
+            bar: Bar = _quiet_bar) -> dict:
+    """sanitize -> dedup -> validate -> index, as the prepare_tickets DAG runs them."""
+    with _session(settings, db) as (s, conn):
+        return {
+            "sanitize": sanitize_pending(s, conn, bar),
+            "dedup": dedup_pending(s, conn, bar),
+            "validate": validate_pending(s, conn),
+            "index": index_pending(s, conn, bar),
+        }
+
+
+def purge_expired(settings: Settings | None = None, db: Database | None = None) -> dict:
+    from pipelines.retention import purge_expired as run
+
+    with _session(settings, db) as (s, conn):
+        report = run(conn, s).as_dict()
+    log.info("retention: raw text purged on %s tickets, %s embeddings deleted",
+             report["raw_text_purged"], report["embeddings_deleted"])
+    return report

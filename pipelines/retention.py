@@ -1,0 +1,52 @@
+"""Retention: raw text goes after 90 days, embeddings after 2 years; the audit log stays.
+
+Purging raw text keeps the redacted text, labels and hashes, so training, the index and
+near-duplicate checks still work on old tickets while no raw customer text outlives the
+window. Quarantined payloads hold raw text too and follow the same rule.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime, timedelta
+
+import sqlalchemy as sa
+
+from cca.settings import Settings
+from cca.store import Database
+
+
+@dataclass
+class RetentionReport:
+    raw_text_purged: int
+    quarantine_payloads_purged: int
+    embeddings_deleted: int
+    raw_cutoff: str
+    embedding_cutoff: str
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def purge_expired(db: Database, settings: Settings, now: datetime | None = None
+                  ) -> RetentionReport:
+    now = now or datetime.now(UTC)
+    raw_cutoff = now - timedelta(days=settings.retention_raw_days)
+    emb_cutoff = now - timedelta(days=settings.retention_embedding_days)
+    with db.begin() as conn:
+        purged = conn.execute(
+            sa.text("UPDATE tickets SET subject = '', body = '', customer_ref = NULL, "
+                    "raw_purged_at = :now WHERE created_at < :cut AND raw_purged_at IS NULL"),
+            {"now": now, "cut": raw_cutoff},
+        ).rowcount
+        payloads = conn.execute(
+            sa.text("UPDATE quarantine SET payload = '{}'::jsonb "
+                    "WHERE quarantined_at < :cut AND payload <> '{}'::jsonb"),
+            {"cut": raw_cutoff},
+        ).rowcount
+        deleted = conn.execute(
+            sa.text("DELETE FROM ticket_embeddings WHERE created_at < :cut"), {"cut": emb_cutoff}
+        ).rowcount
+    return RetentionReport(raw_text_purged=purged, quarantine_payloads_purged=payloads,
+                           embeddings_deleted=deleted, raw_cutoff=raw_cutoff.isoformat(),
+                           embedding_cutoff=emb_cutoff.isoformat())
