@@ -14,7 +14,6 @@ from pipelines.read_tickets import Columns, read_ticket_file
 if TYPE_CHECKING:
     from cca.store import Database
     from pipelines.import_tickets import ImportReport
-    from pipelines.index_tickets import IndexReport
 
 TextCol = Annotated[str, typer.Option("--text-col", help="Column with the ticket text.")]
 LabelCol = Annotated[str | None, typer.Option("--label-col", help="Column with the label.")]
@@ -40,23 +39,16 @@ def do_import(
     return report
 
 
-def do_index(db: Database) -> list[IndexReport]:
-    """The cache's vectors (searchable), then the deep model's (kept for training)."""
-    from cca.embeddings import get_deep_embedder, get_embedder
-    from pipelines.index_tickets import index_labelled_tickets
+def do_index(db: Database) -> dict:
+    """Embed and index what is new; the same function the prepare_tickets DAG runs last."""
+    from pipelines.lifecycle import index_pending
 
-    s = settings()
-    reports = []
-    for embedder, hnsw in ((get_embedder(s), True), (get_deep_embedder(s), False)):
-        if embedder is None:
-            continue
-        with progress_bar(f"embedding ({embedder.model_id})") as advance:
-            report = index_labelled_tickets(db, embedder, hnsw=hnsw,
-                                            on_total=advance.set_total, progress=advance)
-        console.print(f"{embedder.model_id}: embedded {report.embedded} new or changed of "
-                      f"{report.considered} labelled tickets; {report.relabelled} relabelled")
-        reports.append(report)
-    return reports
+    report = index_pending(settings(), db, progress_bar)
+    for m in report["models"]:
+        console.print(f"{m['model_id']}: embedded {m['embedded']} new or changed of "
+                      f"{m['considered']} prepared labelled tickets ({m['per_second']:.0f}/s); "
+                      f"{m['relabelled']} relabelled")
+    return report
 
 
 def import_cmd(
@@ -84,6 +76,6 @@ def import_cmd(
 
 
 def index_cmd() -> None:
-    """Embed new or changed labelled tickets and upsert them into the vector cache."""
+    """Embed new or changed prepared tickets and upsert them into the vector cache."""
     with database() as db:
         do_index(db)

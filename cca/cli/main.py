@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from cca.cli import data, main_job, model, rules_cmd
+from cca.cli import data, lifecycle_cmd, main_job, model, rules_cmd, sanitize_cmd
 from cca.cli.common import console, run_app, settings
 
 app = typer.Typer(
@@ -18,11 +18,15 @@ db_app = typer.Typer(help="The embedded PostgreSQL server under CCA_HOME.", no_a
 
 app.command("run")(main_job.run_cmd)
 app.command("import")(data.import_cmd)
+app.command("ingest")(lifecycle_cmd.ingest_cmd)
+app.command("sanitize")(sanitize_cmd.sanitize_cmd)
+app.command("prepare")(lifecycle_cmd.prepare_cmd)
 app.command("index")(data.index_cmd)
 app.command("train")(model.train_cmd)
 app.command("classify")(model.classify_cmd)
 app.command("evaluate")(model.evaluate_cmd)
 app.command("feedback")(model.feedback_cmd)
+app.command("purge")(lifecycle_cmd.purge_cmd)
 app.add_typer(rules_cmd.app, name="rules")
 app.add_typer(db_app, name="db")
 

@@ -1,4 +1,9 @@
-"""``cca run``: the main job end to end on Banking77 (import, index, train, evaluate, report)."""
+"""``cca run``: the main job end to end on Banking77.
+
+Import → prepare (redact PII, link near-duplicates, validate, embed and index) → retrain
+(train, evaluate, register in MLflow, gated promotion) → evaluate the champion on the test
+split. The steps are the functions the Airflow DAGs call; no logic lives twice.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +16,8 @@ import typer
 from rich.table import Table
 
 from cca.cli.common import console, database, settings, stdout
-from cca.cli.data import do_import, do_index
+from cca.cli.data import do_import
+from cca.cli.lifecycle_cmd import do_prepare
 from cca.cli.model import do_evaluate, do_train
 from cca.settings import PROJECT_ROOT
 from pipelines.read_tickets import Columns
@@ -23,7 +29,7 @@ def run_cmd(
     json_out: Annotated[Path | None, typer.Option("--json", help="Report path.")] = None,
     predictions: Annotated[Path | None, typer.Option(help="Per-ticket JSONL path.")] = None,
 ) -> None:
-    """Import Banking77 train, embed and index, train, evaluate on test, print the report."""
+    """Import Banking77 train, prepare, retrain with MLflow, evaluate on test, print the report."""
     from pipelines.banking77 import banking77_file
 
     s = settings()
@@ -35,12 +41,16 @@ def run_cmd(
     with database() as db:
         console.print(f"[bold]1/4 import[/bold] (home {s.home})")
         do_import(db, banking77_file(s, "train"), cols, "banking77-train", departments)
-        console.print("[bold]2/4 embed and index[/bold]")
-        do_index(db)
-        console.print("[bold]3/4 train[/bold]")
-        do_train(db, departments)
-        console.print("[bold]4/4 evaluate on the test split[/bold]")
+        console.print("[bold]2/4 prepare: redact, dedup, validate, embed and index[/bold]")
+        timings = {"prepare_seconds": time.perf_counter()}
+        prepared = do_prepare(db)
+        timings["prepare_seconds"] = time.perf_counter() - timings["prepare_seconds"]
+        console.print("[bold]3/4 retrain: train, evaluate, register, gated promotion[/bold]")
+        retrained = do_train(db, departments)
+        console.print("[bold]4/4 evaluate the champion on the test split[/bold]")
         report = do_evaluate(db, banking77_file(s, "test"), cols, json_out, predictions)
+    report["prepare"] = {**prepared, "seconds": round(timings["prepare_seconds"], 1)}
+    report["retrain"] = retrained
     report["main_job_seconds"] = round(time.perf_counter() - t0, 1)
     json_out.write_text(json.dumps(report, indent=2))
     table = Table(title="Banking77 test, no LLM")

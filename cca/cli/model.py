@@ -9,39 +9,40 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from cca.cli.common import console, database, print_json, progress_bar, settings
-from cca.cli.data import LabelCol, TextCol, do_import, do_index
+from cca.cli.data import LabelCol, TextCol, do_import
+from cca.cli.lifecycle_cmd import do_prepare
 from cca.errors import InputError
 from pipelines.read_tickets import Columns, read_ticket_file
 
 if TYPE_CHECKING:
     from cca.store import Database
-    from training.train_classifier import TrainReport
 
 # scikit-learn, onnxruntime and the models load inside the commands that need them, so
 # `cca --help` and `cca rules check` answer at once.
 
 
-def do_train(db: Database, departments: Path | None = None) -> TrainReport:
-    import sqlalchemy as sa
-
-    from cca.departments import load_department_map
-    from cca.embeddings import get_deep_embedder, get_embedder
-    from training.train_classifier import train_from_store
+def do_train(db: Database, departments: Path | None = None) -> dict:
+    """train → evaluate → register → gated promotion: the steps of the weekly_retrain DAG."""
+    from training.steps import retrain
 
     s = settings()
-    dept = load_department_map(departments or s.department_map).mapping
-    with db.begin() as conn:
-        stored = dict(conn.execute(sa.text(
-            "SELECT DISTINCT label, department FROM ticket_labels WHERE validated")).all())
-    _, report = train_from_store(s, db, get_embedder(s), {**stored, **dept},
-                                 deep_embedder=get_deep_embedder(s),
-                                 progress=lambda msg: console.print(f"train: {msg}"))
+    if departments is not None and departments != s.department_map:
+        s = s.model_copy(update={"department_map": departments})
+    result = retrain(s, db, progress=lambda msg: console.print(f"train: {msg}"))
+    metrics = result.get("metrics", {})
     console.print(
-        f"trained {report.version}: holdout accuracy {report.holdout_accuracy:.4f}, "
-        f"macro-F1 {report.holdout_macro_f1:.4f}, review threshold {report.threshold:.3f} "
-        f"({report.fit_seconds}s)"
+        f"trained {result['bundle_version']}: holdout accuracy "
+        f"{metrics.get('holdout_accuracy', float('nan')):.4f}, macro-F1 "
+        f"{metrics.get('holdout_macro_f1', float('nan')):.4f}; registered "
+        f"{s.registered_model} v{result.get('model_version')} @challenger "
+        f"({result['retrain_seconds']}s)"
     )
-    return report
+    if result["promoted"]:
+        console.print(f"promoted v{result.get('model_version')} to @champion: now serving")
+    else:
+        console.print(f"[yellow]not promoted[/yellow]: {'; '.join(result['reasons'])}; "
+                      f"{result.get('serving') or 'the champion keeps serving'}")
+    return result
 
 
 def do_evaluate(db: Database, path: Path, cols: Columns, json_out: Path | None,
@@ -72,11 +73,11 @@ def train_cmd(
     label_col: LabelCol = "label",
     departments: Annotated[Path | None, typer.Option(help="Department map YAML.")] = None,
 ) -> None:
-    """Train, calibrate and save the classifier from every validated label in the store."""
+    """Prepare what is new, then train on validated labels, register, and promote if better."""
     with database() as db:
         if data:
             do_import(db, data, Columns(text=text_col, label=label_col), None, departments)
-            do_index(db)
+        do_prepare(db)
         do_train(db, departments)
 
 

@@ -1,0 +1,106 @@
+"""Benchmark PII redaction: per-type precision/recall on the labelled fixture, throughput on
+Banking77, and how many Banking77 texts were changed at all (a false-positive sanity check:
+Banking77 has almost no real PII, so every change is suspect).
+
+Usage:
+
+    uv run python benchmarks/pii.py [--tickets N] [--batch-size N] [--out PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import time
+from collections import Counter
+from datetime import UTC, datetime
+from pathlib import Path
+
+from cca.settings import PROJECT_ROOT, Settings
+from pipelines.pii import Sanitizer, normalise
+from pipelines.pii.evaluate import evaluate
+
+FIXTURE = PROJECT_ROOT / "tests" / "fixtures" / "pii_labelled.jsonl"
+
+
+def banking77_texts(settings: Settings) -> list[str]:
+    with (settings.banking77_dir / "train.csv").open(newline="", encoding="utf-8") as fh:
+        return [row["text"] for row in csv.DictReader(fh)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tickets", type=int, default=0, help="0 = the whole train split")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--examples", type=int, default=15, help="changed texts to print")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+
+    settings = Settings()
+    sanitizer = Sanitizer.from_settings(settings)
+    t0 = time.perf_counter()
+    _ = sanitizer.nlp
+    load_s = time.perf_counter() - t0
+
+    quality = evaluate(sanitizer, FIXTURE).as_dict()
+    print(f"{'type':<10} {'P':>7} {'R':>7}   tp  fp  fn")
+    for typ, s in quality["per_type"].items():
+        print(f"{typ:<10} {s['precision']:>7.3f} {s['recall']:>7.3f} "
+              f"{s['tp']:>4} {s['fp']:>3} {s['fn']:>3}")
+    for name in ("structured", "overall"):
+        s = quality[name]
+        print(f"{name:<10} {s['precision']:>7.3f} {s['recall']:>7.3f} "
+              f"{s['tp']:>4} {s['fp']:>3} {s['fn']:>3}")
+    for err in quality["errors"]:
+        print(f"  {err['kind']} {err['type']}: {err['text']!r}")
+
+    texts = banking77_texts(settings)
+    if args.tickets:
+        texts = (texts * (args.tickets // len(texts) + 1))[: args.tickets]
+    sanitizer.redact_many(texts[:256], batch_size=args.batch_size)  # warm-up
+    start = time.perf_counter()
+    results = sanitizer.redact_many(texts, batch_size=args.batch_size)
+    elapsed = time.perf_counter() - start
+    tps = len(texts) / elapsed
+
+    changed_by_type: Counter[str] = Counter()
+    changed = []
+    for text, res in zip(texts, results, strict=True):
+        if res.spans:
+            changed.append((text, res.text))
+            changed_by_type.update(set(res.counts))
+    normalised_only = sum(1 for t, r in zip(texts, results, strict=True)
+                          if not r.spans and r.text != t and normalise(t) == r.text)
+    print(f"\nBanking77 train: {len(texts)} texts in {elapsed:.2f} s = {tps:.0f} tickets/s "
+          f"(batch {args.batch_size}, {os.cpu_count()} cores, spaCy load {load_s:.2f} s)")
+    print(f"redacted: {len(changed)} texts ({len(changed) / len(texts):.2%}); per type: "
+          f"{dict(changed_by_type.most_common())}; changed by normalisation only: "
+          f"{normalised_only}")
+    for before, after in changed[: args.examples]:
+        print(f"  {before!r}\n   -> {after!r}")
+
+    report = {
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                    "processor": platform.processor() or platform.machine()},
+        "fixture": str(FIXTURE.relative_to(PROJECT_ROOT)),
+        "quality": quality,
+        "throughput": {"texts": len(texts), "seconds": round(elapsed, 3),
+                       "tickets_per_s": round(tps, 1), "batch_size": args.batch_size,
+                       "ner": sanitizer.ner, "spacy_load_s": round(load_s, 3)},
+        "banking77_changed": {"texts": len(changed), "share": round(len(changed) / len(texts), 5),
+                              "per_type": dict(changed_by_type),
+                              "normalisation_only": normalised_only,
+                              "examples": [{"before": b, "after": a} for b, a in changed[:50]]},
+    }
+    out = args.out or settings.reports_dir / "benchmarks" / "pii.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2, ensure_ascii=False))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
