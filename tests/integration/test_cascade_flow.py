@@ -15,7 +15,7 @@ from cca.store.tickets_repo import upsert_tickets
 from cca.store.vectors import seed_track_record, track_records
 from cca.tickets import Ticket
 from pipelines.import_tickets import import_parsed
-from pipelines.index_tickets import index_labelled_tickets
+from pipelines.lifecycle import prepare
 from pipelines.read_tickets import Columns, read_ticket_file
 from tests.conftest import FIXTURES
 from training.train_classifier import train_from_store
@@ -31,9 +31,8 @@ def trained(settings, db):
             "TRUNCATE tickets, ticket_labels, ticket_embeddings, cache_track_record CASCADE"))
     depts = load_department_map(settings.department_map)
     import_parsed(db, read_ticket_file(FIXTURES / "service_desk.csv", COLS), depts)
+    prepare(settings, db)
     embedder, deep = get_embedder(settings), get_deep_embedder(settings)
-    index_labelled_tickets(db, embedder)
-    index_labelled_tickets(db, deep, hnsw=False)
     bundle, report = train_from_store(settings, db, embedder, depts.mapping, deep_embedder=deep)
     return bundle, report
 

@@ -87,7 +87,7 @@ def test_invalid_utf8_and_malformed_rules(settings, tmp_path):
     bad = tmp_path / "bad.csv"
     bad.write_bytes(b"message,intent\nok,a\n\xc3\x28,b\n")
     assert_one_line_error(run_cli(settings, "import", str(bad), *FIXTURE_ARGS), 2,
-                          "not valid UTF-8 (line 3")
+                          "line 3: not valid UTF-8 in 'message'; nothing imported")
     rules = tmp_path / "rules.yaml"
     rules.write_text("rules:\n  - id: x\n    label: y\n    when: {regex: '[unclosed'}\n")
     assert_one_line_error(run_cli(settings, "rules", "check", "--rules", str(rules)), 2,

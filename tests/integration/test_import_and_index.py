@@ -6,6 +6,7 @@ from cca.departments import load_department_map
 from cca.embeddings import get_deep_embedder, get_embedder
 from cca.errors import InputError
 from cca.store.vectors import nearest
+from pipelines import lifecycle
 from pipelines.import_tickets import import_parsed
 from pipelines.index_tickets import index_labelled_tickets
 from pipelines.read_tickets import Columns, read_ticket_file
@@ -67,6 +68,9 @@ def test_label_outside_department_map_writes_nothing(settings, clean_db, tmp_pat
 def test_index_embeds_only_new_or_changed_and_finds_neighbours(settings, clean_db):
     parsed, depts = load(settings)
     import_parsed(clean_db, parsed, depts)
+    assert index_labelled_tickets(clean_db, get_embedder(settings)).considered == 0
+    for step in (lifecycle.sanitize_pending, lifecycle.dedup_pending, lifecycle.validate_pending):
+        step(settings, clean_db)  # only redacted, checked tickets reach the index
     embedder = get_embedder(settings)
     first = index_labelled_tickets(clean_db, embedder)
     assert (first.considered, first.embedded) == (48, 48)

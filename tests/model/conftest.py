@@ -8,14 +8,13 @@ import pytest
 
 from cca.cascade import Cascade
 from cca.departments import load_department_map
-from cca.embeddings import get_deep_embedder, get_embedder
 from cca.settings import Settings
 from cca.store import open_database
 from pipelines.import_tickets import import_parsed
-from pipelines.index_tickets import index_labelled_tickets
+from pipelines.lifecycle import prepare
 from pipelines.read_tickets import Columns, read_ticket_file
 from tests.conftest import BANKING77, ROOT
-from training.train_classifier import train_from_store
+from training.steps import retrain
 
 COLS = Columns(text="text", label="category")
 
@@ -28,9 +27,8 @@ def banking_cascade(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cascad
     departments = load_department_map(settings.department_map)
     import_parsed(db, read_ticket_file(BANKING77 / "train.csv", COLS, source="b77-train"),
                   departments)
-    embedder, deep = get_embedder(settings), get_deep_embedder(settings)
-    index_labelled_tickets(db, embedder)
-    index_labelled_tickets(db, deep, hnsw=False)
-    train_from_store(settings, db, embedder, departments.mapping, deep_embedder=deep)
+    prepare(settings, db)
+    result = retrain(settings, db)
+    assert result["promoted"], result["reasons"]
     yield Cascade.load(settings, db)
     db.dispose()

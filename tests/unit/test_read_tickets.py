@@ -42,7 +42,6 @@ def test_jsonl(tmp_path):
 @pytest.mark.parametrize(
     ("content", "message"),
     [
-        (b"text,label\n\xff\xfe,a\n", "not valid UTF-8 (line 2"),
         (b"words,label\nhi,a\n", "no column 'text'"),
     ],
 )
@@ -51,6 +50,14 @@ def test_file_level_errors(tmp_path, content, message):
     p.write_bytes(content)
     with pytest.raises(InputError, match=message.replace("(", r"\(")):
         read_ticket_file(p, Columns(text="text", label="label"))
+
+
+def test_invalid_utf8_rejects_only_its_record(tmp_path):
+    p = tmp_path / "mixed.csv"
+    p.write_bytes(b"text,label\nfine,a\n\xff\xfe,a\nalso fine,b\n")
+    parsed = read_ticket_file(p, Columns(text="text", label="label"))
+    assert [t.body for t in parsed.tickets] == ["fine", "also fine"]
+    assert [(r.line, r.reason) for r in parsed.rejects] == [(3, "not valid UTF-8 in 'text'")]
 
 
 def test_missing_file_and_unknown_type(tmp_path):

@@ -1,0 +1,72 @@
+"""The promotion gate and the id-hash holdout: pure functions, no servers."""
+
+from __future__ import annotations
+
+from training.gate import GatePolicy, promotion_gate
+from training.holdout import holdout_f1, in_holdout, split_by_id
+
+POLICY = GatePolicy(min_macro_f1=0.88, max_class_drop=0.05, tolerance=0.0)
+
+
+def scores(macro: float, **per_class: float) -> dict:
+    return {"macro_f1": macro, "per_class_f1": per_class}
+
+
+def test_first_model_needs_only_the_floor():
+    assert promotion_gate(scores(0.90, a=0.9), None, POLICY).passed
+    refused = promotion_gate(scores(0.87, a=0.87), None, POLICY)
+    assert not refused.passed and refused.reasons == ["macro-F1 0.8700 < required 0.8800"]
+
+
+def test_candidate_must_not_be_worse_than_the_champion():
+    champion = scores(0.93, a=0.93, b=0.93)
+    worse = promotion_gate(scores(0.92, a=0.92, b=0.92), champion, POLICY)
+    assert not worse.passed and "champion's 0.9300" in worse.reasons[0]
+    tolerant = GatePolicy(min_macro_f1=0.88, max_class_drop=0.05, tolerance=0.02)
+    assert promotion_gate(scores(0.92, a=0.92, b=0.92), champion, tolerant).passed
+
+
+def test_one_class_collapsing_is_refused_even_when_the_average_improves():
+    champion = scores(0.90, a=0.90, b=0.90, c=0.90)
+    candidate = scores(0.92, a=1.0, b=1.0, c=0.76)
+    result = promotion_gate(candidate, champion, POLICY)
+    assert not result.passed
+    assert result.reasons == ["1 class(es) drop more than 0.050 F1: c 0.900->0.760"]
+
+
+def test_drop_exactly_at_the_margin_passes_and_a_missing_class_counts_as_zero():
+    champion = scores(0.90, a=0.90, b=0.90)
+    assert promotion_gate(scores(0.90, a=0.85, b=0.95), champion, POLICY).passed
+    missing = promotion_gate(scores(0.95, a=0.95), champion, POLICY)
+    assert not missing.passed and "b 0.900->0.000" in missing.reasons[0]
+
+
+def test_every_reason_is_reported():
+    champion = scores(0.95, a=0.95, b=0.95)
+    result = promotion_gate(scores(0.50, a=0.5, b=0.5), champion, POLICY)
+    assert len(result.reasons) == 3
+
+
+def test_holdout_membership_depends_only_on_the_id():
+    ids = [f"t-{i}" for i in range(4000)]
+    held = [i for i in ids if in_holdout(i, 0.15)]
+    assert held == [i for i in ids if in_holdout(i, 0.15)]
+    assert 0.13 < len(held) / len(ids) < 0.17
+    assert set(held) <= {i for i in ids if in_holdout(i, 0.3)}  # a larger fraction only adds
+
+
+def test_split_keeps_every_class_in_the_fit_part():
+    ids = [f"t-{i}" for i in range(200)]
+    tiny = next(i for i in ids if in_holdout(i, 0.5))  # its only ticket hashes into holdout
+    labels = ["tiny" if i == tiny else "big" for i in ids]
+    split = split_by_id(ids, labels, 0.5)
+    assert split.kept_in_fit == ["tiny"]
+    assert ids.index(tiny) in split.fit and ids.index(tiny) not in split.holdout
+    assert sorted(split.fit + split.holdout) == list(range(200))
+    assert "kept in fit: tiny" in split.describe()
+
+
+def test_holdout_f1_scores_only_classes_in_the_holdout():
+    macro, per_class = holdout_f1(["a", "a", "b"], ["a", "c", "b"])
+    assert set(per_class) == {"a", "b"}
+    assert per_class == {"a": 0.666667, "b": 1.0} and macro == 0.833333
