@@ -82,7 +82,7 @@ def test_invalid_utf8_record_is_quarantined_alone(settings, fresh):
 
 def prepared(settings, db) -> dict:
     drop(settings, "desk.csv", (FIXTURES / "service_desk.csv").read_text()
-         + "SD-900,,I forgot my password and cannot log in!,password_reset,normal\n"
+         + "SD-900,Password,I forgot my password and cannot log in!,password_reset,normal\n"
          + "SD-901,Refund,Email me at jane.doe@example.com or call +44 20 7946 0958,"
            "billing_question,normal\n")
     lifecycle.ingest_inbox(settings, db)
