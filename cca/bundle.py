@@ -2,7 +2,8 @@
 
 ``CCA_HOME/models/<version>/`` holds ``classifier.joblib`` and ``bundle.json`` (label set,
 department map, embedding model id, rules version, thresholds, data hash, metrics);
-``CCA_HOME/models/CURRENT`` names the version the cascade loads.
+``CCA_HOME/models/CURRENT`` names the version the cascade loads; only ``cca train`` without
+the registry, a promotion or a rollback (``training.registry``) moves it.
 """
 
 from __future__ import annotations
@@ -45,18 +46,30 @@ class ModelBundle:
         joblib.dump(self.classifier, target / "classifier.joblib", compress=3)
         (target / "bundle.json").write_text(json.dumps(asdict(self.info), indent=2))
         if make_current:
-            tmp = models_dir / "CURRENT.tmp"
-            tmp.write_text(self.info.version)
-            tmp.replace(models_dir / "CURRENT")
+            set_current(models_dir, self.info.version)
         return target
+
+
+def set_current(models_dir: Path, version: str) -> None:
+    """Point ``CURRENT`` at a saved bundle, atomically (a reader sees the old or the new one)."""
+    if not (models_dir / version / "bundle.json").exists():
+        raise StateError(f"cannot serve {version}: no bundle at {models_dir / version}")
+    tmp = models_dir / "CURRENT.tmp"
+    tmp.write_text(version)
+    tmp.replace(models_dir / "CURRENT")
+
+
+def current_version(models_dir: Path) -> str | None:
+    """The bundle the cascade serves, or None before the first model."""
+    pointer = models_dir / "CURRENT"
+    return pointer.read_text().strip() if pointer.exists() else None
 
 
 def load_bundle(models_dir: Path, version: str | None = None) -> ModelBundle:
     if version is None:
-        pointer = models_dir / "CURRENT"
-        if not pointer.exists():
+        version = current_version(models_dir)
+        if version is None:
             raise StateError(f"no trained model under {models_dir}: run `cca train` first")
-        version = pointer.read_text().strip()
     target = models_dir / version
     try:
         info = BundleInfo(**json.loads((target / "bundle.json").read_text()))

@@ -146,13 +146,12 @@ def _context(ge_home: Path) -> Any:
     folder is wanted; the two stores that matter are pointed at the filesystem so Data Docs'
     index lists earlier runs too. Progress bars off: they would write to stderr per run.
     """
+    import great_expectations as gx
     from great_expectations.data_context.types.base import (
         DataContextConfig,
         InMemoryStoreBackendDefaults,
         ProgressBarsConfig,
     )
-
-    import great_expectations as gx
 
     defaults = InMemoryStoreBackendDefaults()
     defaults.stores[defaults.validation_results_store_name]["store_backend"] = {
@@ -190,13 +189,12 @@ def _run_suite(
     (A ValidationDefinition or Checkpoint run would store the raw result, ticket text
     included, before we could touch it.)
     """
+    import great_expectations as gx
     from great_expectations.core.run_identifier import RunIdentifier
     from great_expectations.data_context.types.resource_identifiers import (
         ExpectationSuiteIdentifier,
         ValidationResultIdentifier,
     )
-
-    import great_expectations as gx
 
     name = suite_dict["name"]
     suite = gx.ExpectationSuite(

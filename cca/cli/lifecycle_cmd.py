@@ -1,10 +1,12 @@
-"""``cca ingest``, ``cca prepare`` and ``cca purge``: the DAG steps, by hand, with progress bars."""
+"""``cca ingest``, ``prepare``, ``purge``, ``quarantine``: the DAG steps by hand."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated
 
-from cca.cli.common import console, database, progress_bar, settings
+import typer
+
+from cca.cli.common import console, database, progress_bar, settings, stdout
 
 if TYPE_CHECKING:
     from cca.store import Database
@@ -66,3 +68,26 @@ def purge_cmd() -> None:
     console.print(f"raw text purged on {r['raw_text_purged']} tickets (before "
                   f"{r['raw_cutoff'][:10]}), {r['embeddings_deleted']} embeddings deleted, "
                   f"{r['quarantine_payloads_purged']} quarantine payloads cleared")
+
+
+def quarantine_cmd(
+    limit: Annotated[int, typer.Option(help="How many of the newest rows to list.")] = 20,
+    stage: Annotated[str | None, typer.Option(help="Only this stage (ingest, import…).")] = None,
+) -> None:
+    """What was refused and why: counts per stage and the newest rows (payloads not shown)."""
+    from rich.table import Table
+
+    from cca.store.quarantine import open_counts, recent
+
+    with database() as db, db.begin() as conn:
+        counts, rows = open_counts(conn), recent(conn, limit, stage)
+    console.print("open quarantine: " + (", ".join(f"{k} {v}" for k, v in counts.items())
+                                         or "empty"))
+    if rows:
+        table = Table()
+        for col in ("id", "when", "stage", "source", "location", "reason"):
+            table.add_column(col)
+        for r in rows:
+            table.add_row(str(r["id"]), f"{r['quarantined_at']:%Y-%m-%d %H:%M}", r["stage"],
+                          r["source"], r["location"], r["reason"])
+        stdout.print(table)

@@ -27,6 +27,7 @@ app.command("classify")(model.classify_cmd)
 app.command("evaluate")(model.evaluate_cmd)
 app.command("feedback")(model.feedback_cmd)
 app.command("purge")(lifecycle_cmd.purge_cmd)
+app.command("quarantine")(lifecycle_cmd.quarantine_cmd)
 app.add_typer(rules_cmd.app, name="rules")
 app.add_typer(db_app, name="db")
 

@@ -59,3 +59,14 @@ def open_counts(conn: Connection) -> dict[str, int]:
         sa.text("SELECT stage, count(*) FROM quarantine WHERE released_at IS NULL GROUP BY stage")
     ).all()
     return {stage: int(n) for stage, n in rows}
+
+
+def recent(conn: Connection, limit: int = 20, stage: str | None = None) -> list[dict[str, Any]]:
+    """The newest unreleased rows, without payloads (they may hold raw text)."""
+    rows = conn.execute(
+        sa.text("SELECT id, quarantined_at, stage, source, location, reason FROM quarantine "
+                "WHERE released_at IS NULL AND (CAST(:stage AS text) IS NULL OR stage = :stage) "
+                "ORDER BY id DESC LIMIT :limit"),
+        {"stage": stage, "limit": limit},
+    ).mappings().all()
+    return [dict(r) for r in rows]
