@@ -8,10 +8,11 @@ start Airflow.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-from cca.settings import PROJECT_ROOT, Settings
+from cca.settings import PROJECT_ROOT, Settings, get_settings
 
 DAGS_FOLDER = PROJECT_ROOT / "dags"
 
@@ -33,3 +34,19 @@ def airflow_env(settings: Settings, base: Mapping[str, str] | None = None,
     env.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
     env.setdefault("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", f"sqlite:///{home / 'airflow.db'}")
     return env
+
+
+def exec_airflow(args: list[str], settings: Settings | None = None) -> None:
+    """Replace this process with ``airflow <args>`` in the project's Airflow environment.
+
+    The ``airflow`` beside this interpreter (the project's venv) is preferred to one on PATH.
+    """
+    s = settings or get_settings()
+    s.airflow_home.mkdir(parents=True, exist_ok=True)
+    beside = Path(sys.executable).with_name("airflow")
+    command = str(beside) if beside.exists() else "airflow"
+    os.execvpe(command, [command, *args], airflow_env(s))
+
+
+if __name__ == "__main__":  # python -m cca.airflow_env dags test prepare_tickets
+    exec_airflow(sys.argv[1:])

@@ -1,8 +1,9 @@
 """Train the classifier stage from validated labels in the store and seed the cache's track record.
 
-Fit on most of the labelled tickets, calibrate and pick the review threshold on a stratified
-holdout, then refit on everything with the same settings: the holdout numbers go into the
-bundle as an honest estimate of the final model.
+The holdout is chosen by a hash of the ticket id (``training.holdout``): the model is fit on
+the rest, and calibrated, thresholded and evaluated on the holdout. There is no refit on
+everything, so no model ever saw a holdout ticket and a candidate and the champion can be
+compared on the same holdout fairly. The holdout numbers go into the bundle.
 """
 
 from __future__ import annotations
@@ -11,12 +12,12 @@ import hashlib
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 
 import numpy as np
-from sklearn.metrics import accuracy_score, f1_score
-from sklearn.model_selection import train_test_split
+import pandas as pd
+from sklearn.metrics import accuracy_score
 
 from cca.bundle import BundleInfo, ModelBundle
 from cca.classifier import ClassifierParams, TieredClassifier, threshold_for_precision
@@ -29,8 +30,12 @@ from cca.store.vectors import nearest, seed_track_record, stored_vectors
 from cca.tickets import Neighbour
 from cca.vector_cache import CachePolicy, decide, propose
 from rules import load_rules
+from training.holdout import holdout_f1, split_by_id
 
 Progress = Callable[[str], None]
+# Called with the fit and holdout frames (columns id, text, label) before anything is fitted;
+# raises to stop training (the data validation step plugs in here).
+Validator = Callable[[pd.DataFrame, pd.DataFrame], None]
 
 
 @dataclass
@@ -46,6 +51,16 @@ class TrainReport:
     fast_threshold: float
     fit_seconds: float
     cache_seeded_labels: int
+    kept_in_fit: list[str] = field(default_factory=list)
+    # Per holdout ticket, for the evaluation artifacts (confusion matrix, per-class report).
+    fit_ids: list[str] = field(default_factory=list, repr=False)
+    fit_labels: list[str] = field(default_factory=list, repr=False)
+    fit_hashes: list[str] = field(default_factory=list, repr=False)
+    holdout_ids: list[str] = field(default_factory=list, repr=False)
+    holdout_true: list[str] = field(default_factory=list, repr=False)
+    holdout_pred: list[str] = field(default_factory=list, repr=False)
+    holdout_hashes: list[str] = field(default_factory=list, repr=False)
+    holdout_texts: list[str] = field(default_factory=list, repr=False)
 
 
 def _data_hash(ids: list[str], texts: list[str], labels: list[str]) -> str:
@@ -55,8 +70,8 @@ def _data_hash(ids: list[str], texts: list[str], labels: list[str]) -> str:
     return h.hexdigest()
 
 
-def _embeddings(db: Database, embedder: Embedder, ids: list[str], texts: list[str],
-                hashes: list[str]) -> np.ndarray:
+def embeddings_for(db: Database, embedder: Embedder, ids: list[str], texts: list[str],
+                   hashes: list[str]) -> np.ndarray:
     """Reuse vectors the store already holds for unchanged text; embed the rest."""
     with db.begin() as conn:
         stored = stored_vectors(conn, embedder.model_id)
@@ -107,10 +122,18 @@ def train_from_store(
     deep_embedder: Embedder | None = None,
     params: ClassifierParams | None = None,
     progress: Progress | None = None,
+    since: datetime | None = None,
+    make_current: bool = True,
+    validate: Validator | None = None,
 ) -> tuple[ModelBundle, TrainReport]:
+    """Train on validated labels given since ``since`` (all of them if None) and save a bundle.
+
+    ``make_current=False`` saves the bundle without pointing ``CURRENT`` at it: a candidate
+    serves only once the promotion gate (``training.steps``) lets it.
+    """
     say = progress or (lambda _msg: None)
     with db.begin() as conn:
-        rows = labelled_tickets(conn)
+        rows = labelled_tickets(conn, since=since)
     counts = Counter(label for _, label in rows)
     if len(counts) < 2:
         raise StateError("training needs validated labels of at least 2 classes: "
@@ -120,8 +143,8 @@ def train_from_store(
     labels = [label for _, label in rows]
     hashes = [t.content_hash() for t, _ in rows]
     say(f"{len(rows)} labelled tickets, {len(counts)} labels")
-    vectors = _embeddings(db, embedder, ids, texts, hashes)
-    deep = _embeddings(db, deep_embedder, ids, texts, hashes) if deep_embedder else None
+    vectors = embeddings_for(db, embedder, ids, texts, hashes)
+    deep = embeddings_for(db, deep_embedder, ids, texts, hashes) if deep_embedder else None
 
     say("seeding the cache track record (leave-one-out on the index)")
     loo = leave_one_out_neighbours(db, embedder.model_id, ids, vectors, settings.cache_top_k)
@@ -131,16 +154,21 @@ def train_from_store(
         seed_track_record(conn, embedder.model_id, seeds)
     rules = load_rules(settings.rules_path)
 
-    stratify = labels if min(counts.values()) >= 2 else None
-    idx_fit, idx_hold = train_test_split(
-        np.arange(len(rows)), test_size=settings.train_holdout_fraction,
-        random_state=settings.random_seed, stratify=stratify,
-    )
+    split = split_by_id(ids, labels, settings.train_holdout_fraction)
+    if not split.holdout:
+        raise StateError(f"the holdout is empty ({len(rows)} labelled tickets at "
+                         f"train_holdout_fraction={settings.train_holdout_fraction}): "
+                         "label more tickets or raise CCA_TRAIN_HOLDOUT_FRACTION")
+    idx_fit, idx_hold = np.asarray(split.fit), np.asarray(split.holdout)
     params = params or ClassifierParams()
-    t0 = time.perf_counter()
     take = lambda idx, seq: [seq[i] for i in idx]  # noqa: E731
     pick = lambda idx, m: None if m is None else m[idx]  # noqa: E731
-    say(f"fitting on {len(idx_fit)}, holding out {len(idx_hold)}")
+    if validate is not None:
+        frame = lambda idx: pd.DataFrame({"id": take(idx, ids), "text": take(idx, texts),  # noqa: E731
+                                          "label": take(idx, labels)})
+        validate(frame(idx_fit), frame(idx_hold))
+    t0 = time.perf_counter()
+    say(split.describe())
     clf = TieredClassifier(params=params).fit(
         take(idx_fit, texts), vectors[idx_fit], pick(idx_fit, deep), take(idx_fit, labels))
     clf.calibrate(take(idx_hold, texts), vectors[idx_hold], pick(idx_hold, deep),
@@ -172,21 +200,26 @@ def train_from_store(
         f"answer {1 - reaches.mean():.1%} ({done[1] / max(done[0], 1):.2%} right); "
         f"classifier threshold {threshold:.3f}; cascade covers {coverage:.1%}")
 
-    say("refitting on all labelled tickets")
-    final = TieredClassifier(params=params).fit(texts, vectors, deep, labels)
-    final.fast_temperature, final.deep_temperature = clf.fast_temperature, clf.deep_temperature
-    final.fast_threshold = clf.fast_threshold
+    final = clf  # no refit on the holdout: see the module docstring
     fit_seconds = time.perf_counter() - t0
+    auto = (~reaches) | (conf >= threshold)
+    answers = np.where(reaches, pred, np.asarray([e or "" for e in earlier], dtype=object))
 
     data_hash = _data_hash(ids, texts, labels)
     created = datetime.now(UTC)
     version = f"clf-{created:%Y%m%dT%H%M%S}-{data_hash[:8]}"
     metrics = {
         "holdout_accuracy": float(correct.mean()),
-        "holdout_macro_f1": float(f1_score(y_hold, pred, average="macro")),
+        "holdout_macro_f1": holdout_f1(list(y_hold), list(pred))[0],
         "holdout_share_reaching_classifier": float(reaches.mean()),
         "holdout_share_using_deep_embedding": float(used_deep.mean()),
         "holdout_cascade_coverage": coverage,
+        "holdout_auto_accuracy": float((answers == y_hold)[auto].mean()) if auto.any() else 0.0,
+        "holdout_rules_cache_share": float((~reaches).mean()),
+        "holdout_rules_cache_accuracy": done[1] / done[0] if done[0] else 0.0,
+        "holdout_classifier_share": float((reaches & (conf >= threshold)).mean()),
+        "holdout_classifier_accuracy": (float(correct[reaches & (conf >= threshold)].mean())
+                                        if (reaches & (conf >= threshold)).any() else 0.0),
         "fast_temperature": clf.fast_temperature,
         "deep_temperature": clf.deep_temperature,
     }
@@ -194,7 +227,7 @@ def train_from_store(
         version=version,
         created_at=created.isoformat(),
         data_hash=data_hash,
-        n_train=len(rows),
+        n_train=len(idx_fit),
         labels=final.labels,
         departments={label: departments.get(label, label) for label in final.labels},
         embedding_model_id=embedder.model_id,
@@ -206,12 +239,17 @@ def train_from_store(
         metrics=metrics,
     )
     bundle = ModelBundle(info=info, classifier=final)
-    bundle.save(settings.models_dir)
+    bundle.save(settings.models_dir, make_current=make_current)
     report = TrainReport(
         version=version, n_train=len(idx_fit), n_holdout=len(idx_hold), labels=len(counts),
         holdout_accuracy=float(accuracy_score(y_hold, pred)),
         holdout_macro_f1=metrics["holdout_macro_f1"], threshold=threshold,
         holdout_cascade_coverage=coverage, fast_threshold=final.fast_threshold,
         fit_seconds=round(fit_seconds, 1), cache_seeded_labels=len(seeds),
+        kept_in_fit=split.kept_in_fit,
+        fit_ids=take(idx_fit, ids), fit_labels=take(idx_fit, labels),
+        fit_hashes=take(idx_fit, hashes), holdout_ids=take(idx_hold, ids),
+        holdout_true=list(y_hold), holdout_pred=[str(p) for p in pred],
+        holdout_hashes=take(idx_hold, hashes), holdout_texts=take(idx_hold, texts),
     )
     return bundle, report

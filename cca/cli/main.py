@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from cca.cli import data, lifecycle_cmd, main_job, model, rules_cmd, sanitize_cmd
+from cca.cli import data, lifecycle_cmd, main_job, model, registry_cmd, rules_cmd, sanitize_cmd
 from cca.cli.common import console, run_app, settings
 
 app = typer.Typer(
@@ -26,6 +26,9 @@ app.command("train")(model.train_cmd)
 app.command("classify")(model.classify_cmd)
 app.command("evaluate")(model.evaluate_cmd)
 app.command("feedback")(model.feedback_cmd)
+app.command("models")(registry_cmd.models_cmd)
+app.command("promote")(registry_cmd.promote_cmd)
+app.command("rollback")(registry_cmd.rollback_cmd)
 app.command("purge")(lifecycle_cmd.purge_cmd)
 app.command("quarantine")(lifecycle_cmd.quarantine_cmd)
 app.add_typer(rules_cmd.app, name="rules")

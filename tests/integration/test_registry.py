@@ -67,7 +67,7 @@ def test_promoting_an_unknown_version_names_it(s, db, two_versions):
 
 
 def test_manual_promotion_serves_the_version_and_is_recorded(s, db, two_versions):
-    first, second = two_versions
+    _, second = two_versions
     result = registry.promote(s, db, "2", "alice", "reviewed the confusions by hand")
     assert result["promoted"] and (result["from"], result["to"]) == ("1", "2")
     assert champion_of(s) == "2"

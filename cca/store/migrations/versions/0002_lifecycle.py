@@ -112,6 +112,13 @@ def upgrade() -> None:
         FOR EACH ROW EXECUTE FUNCTION refuse_change()
         """
     )
+    op.execute(
+        """
+        CREATE TRIGGER model_events_no_truncate
+        BEFORE TRUNCATE ON model_events
+        FOR EACH STATEMENT EXECUTE FUNCTION refuse_change()
+        """
+    )
 
 
 def downgrade() -> None:

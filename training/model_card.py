@@ -1,0 +1,84 @@
+"""The model card: what a registered cascade is, what it was trained on and how to undo it."""
+
+from __future__ import annotations
+
+from cca.bundle import BundleInfo
+from cca.settings import Settings
+
+
+def _pct(x: float) -> str:
+    return f"{x:.1%}"
+
+
+def render_model_card(info: BundleInfo, settings: Settings, n_holdout: int, window: str,
+                      kept_in_fit: list[str], run_id: str) -> str:
+    """Markdown for people deciding whether to promote, or wondering what is serving."""
+    m = info.metrics
+    depts = sorted(set(info.departments.values()))
+    small = (f"\n- {len(kept_in_fit)} class(es) had no ticket outside the holdout and were "
+             f"trained on all their tickets (not held out): {', '.join(kept_in_fit)}."
+             if kept_in_fit else "")
+    ids = (f"`{info.embedding_model_id}` (cache, fast tier), "
+           f"`{info.deep_embedding_model_id}` (deep tier)")
+    review = (f"{info.classifier_threshold:.4f} (target precision "
+              f"{settings.classifier_target_precision})")
+    early = (f"{_pct(m['holdout_rules_cache_share'])} "
+             f"({_pct(m['holdout_rules_cache_accuracy'])} right)")
+    late = (f"{_pct(m['holdout_classifier_share'])} "
+            f"({_pct(m['holdout_classifier_accuracy'])} right)")
+    return f"""# Model card: {settings.registered_model} bundle `{info.version}`
+
+## What it is
+The Call Centre Agent cascade bundle: a two-tier classifier (TF-IDF + static MiniLM, then
+TF-IDF + contextual MiniLM for uncertain tickets) with temperature calibration, the rule file
+it was trained with, its review threshold and label/department map. It routes a service-desk
+ticket to one of {len(info.labels)} labels and {len(depts)} departments, or to human review.
+
+| | |
+|---|---|
+| MLflow run | `{run_id}` |
+| data hash | `{info.data_hash}` |
+| rules version | `{info.rules_version}` |
+| embedding models | {ids} |
+| review threshold | {review} |
+| fast-tier threshold | {info.fast_threshold:.4f} |
+
+## Data
+Validated labels on redacted, non-duplicate tickets, {window}. {info.n_train} tickets fitted,
+{n_holdout} held out. The holdout is chosen by a hash of the ticket id (fraction
+{settings.train_holdout_fraction}), so no model of this project ever trains on a holdout
+ticket and candidates and champions are compared on the same tickets.{small}
+
+## Holdout metrics
+| metric | value |
+|---|---|
+| classifier top-1 accuracy | {_pct(m["holdout_accuracy"])} |
+| classifier macro-F1 (promotion gate) | {m["holdout_macro_f1"]:.4f} |
+| cascade coverage (not sent to review) | {_pct(m["holdout_cascade_coverage"])} |
+| accuracy of automatic answers | {_pct(m["holdout_auto_accuracy"])} |
+| answered by rules + cache | {early} |
+| answered by the classifier | {late} |
+| tickets needing the deep tier | {_pct(m["holdout_share_using_deep_embedding"])} |
+
+Promotion to `@champion` needs macro-F1 ≥ {settings.promotion_min_macro_f1}, no worse than the
+champion on the same holdout (tolerance {settings.promotion_tolerance}), and no class losing
+more than {settings.promotion_max_class_drop} F1.
+
+## Intended use
+Routing and triage of service-desk tickets in the domain of the training labels, with a
+person reviewing whatever falls below the threshold. Not for decisions about a customer
+without that review, and not for text outside the trained label set (it goes to review or,
+worse, to the nearest label).
+
+## Limitations
+- The MLflow pyfunc runs rules + classifier only: the vector cache needs the PostgreSQL
+  index, so served accuracy and coverage (the full cascade) differ from the pyfunc's.
+- The holdout is small when the window is: per-class F1 on a class with a handful of
+  holdout tickets moves in large steps.
+- Embedding models are resolved from the loading environment and must match the ids above.
+
+## How to roll back
+`cca rollback --reason "..."` moves `@champion` back to the previous champion and points
+`CCA_HOME/models/CURRENT` at its bundle; `cca promote VERSION --reason "..."` serves any
+registered version. Both are recorded in the `model_events` table and as model-version tags.
+"""

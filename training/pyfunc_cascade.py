@@ -1,0 +1,144 @@
+"""The cascade bundle as one MLflow pyfunc model: what the registry versions and promotes.
+
+Artifacts: the bundle directory (classifier.joblib, bundle.json with labels, departments,
+thresholds, embedding model ids, rules version, data hash; model_card.md), the rule file and
+the department map. ``predict`` runs rules then the classifier at the bundle's threshold.
+The vector cache needs the PostgreSQL index and is not part of the pyfunc; the cascade that
+serves (``cca.cascade.Cascade``) loads the same bundle from ``CCA_HOME/models/CURRENT``.
+
+The code comes from the installed ``call-centre-agent`` package (no ``code_paths``): a
+copy of the packages inside every model would shadow the installed ones when loaded in the
+same process. Embedding models are resolved at load time from the loading environment's
+``CCA_*`` settings and must match the bundle's model ids.
+"""
+
+from __future__ import annotations
+
+import warnings
+from importlib.metadata import version as dist_version
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from mlflow.pyfunc import PythonModel
+
+from cca.bundle import ModelBundle, load_bundle
+from cca.errors import StateError
+from cca.settings import Settings
+from cca.tickets import Ticket
+
+INPUT_COLUMNS = ["subject", "body"]
+OUTPUT_COLUMNS = ["label", "department", "confidence", "needs_review", "stage"]
+_REQUIREMENTS = ("call-centre-agent", "mlflow", "scikit-learn", "numpy", "pandas", "scipy",
+                 "onnxruntime", "tokenizers", "joblib", "pydantic", "pyyaml")
+
+
+class CascadePyfunc(PythonModel):
+    """Rules + classifier of one bundle; ``needs_review`` marks what the cascade would not answer.
+
+    ``label`` is always the best guess (the classifier's top class when no rule fires), so a
+    caller can show it to the reviewer; ``needs_review`` is True below the bundle's threshold.
+    """
+
+    def __init__(self, embedding_provider: str, deep_embedding_provider: str,
+                 rules_min_confidence: float) -> None:
+        self.embedding_provider = embedding_provider
+        self.deep_embedding_provider = deep_embedding_provider
+        self.rules_min_confidence = rules_min_confidence
+
+    def load_context(self, context: Any) -> None:
+        from cca.embeddings import get_deep_embedder, get_embedder
+        from rules import load_rules
+
+        bundle_dir = Path(context.artifacts["bundle"])
+        self.bundle = load_bundle(bundle_dir.parent, bundle_dir.name)
+        self.rules = load_rules(Path(context.artifacts["rules"]))
+        settings = Settings(embedding_provider=self.embedding_provider,  # type: ignore[arg-type]
+                            deep_embedding_provider=self.deep_embedding_provider)
+        self.embedder = get_embedder(settings)
+        self.deep_embedder = get_deep_embedder(settings)
+        info = self.bundle.info
+        found = (self.embedder.model_id, getattr(self.deep_embedder, "model_id", None))
+        if found != (info.embedding_model_id, info.deep_embedding_model_id):
+            raise StateError(f"model {info.version} needs embeddings "
+                             f"{(info.embedding_model_id, info.deep_embedding_model_id)}, "
+                             f"this environment provides {found}")
+
+    def predict(self, context: Any, model_input: pd.DataFrame, params: Any = None) -> pd.DataFrame:
+        return predict_frame(self.bundle, self.rules, self.embedder, self.deep_embedder,
+                             self.rules_min_confidence, model_input)
+
+
+def predict_frame(bundle: ModelBundle, rules: Any, embedder: Any, deep_embedder: Any,
+                  rules_min_confidence: float, frame: pd.DataFrame) -> pd.DataFrame:
+    """Rules first, the classifier for the rest; one row out per row in."""
+    text = lambda v: v if isinstance(v, str) else ""  # noqa: E731  (None / NaN: no text)
+    tickets = [Ticket(id=f"row-{i}", subject=text(s), body=text(b))
+               for i, (s, b) in enumerate(zip(frame["subject"], frame["body"], strict=True))]
+    info = bundle.info
+    out: list[dict[str, Any]] = [{} for _ in tickets]
+    rest = []
+    for i, ticket in enumerate(tickets):
+        hit = rules.apply(ticket)
+        if hit.label and hit.confidence >= rules_min_confidence:
+            out[i] = {"label": hit.label, "confidence": float(hit.confidence),
+                      "needs_review": False, "stage": "rules"}
+        else:
+            rest.append(i)
+    if rest:
+        texts = [tickets[i].text for i in rest]
+        proba, _ = bundle.classifier.predict_proba(
+            texts, embedder.embed(texts),
+            None if deep_embedder is None else lambda rows: deep_embedder.embed(
+                [texts[r] for r in rows]))
+        for i, p in zip(rest, proba, strict=True):
+            top = int(np.argmax(p))
+            sure = bool(p[top] >= info.classifier_threshold)
+            out[i] = {"label": bundle.classifier.labels[top], "confidence": float(p[top]),
+                      "needs_review": not sure, "stage": "classifier" if sure else "review"}
+    for row in out:
+        row["department"] = info.departments.get(row["label"], row["label"])
+    return pd.DataFrame(out, columns=OUTPUT_COLUMNS)
+
+
+def _requirements() -> list[str]:
+    pins = []
+    for name in _REQUIREMENTS:
+        try:
+            pins.append(f"{name}=={dist_version(name)}")
+        except Exception:  # not installed under that name: leave it out rather than guess
+            continue
+    return pins
+
+
+def log_cascade_model(bundle_dir: Path, settings: Settings, example: pd.DataFrame,
+                      name: str = "cascade") -> Any:
+    """Log the pyfunc in the active run; returns MLflow's ``ModelInfo``.
+
+    The signature is inferred from ``example`` (a few holdout rows) and the model's own
+    output on them, so it describes what ``predict`` really returns.
+    """
+    import mlflow
+    from mlflow.models import infer_signature
+
+    model = CascadePyfunc(settings.embedding_provider, settings.deep_embedding_provider,
+                          settings.rules_min_confidence)
+    artifacts = {"bundle": str(bundle_dir), "rules": str(settings.rules_path)}
+    if settings.department_map is not None:
+        artifacts["departments"] = str(settings.department_map)
+    from cca.embeddings import get_deep_embedder, get_embedder
+    from rules import load_rules
+
+    bundle = load_bundle(bundle_dir.parent, bundle_dir.name)
+    output = predict_frame(bundle, load_rules(settings.rules_path), get_embedder(settings),
+                           get_deep_embedder(settings), settings.rules_min_confidence,
+                           example[INPUT_COLUMNS])
+    signature = infer_signature(example[INPUT_COLUMNS], output)
+    with warnings.catch_warnings():
+        # No input example on purpose: it would store ticket text inside every model version.
+        warnings.filterwarnings("ignore", message=".*input example was not provided.*")
+        return mlflow.pyfunc.log_model(
+            name=name, python_model=model, artifacts=artifacts, signature=signature,
+            pip_requirements=_requirements(),
+        )

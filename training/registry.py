@@ -1,0 +1,191 @@
+"""Which registered version serves, and every change to that: promote, rollback, the record.
+
+Serving follows two pointers kept in step: the MLflow alias ``@champion`` (what the registry
+says) and ``CCA_HOME/models/CURRENT`` (what ``Cascade.load`` reads). Every move is appended
+to ``model_events`` (who, when, why) and tagged on the model version, so the history does not
+depend on MLflow being up, and ``rollback`` replays it to find the previous champion.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import shutil
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+from cca.bundle import current_version, set_current
+from cca.errors import InputError, StateError
+from cca.settings import Settings
+from cca.store import Database
+from training import tracking
+
+CHAMPION, CHALLENGER = "champion", "challenger"
+_MOVES = ("promote", "rollback")
+
+
+def actor_name() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:  # no login name in some containers
+        return "unknown"
+
+
+def record_event(db: Database, action: str, model: str, version: str | None, actor: str,
+                 reason: str, details: dict[str, Any]) -> None:
+    with db.begin() as conn:
+        conn.execute(sa.text(
+            "INSERT INTO model_events (action, model, version, actor, reason, details) "
+            "VALUES (:a, :m, :v, :actor, :r, CAST(:d AS jsonb))"),
+            {"a": action, "m": model, "v": version, "actor": actor, "r": reason,
+             "d": json.dumps(details, default=str)})
+
+
+def events(db: Database, model: str, actions: tuple[str, ...] | None = None,
+           version: str | None = None) -> list[dict[str, Any]]:
+    """The model's events, oldest first."""
+    with db.begin() as conn:
+        rows = conn.execute(sa.text(
+            "SELECT id, at, action, version, actor, reason, details FROM model_events "
+            "WHERE model = :m AND (CAST(:v AS text) IS NULL OR version = :v) ORDER BY id"),
+            {"m": model, "v": version}).mappings().all()
+    return [dict(r) for r in rows if actions is None or r["action"] in actions]
+
+
+def champion_history(db: Database, model: str) -> list[dict[str, Any]]:
+    """The champions in the order they became champion, with rollbacks undone (a stack)."""
+    stack: list[dict[str, Any]] = []
+    for event in events(db, model, _MOVES):
+        if event["action"] == "rollback":
+            if stack:
+                stack.pop()
+            if not stack or stack[-1]["version"] != event["version"]:
+                stack.append(event)  # history began before this table: trust the event
+        else:
+            stack.append(event)
+    return stack
+
+
+def serving_note(settings: Settings, db: Database) -> str:
+    """What keeps serving if this attempt fails; read from PostgreSQL and disk, not MLflow."""
+    history = champion_history(db, settings.registered_model)
+    bundle = current_version(settings.models_dir)
+    if history:
+        return f"champion v{history[-1]['version']} ({bundle}) keeps serving"
+    return f"bundle {bundle} keeps serving" if bundle else "no model is serving yet"
+
+
+def champion(mlflow_client: Any, name: str) -> Any | None:
+    """The ``@champion`` model version, or None when there is none yet."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return mlflow_client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException as exc:
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            return None
+        raise
+
+
+def number(mv: Any) -> str:
+    """A version number as text: the SQLite store gives ints, the REST API strings."""
+    return str(mv.version)
+
+
+def model_version(mlflow_client: Any, name: str, version: str) -> Any:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return mlflow_client.get_model_version(name, str(version))
+    except MlflowException as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            raise InputError(f"{name} has no version {version}: see `cca models`") from exc
+        raise
+
+
+def ensure_local_bundle(settings: Settings, mv: Any) -> str:
+    """The version's bundle under CCA_HOME/models, downloaded from MLflow if it is not there."""
+    bundle_version = mv.tags.get("bundle_version")
+    if not bundle_version:
+        raise StateError(f"{mv.name} v{number(mv)} has no bundle_version tag: not a cca model")
+    target = settings.models_dir / bundle_version
+    if (target / "bundle.json").exists() and (target / "classifier.joblib").exists():
+        return bundle_version
+    import mlflow.artifacts
+
+    with tempfile.TemporaryDirectory(dir=settings.home) as tmp:
+        local = Path(mlflow.artifacts.download_artifacts(
+            artifact_uri=f"models:/{mv.name}/{number(mv)}", dst_path=tmp,
+            tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri))
+        source = local / "artifacts" / bundle_version
+        if not (source / "bundle.json").exists():
+            raise StateError(f"{mv.name} v{number(mv)}: no bundle {bundle_version} in its "
+                             "artifacts")
+        shutil.copytree(source, target, dirs_exist_ok=True)
+    return bundle_version
+
+
+def switch_champion(settings: Settings, db: Database, mlflow_client: Any, mv: Any, action: str,
+                    actor: str, reason: str, details: dict[str, Any] | None = None) -> dict:
+    """Alias, CURRENT, tags and the event row: the one way a champion changes."""
+    name = settings.registered_model
+    before = champion(mlflow_client, name)
+    bundle_version = ensure_local_bundle(settings, mv)
+    mlflow_client.set_registered_model_alias(name, CHAMPION, number(mv))
+    set_current(settings.models_dir, bundle_version)
+    challenger = None
+    try:
+        challenger = mlflow_client.get_model_version_by_alias(name, CHALLENGER)
+    except Exception:  # no challenger alias: nothing to clear
+        challenger = None
+    if challenger is not None and number(challenger) == number(mv):
+        mlflow_client.delete_registered_model_alias(name, CHALLENGER)
+    now = datetime.now(UTC).isoformat(timespec="seconds")
+    past = {"promote": "promoted", "rollback": "restored"}.get(action, action)
+    for key, value in ((f"{past}_at", now), (f"{past}_by", actor),
+                       (f"{past}_reason", reason[:500])):
+        mlflow_client.set_model_version_tag(name, number(mv), key, value)
+    if before is not None and number(before) != number(mv):
+        mlflow_client.set_model_version_tag(name, number(before), "replaced_at", now)
+    info = {"from": number(before) if before else None, "to": number(mv),
+            "bundle_version": bundle_version, **(details or {})}
+    record_event(db, action, name, number(mv), actor, reason, info)
+    return info
+
+
+def promote(settings: Settings, db: Database, version: str, actor: str, reason: str) -> dict:
+    """A person makes ``version`` champion (no gate: the reason is the justification)."""
+    if not reason.strip():
+        raise InputError("a promotion needs a --reason")
+    with tracking.mlflow_session(settings, serving_note(settings, db)) as mlflow_client:
+        mv = model_version(mlflow_client, settings.registered_model, version)
+        now = champion(mlflow_client, settings.registered_model)
+        if now is not None and number(now) == number(mv):
+            return {"promoted": False, "version": number(mv),
+                    "message": f"v{number(mv)} is already champion"}
+        info = switch_champion(settings, db, mlflow_client, mv, "promote", actor, reason,
+                               {"source": "manual"})
+    return {"promoted": True, "version": number(mv), **info}
+
+
+def rollback(settings: Settings, db: Database, actor: str, reason: str) -> dict:
+    """Champion goes back to the one before it, as recorded in ``model_events``."""
+    if not reason.strip():
+        raise InputError("a rollback needs a --reason")
+    name = settings.registered_model
+    history = champion_history(db, name)
+    if len(history) < 2:
+        raise StateError(f"no previous champion of {name} to roll back to "
+                         f"({len(history)} champion(s) on record)")
+    current, previous = history[-1], history[-2]
+    with tracking.mlflow_session(settings, serving_note(settings, db)) as mlflow_client:
+        mv = model_version(mlflow_client, name, previous["version"])
+        info = switch_champion(settings, db, mlflow_client, mv, "rollback", actor, reason,
+                               {"rolled_back": current["version"]})
+        mlflow_client.set_model_version_tag(name, current["version"], "rolled_back_reason",
+                                            reason[:500])
+    return {"rolled_back": current["version"], "champion": number(mv), **info}

@@ -1,0 +1,108 @@
+"""Where MLflow is, whether it answers, and a session that never leaks its URI to other code.
+
+The fluent API (``mlflow.start_run``, ``mlflow.pyfunc.log_model``) reads a process-wide
+tracking URI, so a session sets it on entry and restores the environment on exit: two homes
+(or two tests) in one process never write into each other's store. Anything that only needs
+the registry uses ``client(settings)`` and touches no global at all.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from cca.errors import StateError
+from cca.settings import Settings
+
+# A dying tracking server must fail in seconds, not after MLflow's default 7 retries of up to
+# 120 s each; an explicit environment setting still wins.
+_HTTP_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "15",
+    # The pyfunc pins its requirements; the project's whole uv.lock (Airflow, GE, ...) would
+    # otherwise be copied into every model version.
+    "MLFLOW_LOG_UV_FILES": "false",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",  # one-line logs, not progress bars
+}
+_URI_VARS = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
+
+
+def is_local_default(settings: Settings) -> bool:
+    return settings.mlflow_tracking_uri is None
+
+
+def check_reachable(settings: Settings, serving: str) -> None:
+    """Raise a one-line StateError naming what keeps serving if MLflow cannot be reached."""
+    for key, value in _HTTP_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    uri = settings.tracking_uri
+    try:
+        if uri.startswith(("http://", "https://")):
+            import httpx
+
+            httpx.get(uri.rstrip("/") + "/health", timeout=5.0).raise_for_status()
+        elif uri.startswith("sqlite:///"):
+            Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    except Exception as exc:  # httpx.HTTPError, OSError: all mean "cannot use MLflow now"
+        raise StateError(f"MLflow at {uri} is unreachable ({_first_line(exc)}): {serving}"
+                         ) from exc
+
+
+def client(settings: Settings) -> Any:
+    """An ``MlflowClient`` for this home (mlflow takes ~4 s to import: only when needed)."""
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
+
+
+def experiment_id(settings: Settings) -> str:
+    """The project's experiment, created on first use with artifacts under CCA_HOME."""
+    mlflow_client = client(settings)
+    found = mlflow_client.get_experiment_by_name(settings.mlflow_experiment)
+    if found is not None:
+        return found.experiment_id
+    location = None
+    if is_local_default(settings):
+        location = (settings.mlflow_dir / "artifacts").as_uri()
+    return mlflow_client.create_experiment(settings.mlflow_experiment, artifact_location=location)
+
+
+@contextmanager
+def mlflow_session(settings: Settings, serving: str) -> Iterator[Any]:
+    """Check MLflow, point the fluent API at it, and turn its failures into one line.
+
+    ``serving`` says what keeps serving if this fails (e.g. "champion v3 keeps serving").
+    Yields an ``MlflowClient``.
+    """
+    check_reachable(settings, serving)
+    import mlflow
+    import requests
+    from mlflow.exceptions import MlflowException
+
+    saved = {name: os.environ.get(name) for name in _URI_VARS}
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    mlflow.set_registry_uri(settings.tracking_uri)
+    try:
+        yield client(settings)
+    except (MlflowException, requests.RequestException) as exc:
+        raise StateError(f"MLflow at {settings.tracking_uri} failed ({_first_line(exc)}): "
+                         f"{serving}") from exc
+    finally:
+        if mlflow.active_run() is not None:
+            mlflow.end_run("FAILED")
+        mlflow.set_tracking_uri(None)  # type: ignore[arg-type]  # None clears the override
+        mlflow.set_registry_uri(None)  # type: ignore[arg-type]
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
