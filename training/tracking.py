@@ -8,6 +8,7 @@ the registry uses ``client(settings)`` and touches no global at all.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -86,6 +87,12 @@ def mlflow_session(settings: Settings, serving: str) -> Iterator[Any]:
     check_reachable(settings, serving)
     import mlflow
     import requests
+
+    # INFO lines about table creation, and warnings that do not apply to a model we wrote and
+    # load ourselves (cloudpickle of our own class; pip version for a conda spec we never use).
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    for noisy in ("mlflow.pyfunc", "mlflow.utils.environment"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
     from mlflow.exceptions import MlflowException
 
     saved = {name: os.environ.get(name) for name in _URI_VARS}

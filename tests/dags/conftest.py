@@ -10,6 +10,7 @@ test process (``dag.test()``) against the project's embedded PostgreSQL under th
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import shutil
 import sys
@@ -41,6 +42,7 @@ if "airflow" in sys.modules:  # too late: Airflow has read its home already
     )
 os.environ.update({k: v for k, v in airflow_env(SETTINGS, base={}).items()
                    if k.startswith("AIRFLOW")})
+_ROOT_HANDLERS = list(logging.root.handlers)  # before Airflow adds its own
 
 # The lifecycle, in the order production runs it; each DAG's run needs the ones before it.
 ORDER = ("ingest_tickets", "prepare_tickets", "weekly_retrain", "retention")
@@ -51,6 +53,16 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     if SECONDS:
         terminalreporter.write_line("airflow: " + ", ".join(
             f"{name} {seconds:.1f} s" for name, seconds in SECONDS.items()))
+
+
+@pytest.fixture(scope="package", autouse=True)
+def _detach_airflow_log_handlers() -> Iterator[None]:
+    """Airflow's logging setup (on first import) binds a handler to the stdout pytest captures;
+    drop it when this package is done, or logging at interpreter exit hits a closed file."""
+    yield
+    for handler in logging.root.handlers[:]:
+        if type(handler) is logging.StreamHandler and handler not in _ROOT_HANDLERS:
+            logging.root.removeHandler(handler)
 
 
 @pytest.fixture(scope="session")
@@ -73,9 +85,13 @@ def airflow_db() -> float:
     return SECONDS["db migrate"]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def lifecycle_db() -> Iterator[Database]:
-    """The embedded PostgreSQL the tasks use, with ``CCA_*`` pointing every task at it."""
+    """The embedded PostgreSQL the tasks use, with ``CCA_*`` pointing every task at it.
+
+    Package scope: the variables and ``get_settings``' cache are restored before the rest of
+    the suite runs.
+    """
     env = {"CCA_HOME": str(SETTINGS.home), "CCA_RULES_PATH": str(SETTINGS.rules_path),
            "CCA_DEPARTMENT_MAP": str(SETTINGS.department_map)}
     with pytest.MonkeyPatch.context() as mp:
@@ -105,9 +121,9 @@ def drop_in_inbox(source: Path, columns: dict[str, str] | None = None) -> Path:
     return target
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def run_dag(airflow_db: float, lifecycle_db: Database) -> Callable[[str], Any]:
-    """``run_dag(dag_id)``: one ``dag.test()`` run per DAG and session, earlier DAGs first.
+    """``run_dag(dag_id)``: one ``dag.test()`` run per DAG, earlier DAGs first.
 
     Retries are switched off for the run (on a fresh parse, not the ``dagbag`` fixture's), so
     a failing task fails the run at once instead of after ``retry_delay`` x retries.

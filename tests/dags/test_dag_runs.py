@@ -102,7 +102,7 @@ def test_weekly_retrain(run_dag: Callable[[str], Any], lifecycle_db: Database) -
     # A fresh registry has no champion, so the first candidate is held only to the
     # macro-F1 floor, which the fixture's four well-separated intents clear.
     assert decision["promoted"], decision["reasons"]
-    assert champion is not None and champion.version == version
+    assert champion is not None and str(champion.version) == version
     assert (SETTINGS.models_dir / "CURRENT").read_text().strip() == decision["bundle_version"]
     assert asset_events("cca://models/champion") == [("weekly_retrain", "promote")]
 
