@@ -13,14 +13,15 @@ def test_schema_and_pgvector_are_in_place(db):
         version = conn.execute(sa.text(
             "SELECT extversion FROM pg_extension WHERE extname = 'vector'")).scalar()
     assert {"tickets", "ticket_labels", "ticket_embeddings", "decisions",
-            "cache_track_record", "alembic_version"} <= tables
+            "cache_track_record", "quarantine", "ticket_minhash", "ingested_files",
+            "ingest_cursors", "model_events", "alembic_version"} <= tables
     assert version and version >= "0.8"
 
 
 def test_migrations_are_idempotent(settings, db):
     again = open_database(settings)  # reuses the running server, upgrade is a no-op
     with again.begin() as conn:
-        assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == "0001"
+        assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == "0002"
     again.dispose()
 
 
@@ -35,6 +36,17 @@ def test_audit_log_refuses_update_delete_truncate(db):
             conn.execute(sa.text(statement))
     with db.begin() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM decisions")).scalar() >= 1
+
+
+def test_model_events_are_append_only(db):
+    with db.begin() as conn:
+        conn.execute(sa.text("INSERT INTO model_events (action, model, version, actor) "
+                             "VALUES ('promote', 'm', '1', 'test')"))
+    for statement in ("UPDATE model_events SET actor = 'someone else'",
+                      "DELETE FROM model_events", "TRUNCATE model_events"):
+        with pytest.raises(sa.exc.DBAPIError, match="model_events is append-only"), \
+                db.begin() as conn:
+            conn.execute(sa.text(statement))
 
 
 def test_postgres_without_pgvector_is_a_clear_error(tmp_path):
