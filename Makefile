@@ -6,7 +6,9 @@
 PYTHON ?= python3
 UV := $(PYTHON) -m uv
 
-.PHONY: setup run test lint bench clean
+CCA_HOME ?= .cca
+
+.PHONY: setup run test lint bench mlflow-ui airflow-test clean
 
 setup:
 	@$(UV) --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet "uv>=0.5"
@@ -23,6 +25,19 @@ test: lint
 
 bench: setup
 	$(UV) run --frozen python benchmarks/cascade.py
+	$(UV) run --frozen python benchmarks/lifecycle.py
+	$(UV) run --frozen python benchmarks/pii.py
+
+# The MLflow UI on the local store the main job writes (http://127.0.0.1:5000).
+mlflow-ui: setup
+	$(UV) run --frozen mlflow ui --backend-store-uri sqlite:///$(abspath $(CCA_HOME))/mlflow/mlflow.db --port 5000
+
+# One DAG run without a scheduler, e.g. `make airflow-test DAG=prepare_tickets`.
+DAG ?= prepare_tickets
+airflow-test: setup
+	$(UV) run --frozen cca airflow db migrate
+	$(UV) run --frozen cca airflow dags reserialize
+	$(UV) run --frozen cca airflow dags test $(DAG)
 
 clean:
 	rm -rf .cca .pytest_cache .ruff_cache

@@ -59,6 +59,15 @@ def db_status() -> None:
     console.print(status(settings()))
 
 
+@app.command("airflow", context_settings={"allow_extra_args": True,
+                                          "ignore_unknown_options": True})
+def airflow_cmd(ctx: typer.Context) -> None:
+    """Run `airflow ARGS` with AIRFLOW_HOME under CCA_HOME and this project's dags/."""
+    from cca.airflow_env import exec_airflow
+
+    exec_airflow(list(ctx.args), settings())
+
+
 def run() -> None:
     run_app(app)
 
