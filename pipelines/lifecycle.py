@@ -13,8 +13,8 @@ from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 from cca.departments import load_department_map
-from cca.settings import Settings, get_settings
-from cca.store import Database, open_database
+from cca.settings import Settings
+from cca.store import Database, use_database
 
 log = logging.getLogger("cca.lifecycle")
 Bar = Callable[[str], AbstractContextManager[Any]]
@@ -33,23 +33,10 @@ def _quiet_bar(description: str) -> Iterator[Any]:
     log.info("%s: %d done", description, done[0])
 
 
-@contextmanager
-def _session(settings: Settings | None, db: Database | None) -> Iterator[tuple[Settings, Database]]:
-    s = settings or get_settings()
-    if db is not None:
-        yield s, db
-        return
-    opened = open_database(s)
-    try:
-        yield s, opened
-    finally:
-        opened.dispose()
-
-
 def ingest_inbox(settings: Settings | None = None, db: Database | None = None) -> dict:
     from pipelines.ingest import ingest_inbox as run
 
-    with _session(settings, db) as (s, conn):
+    with use_database(settings, db) as (s, conn):
         report = run(conn, s, load_department_map(s.department_map)).as_dict()
     log.info("ingest inbox: %s files, %s new tickets, %s quarantined", report["files"],
              report["tickets_new"], report["quarantined"])
@@ -60,7 +47,7 @@ def ingest_connectors(settings: Settings | None = None, db: Database | None = No
     from pipelines.connectors import connectors_from_settings
     from pipelines.ingest import ingest_from_connector
 
-    with _session(settings, db) as (s, conn):
+    with use_database(settings, db) as (s, conn):
         departments = load_department_map(s.department_map)
         results = [ingest_from_connector(conn, c, departments)
                    for c in connectors_from_settings(s)]
@@ -73,7 +60,7 @@ def sanitize_pending(settings: Settings | None = None, db: Database | None = Non
     from pipelines.pii import Sanitizer
     from pipelines.sanitize_tickets import sanitize_pending as run
 
-    with _session(settings, db) as (s, conn), bar("redacting PII") as advance:
+    with use_database(settings, db) as (s, conn), bar("redacting PII") as advance:
         report = run(conn, Sanitizer.from_settings(s), on_total=advance.set_total,
                      progress=advance).as_dict()
     log.info("sanitize: %s tickets redacted (%s with PII: %s)", report["sanitized"],
@@ -85,7 +72,7 @@ def dedup_pending(settings: Settings | None = None, db: Database | None = None,
                   bar: Bar = _quiet_bar) -> dict:
     from pipelines.dedup import dedup_pending as run
 
-    with _session(settings, db) as (s, conn), bar("near-duplicates") as advance:
+    with use_database(settings, db) as (s, conn), bar("near-duplicates") as advance:
         report = run(conn, s, on_total=advance.set_total, progress=advance).as_dict()
     log.info("dedup: %s checked, %s near-duplicates linked (%s with another label)",
              report["checked"], report["duplicates"], report["label_conflicts"])
@@ -95,7 +82,7 @@ def dedup_pending(settings: Settings | None = None, db: Database | None = None,
 def validate_pending(settings: Settings | None = None, db: Database | None = None) -> dict:
     from pipelines.validate_tickets import validate_pending as run
 
-    with _session(settings, db) as (s, conn):
+    with use_database(settings, db) as (s, conn):
         report = run(conn, s).as_dict()
     log.info("validate: %s tickets passed the raw and clean suites", report["checked"])
     return report
@@ -108,7 +95,7 @@ def index_pending(settings: Settings | None = None, db: Database | None = None,
     from pipelines.index_tickets import index_labelled_tickets
 
     out = []
-    with _session(settings, db) as (s, conn):
+    with use_database(settings, db) as (s, conn):
         for embedder, hnsw in ((get_embedder(s), True), (get_deep_embedder(s), False)):
             if embedder is None:
                 continue
@@ -127,7 +114,7 @@ def index_pending(settings: Settings | None = None, db: Database | None = None,
 def prepare(settings: Settings | None = None, db: Database | None = None,
             bar: Bar = _quiet_bar) -> dict:
     """sanitize -> dedup -> validate -> index, as the prepare_tickets DAG runs them."""
-    with _session(settings, db) as (s, conn):
+    with use_database(settings, db) as (s, conn):
         return {
             "sanitize": sanitize_pending(s, conn, bar),
             "dedup": dedup_pending(s, conn, bar),
@@ -139,7 +126,7 @@ def prepare(settings: Settings | None = None, db: Database | None = None,
 def purge_expired(settings: Settings | None = None, db: Database | None = None) -> dict:
     from pipelines.retention import purge_expired as run
 
-    with _session(settings, db) as (s, conn):
+    with use_database(settings, db) as (s, conn):
         report = run(conn, s).as_dict()
     log.info("retention: raw text purged on %s tickets, %s embeddings deleted",
              report["raw_text_purged"], report["embeddings_deleted"])

@@ -11,8 +11,7 @@ or a refused promotion leaves the champion and ``CURRENT`` as they were, and say
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -21,8 +20,8 @@ import sqlalchemy as sa
 
 from cca.bundle import ModelBundle, load_bundle
 from cca.errors import StateError
-from cca.settings import Settings, get_settings
-from cca.store import Database, open_database
+from cca.settings import Settings
+from cca.store import Database, use_database
 from cca.store.tickets_repo import labelled_tickets
 from training import registry, tracking
 from training.gate import GatePolicy, Scores, promotion_gate
@@ -30,20 +29,6 @@ from training.holdout import holdout_f1, split_by_id
 from training.train_classifier import Validator, embeddings_for, train_from_store
 
 GATE_ACTOR = "promotion-gate"
-
-
-@contextmanager
-def _context(settings: Settings | None, db: Database | None
-             ) -> Iterator[tuple[Settings, Database]]:
-    s = settings or get_settings()
-    if db is not None:
-        yield s, db
-        return
-    opened = open_database(s)
-    try:
-        yield s, opened
-    finally:
-        opened.dispose()
 
 
 def _departments(settings: Settings, db: Database) -> tuple[dict[str, str], list[str]]:
@@ -80,7 +65,7 @@ def train_candidate(settings: Settings | None = None, db: Database | None = None
     from cca.embeddings import get_deep_embedder, get_embedder
     from training.run_log import log_training_run
 
-    with _context(settings, db) as (s, database):
+    with use_database(settings, db) as (s, database):
         serving = registry.serving_note(s, database)
         tracking.check_reachable(s, serving)  # before the fit: an outage should fail fast
         since = datetime.now(UTC) - timedelta(days=s.train_window_days)
@@ -117,7 +102,7 @@ def evaluate_candidate(candidate: dict[str, Any], settings: Settings | None = No
     """Candidate and champion on the same holdout tickets (the candidate's window)."""
     from cca.embeddings import get_deep_embedder, get_embedder
 
-    with _context(settings, db) as (s, database):
+    with use_database(settings, db) as (s, database):
         serving = registry.serving_note(s, database)
         with database.begin() as conn:
             rows = labelled_tickets(conn, since=datetime.fromisoformat(candidate["since"]))
@@ -157,7 +142,7 @@ def register_candidate(evaluation: dict[str, Any], settings: Settings | None = N
     """A new version of the registered model, tagged and aliased ``@challenger``; idempotent."""
     import mlflow
 
-    with _context(settings, db) as (s, database):
+    with use_database(settings, db) as (s, database):
         name = s.registered_model
         with tracking.mlflow_session(s, registry.serving_note(s, database)) as client:
             found = client.search_model_versions(
@@ -189,7 +174,7 @@ def promote_if_better(registered: dict[str, Any], settings: Settings | None = No
                       db: Database | None = None) -> dict[str, Any]:
     """The gate decides once per version; a refusal is a result, not an exception."""
     version = registered["model_version"]
-    with _context(settings, db) as (s, database):
+    with use_database(settings, db) as (s, database):
         name = s.registered_model
         past = registry.events(database, name, ("promote", "gate-refused"), version)
         past = [e for e in past if e["actor"] == GATE_ACTOR]
@@ -227,7 +212,7 @@ def retrain(settings: Settings | None = None, db: Database | None = None,
             progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """All four steps in one process (``cca train``, the main job)."""
     t0 = time.perf_counter()
-    with _context(settings, db) as (s, database):
+    with use_database(settings, db) as (s, database):
         candidate = train_candidate(s, database, progress)
         evaluation = evaluate_candidate(candidate, s, database)
         registered = register_candidate(evaluation, s, database)

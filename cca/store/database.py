@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 
 from cca.errors import StateError
-from cca.settings import Settings
+from cca.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -117,3 +117,22 @@ def upgrade(db: Database) -> None:
     with db.engine.begin() as conn:
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")
+
+
+@contextmanager
+def use_database(settings: Settings | None = None, db: Database | None = None
+                 ) -> Iterator[tuple[Settings, Database]]:
+    """The given settings and database, or the configured ones opened for this block only.
+
+    Pipeline steps run both inside one process (the main job passes its database) and as
+    separate Airflow tasks (each opens and disposes its own).
+    """
+    s = settings or get_settings()
+    if db is not None:
+        yield s, db
+        return
+    opened = open_database(s)
+    try:
+        yield s, opened
+    finally:
+        opened.dispose()
