@@ -65,3 +65,6 @@ def run_cmd(
                                            report["stage_share"].items()))
     stdout.print(table)
     console.print(f"report: {json_out}\npredictions: {predictions}")
+    console.print(f"MLflow: run {retrained.get('run_id')}, {s.registered_model} "
+                  f"v{retrained.get('model_version')} at {s.tracking_uri} "
+                  "(`make mlflow-ui` to browse it)")
