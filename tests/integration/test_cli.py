@@ -97,3 +97,14 @@ def test_invalid_utf8_and_malformed_rules(settings, tmp_path):
 def test_bad_setting_is_one_line(settings):
     result = run_cli(settings, "rules", "check", CCA_CACHE_TOP_K="many")
     assert_one_line_error(result, 2, "CCA_CACHE_TOP_K")
+
+
+def test_skipped_records_are_quarantined_and_listed(settings, tmp_path):
+    bad = tmp_path / "partly_bad.csv"
+    bad.write_text("message,intent\nmy parcel is late again,delivery_delay\n,delivery_delay\n")
+    result = run_cli(settings, "import", str(bad), *FIXTURE_ARGS, "--skip-invalid")
+    assert result.returncode == 0, result.stderr
+    assert "1 rejected" in result.stderr
+    listed = run_cli(settings, "quarantine", "--stage", "import")
+    assert listed.returncode == 0, listed.stderr
+    assert "partly_bad.csv:3" in listed.stdout and "empty or missing text" in listed.stdout
