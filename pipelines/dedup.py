@@ -71,8 +71,10 @@ class NearDuplicateIndex:
         self.num_perm = settings.dedup_num_perm
         self.k = settings.dedup_shingle_chars
         self.threshold = settings.dedup_threshold
-        self.params = f"{SCHEME}-p{self.num_perm}-k{self.k}-t{self.threshold}"
-        self.basename = f"cca:lsh:{namespace}:{self.params}"
+        # Signatures depend on the MinHash parameters only; the LSH bands also on the
+        # threshold, so a new threshold gets a new (empty) Redis index, rebuilt below.
+        self.params = f"{SCHEME}-p{self.num_perm}-k{self.k}"
+        self.basename = f"cca:lsh:{namespace}:{self.params}-t{self.threshold}"
         self.redis = redis.Redis.from_url(settings.redis_url)
         try:
             self.redis.ping()
@@ -149,11 +151,16 @@ def dedup_pending(db: Database, settings: Settings, batch_size: int = 2000,
         pending = conn.execute(_PENDING).mappings().all()
     if on_total:
         on_total(len(pending))
-    for start in range(0, len(pending), batch_size):
-        chunk = pending[start : start + batch_size]
-        _dedup_chunk(db, index, chunk, report)
-        if progress:
-            progress(len(chunk))
+    for _ in range(3):  # a changed original sends its duplicates round once more
+        for start in range(0, len(pending), batch_size):
+            chunk = pending[start : start + batch_size]
+            _dedup_chunk(db, index, chunk, report)
+            if progress:
+                progress(len(chunk))
+        with db.begin() as conn:
+            pending = conn.execute(_PENDING).mappings().all()
+        if not pending:
+            break
     return report
 
 
@@ -177,9 +184,10 @@ def _dedup_chunk(db: Database, index: NearDuplicateIndex, chunk: list, report: D
     ids = [r["id"] for r in chunk]
     sigs = [signature(f"{r['clean_subject'] or ''}\n{r['clean_body'] or ''}", index.num_perm,
                       index.k) for r in chunk]
-    for row in chunk:
-        if row["had_signature"] and row["id"] in index.lsh:
-            index.lsh.remove(row["id"])  # its text changed: check it afresh
+    changed = [row["id"] for row in chunk if row["had_signature"]]
+    for tid in changed:
+        if tid in index.lsh:
+            index.lsh.remove(tid)  # its text changed: check it afresh
     history = _history_candidates(index, sigs)
     local = MinHashLSH(threshold=index.threshold, num_perm=index.num_perm)  # this chunk
     known: dict[str, tuple[MinHash, str | None]] = {}
@@ -228,6 +236,10 @@ def _dedup_chunk(db: Database, index: NearDuplicateIndex, chunk: list, report: D
             sa.text("UPDATE tickets SET duplicate_of = :dup, dedup_for = :h WHERE id = :id"),
             links,
         )
+        if changed:  # what was linked to a changed ticket may no longer be a duplicate of it
+            conn.execute(sa.text("UPDATE tickets SET dedup_for = NULL "
+                                 "WHERE duplicate_of = ANY(:ids) AND NOT id = ANY(:chunk)"),
+                         {"ids": changed, "chunk": ids})
         # Redis last: if this fails the transaction rolls back, and a Redis index that ran
         # ahead of PostgreSQL is caught by the size check and rebuilt on the next run.
         with index.lsh.insertion_session(buffer_size=5000) as session:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 
 import sqlalchemy as sa
 
@@ -39,6 +40,7 @@ _LABELLED = sa.text(
     FROM tickets t JOIN ticket_labels l ON l.ticket_id = t.id
     WHERE t.sanitized_for = t.content_hash AND t.duplicate_of IS NULL
       AND t.checked_for = t.clean_hash
+      AND (CAST(:since AS timestamptz) IS NULL OR t.created_at >= :since)
     """
 )
 
@@ -50,15 +52,17 @@ def index_labelled_tickets(
     hnsw: bool = True,
     on_total: Callable[[int], None] | None = None,
     progress: Progress | None = None,
+    since: datetime | None = None,
 ) -> IndexReport:
     """Only tickets whose text changed since they were embedded with this model are embedded.
 
-    Label changes on unchanged text update the metadata without re-embedding. Vectors only
+    Label changes on unchanged text update the metadata without re-embedding. Tickets created
+    before ``since`` (the retention window for embeddings) are not embedded again. Vectors only
     kept for training (the deep model's) need no search index: ``hnsw=False``.
     """
     t0 = time.perf_counter()
     with db.begin() as conn:
-        rows = conn.execute(_LABELLED).mappings().all()
+        rows = conn.execute(_LABELLED, {"since": since}).mappings().all()
         # A ticket found to be a near-duplicate after it was indexed leaves the index.
         dropped = conn.execute(
             sa.text("DELETE FROM ticket_embeddings e USING tickets t WHERE e.ticket_id = t.id "

@@ -18,7 +18,7 @@ import yaml
 from pydantic import ValidationError
 
 from cca.departments import DepartmentMap
-from cca.errors import CCAError, InputError
+from cca.errors import CCAError, InputError, describe_yaml_error
 from cca.settings import Settings
 from cca.store import Database
 from cca.store.quarantine import QuarantineItem, quarantine
@@ -62,7 +62,11 @@ def columns_for(path: Path) -> tuple[Columns, str | None]:
     """Columns from a sidecar ``<file>.columns.yaml`` if present, else from canonical names."""
     sidecar = path.with_name(path.name + ".columns.yaml")
     if sidecar.exists():
-        spec = yaml.safe_load(sidecar.read_text(encoding="utf-8")) or {}
+        try:
+            spec = yaml.safe_load(sidecar.read_text(encoding="utf-8")) or {}
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            raise InputError(f"{sidecar.name}: malformed YAML: {describe_yaml_error(exc)}"
+                             ) from exc
         if not isinstance(spec, dict) or "text" not in spec:
             raise InputError(f"{sidecar}: expected a mapping with at least 'text: <column>'")
         source = spec.pop("source", None)

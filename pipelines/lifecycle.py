@@ -10,9 +10,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from cca.departments import load_department_map
+from cca.errors import CCAError, StateError
 from cca.settings import Settings
 from cca.store import Database, use_database
 
@@ -47,11 +49,19 @@ def ingest_connectors(settings: Settings | None = None, db: Database | None = No
     from pipelines.connectors import connectors_from_settings
     from pipelines.ingest import ingest_from_connector
 
+    results, failed = [], []
     with use_database(settings, db) as (s, conn):
         departments = load_department_map(s.department_map)
-        results = [ingest_from_connector(conn, c, departments)
-                   for c in connectors_from_settings(s)]
+        for connector in connectors_from_settings(s):
+            try:  # one system down must not keep the others from being fetched
+                results.append(ingest_from_connector(conn, connector, departments))
+            except CCAError as exc:
+                log.error("ingest %s: %s", connector.name, exc)
+                failed.append(f"{connector.name}: {exc}")
     log.info("ingest connectors: %s", results or "none configured")
+    if failed:
+        raise StateError(f"{len(failed)} connector(s) failed ({'; '.join(failed)}); "
+                         f"{len(results)} others ingested")
     return {"connectors": results}
 
 
@@ -96,11 +106,12 @@ def index_pending(settings: Settings | None = None, db: Database | None = None,
 
     out = []
     with use_database(settings, db) as (s, conn):
+        since = datetime.now(UTC) - timedelta(days=s.retention_embedding_days)
         for embedder, hnsw in ((get_embedder(s), True), (get_deep_embedder(s), False)):
             if embedder is None:
                 continue
             with bar(f"embedding ({embedder.model_id})") as advance:
-                r = index_labelled_tickets(conn, embedder, hnsw=hnsw,
+                r = index_labelled_tickets(conn, embedder, hnsw=hnsw, since=since,
                                            on_total=advance.set_total, progress=advance)
             out.append({"model_id": r.model_id, "considered": r.considered,
                         "embedded": r.embedded, "relabelled": r.relabelled,

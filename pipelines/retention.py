@@ -2,7 +2,10 @@
 
 Purging raw text keeps the redacted text, labels and hashes, so training, the index and
 near-duplicate checks still work on old tickets while no raw customer text outlives the
-window. Quarantined payloads hold raw text too and follow the same rule.
+window. A ticket not yet redacted keeps its raw text until it is (it would be lost
+otherwise). Quarantined payloads and processed inbox files hold raw text too and follow
+the same rule. The index skips tickets older than the embedding window, so what is deleted
+here is not embedded again.
 """
 
 from __future__ import annotations
@@ -36,7 +39,8 @@ def purge_expired(db: Database, settings: Settings, now: datetime | None = None
     with db.begin() as conn:
         purged = conn.execute(
             sa.text("UPDATE tickets SET subject = '', body = '', customer_ref = NULL, "
-                    "raw_purged_at = :now WHERE created_at < :cut AND raw_purged_at IS NULL"),
+                    "raw_purged_at = :now WHERE created_at < :cut AND raw_purged_at IS NULL "
+                    "AND sanitized_for = content_hash"),
             {"now": now, "cut": raw_cutoff},
         ).rowcount
         payloads = conn.execute(

@@ -56,6 +56,10 @@ class ValidationReport:
     failed: list[str] = field(default_factory=list)
     data_docs: Path = Path()
     seconds: float = 0.0
+    # Ids of the rows that broke a row-level expectation, and whether every failure was one
+    # (then those rows can be quarantined and the rest go on; otherwise the batch stops).
+    failing_ids: list[str] = field(default_factory=list)
+    row_level: bool = True
 
     def summary(self) -> str:
         if self.success:
@@ -118,6 +122,7 @@ def _validate(
     }
     context = _context(settings.ge_home)
     result, key, order = _run_suite(context, suite_dict, frame, parameters, index_columns)
+    failing_ids, row_level = _failing_rows(result)
     for item in result.results:
         redact_result(item, index_columns)
     _prune(settings.ge_home, name)
@@ -133,6 +138,8 @@ def _validate(
         failed=failed,
         data_docs=_page(context, key),
         seconds=round(time.perf_counter() - started, 3),
+        failing_ids=failing_ids,
+        row_level=row_level,
     )
     if not report.success:
         raise ValidationFailed(report)
@@ -177,6 +184,25 @@ def _context(ge_home: Path) -> Any:
     return gx.get_context(mode="ephemeral", project_config=config)
 
 
+def _failing_rows(result: Any) -> tuple[list[str], bool]:
+    """Row ids behind each failed expectation (read before the result is redacted)."""
+    ids: dict[str, None] = {}
+    row_level = True
+    for item in result.results:
+        if item.success:
+            continue
+        found = (item.result or {}).get("unexpected_index_list")
+        if not found:  # a column-level failure, or the expectation itself errored
+            row_level = False
+            continue
+        for entry in found:
+            if isinstance(entry, Mapping) and entry.get("id") is not None:
+                ids[str(entry["id"])] = None
+            else:
+                row_level = False
+    return list(ids), row_level
+
+
 def _run_suite(
     context: Any,
     suite_dict: Mapping[str, Any],
@@ -208,7 +234,9 @@ def _run_suite(
     batch = asset.add_batch_definition_whole_dataframe("whole").get_batch(
         batch_parameters={"dataframe": frame}
     )
-    result_format = {"result_format": "SUMMARY", "unexpected_index_column_names": index_columns}
+    # COMPLETE lists every failing row's id, so a few bad tickets can be quarantined alone;
+    # the lists are dropped (redact_result) before anything is stored or rendered.
+    result_format = {"result_format": "COMPLETE", "unexpected_index_column_names": index_columns}
     result = batch.validate(suite, result_format=result_format, expectation_parameters=parameters)
     run_id = RunIdentifier(run_name=name, run_time=dt.datetime.now(dt.UTC))
     result.meta["run_id"] = run_id

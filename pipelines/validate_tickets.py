@@ -1,20 +1,25 @@
 """Validate what ingest and sanitize produced before anything is indexed or trained on.
 
 Tickets redacted and checked for near-duplicates but not yet validated are checked as one
-batch (the raw and the clean suite); only a passing batch is marked ``checked_for`` and so
-becomes visible to the index and to training. A failing batch stays out and the error
-names the Data Docs page.
+batch (the raw and the clean suite); only tickets that pass are marked ``checked_for`` and
+so become visible to the index and to training. Tickets that break a row-level expectation
+(empty text, PII left, a date in the future…) go to quarantine with the Data Docs page, and
+the rest go on; a failure that is not about particular rows stops the whole batch. A
+quarantined ticket is checked again once its text changes.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 
 import pandas as pd
 import sqlalchemy as sa
 
 from cca.settings import Settings
 from cca.store import Database
+from cca.store.quarantine import QuarantineItem, quarantine
+from pipelines.validate import ValidationFailed, ValidationReport
 
 _PENDING = sa.text(
     """
@@ -23,6 +28,7 @@ _PENDING = sa.text(
     FROM tickets t LEFT JOIN ticket_labels l ON l.ticket_id = t.id AND l.validated
     WHERE t.sanitized_for = t.content_hash AND t.dedup_for = t.clean_hash
       AND t.checked_for IS DISTINCT FROM t.clean_hash
+      AND t.checked_for IS DISTINCT FROM 'refused:' || t.clean_hash
     ORDER BY t.created_at, t.id
     """
 )
@@ -33,18 +39,37 @@ class ValidateReport:
     checked: int
     raw_suite: dict | None
     clean_suite: dict | None
+    quarantined: int = 0
+    refused_pages: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict:
         return asdict(self)
 
 
-def _summary(report: object) -> dict:
+def _summary(report: ValidationReport) -> dict:
     return {"suite": report.suite, "success": report.success, "rows": report.evaluated,
             "seconds": round(report.seconds, 2), "data_docs": str(report.data_docs)}
 
 
+def _run(check: Callable[[pd.DataFrame, Settings], ValidationReport], frame: pd.DataFrame,
+         settings: Settings, refused: dict[str, ValidationReport]
+         ) -> ValidationReport | None:
+    """Run a suite; rows it names are set aside and the suite runs again on the rest."""
+    for _ in range(2):
+        frame = frame[~frame["id"].isin(list(refused))].reset_index(drop=True)
+        if frame.empty:
+            return None
+        try:
+            return check(frame, settings)
+        except ValidationFailed as exc:
+            if not (exc.report.row_level and exc.report.failing_ids):
+                raise
+            refused.update(dict.fromkeys(exc.report.failing_ids, exc.report))
+    return check(frame[~frame["id"].isin(list(refused))].reset_index(drop=True), settings)
+
+
 def validate_pending(db: Database, settings: Settings) -> ValidateReport:
-    """Raises ``ValidationFailed`` (naming the Data Docs page) and marks nothing on failure."""
+    """Raises ``ValidationFailed`` (naming the Data Docs page) for a batch-level failure."""
     from pipelines.validate import validate_clean, validate_raw
 
     with db.begin() as conn:
@@ -52,14 +77,28 @@ def validate_pending(db: Database, settings: Settings) -> ValidateReport:
     if not rows:
         return ValidateReport(checked=0, raw_suite=None, clean_suite=None)
     df = pd.DataFrame([dict(r) for r in rows])
-    raw = df[~df["body"].eq("") | df["subject"].ne("")]  # raw text may already be purged
-    raw_report = validate_raw(
-        raw[["id", "source", "subject", "body", "created_at", "label"]].reset_index(drop=True),
-        settings) if len(raw) else None
-    clean_report = validate_clean(df[["id", "clean_subject", "clean_body", "label"]], settings)
+    refused: dict[str, ValidationReport] = {}
+    raw = df[df["body"].ne("") | df["subject"].ne("")]  # raw text may already be purged
+    raw_report = _run(validate_raw, raw[["id", "source", "subject", "body", "created_at",
+                                         "label"]], settings, refused) if len(raw) else None
+    clean_report = _run(validate_clean, df[["id", "clean_subject", "clean_body", "label"]],
+                        settings, refused)
+    hashes = {r["id"]: r["clean_hash"] for r in rows}
+    items = [QuarantineItem(stage="validate", source=str(df.loc[df["id"] == tid, "source"].iloc[0]),
+                            location=f"ticket:{tid}",
+                            reason=f"{report.suite}: {'; '.join(report.failed[:2])}; "
+                                   f"Data Docs: {report.data_docs}",
+                            payload={"ticket_id": tid})
+             for tid, report in refused.items()]
     with db.begin() as conn:
         conn.execute(sa.text("UPDATE tickets SET checked_for = :h WHERE id = :id"),
-                     [{"id": r["id"], "h": r["clean_hash"]} for r in rows])
-    return ValidateReport(checked=len(rows),
-                          raw_suite=_summary(raw_report) if raw_report else None,
-                          clean_suite=_summary(clean_report))
+                     [{"id": tid, "h": h if tid not in refused else f"refused:{h}"}
+                      for tid, h in hashes.items()])
+        quarantine(conn, items)
+    return ValidateReport(
+        checked=len(rows) - len(refused),
+        raw_suite=_summary(raw_report) if raw_report else None,
+        clean_suite=_summary(clean_report) if clean_report else None,
+        quarantined=len(refused),
+        refused_pages=sorted({str(r.data_docs) for r in refused.values()}),
+    )

@@ -29,7 +29,7 @@ _UPSERT_TICKET = sa.text(
         source = EXCLUDED.source, subject = EXCLUDED.subject, body = EXCLUDED.body,
         customer_ref = EXCLUDED.customer_ref, created_at = EXCLUDED.created_at,
         priority = EXCLUDED.priority, metadata = EXCLUDED.metadata,
-        content_hash = EXCLUDED.content_hash, updated_at = now()
+        content_hash = EXCLUDED.content_hash, updated_at = now(), raw_purged_at = NULL
     """
 )
 

@@ -126,7 +126,7 @@ def test_lost_redis_index_is_rebuilt_from_postgres(settings, fresh):
     assert report["dedup"]["duplicates"] == 1  # found against history restored from PostgreSQL
 
 
-def test_pii_left_in_clean_text_stops_validation_and_marks_nothing(settings, fresh):
+def test_pii_left_in_clean_text_quarantines_that_ticket_and_passes_the_rest(settings, fresh):
     drop(settings, "desk.csv", (FIXTURES / "service_desk.csv").read_text())
     lifecycle.ingest_inbox(settings, fresh)
     lifecycle.sanitize_pending(settings, fresh)
@@ -134,8 +134,37 @@ def test_pii_left_in_clean_text_stops_validation_and_marks_nothing(settings, fre
     with fresh.begin() as conn:  # as if a redaction rule had missed an address
         conn.execute(sa.text("UPDATE tickets SET clean_body = clean_body || ' bob@example.com'"
                              " WHERE id = 'SD-002'"))
-    with pytest.raises(ValidationFailed, match=r"clean_tickets.*\.html"):
-        lifecycle.validate_pending(settings, fresh)
+    report = lifecycle.validate_pending(settings, fresh)
+    assert (report["checked"], report["quarantined"]) == (47, 1)
+    [(location, reason)] = rows(fresh, "SELECT location, reason FROM quarantine "
+                                       "WHERE stage = 'validate'")
+    assert location == "ticket:SD-002" and "clean_tickets" in reason and ".html" in reason
+    assert "bob@example.com" not in reason
+    indexed = lifecycle.index_pending(settings, fresh)["models"][0]
+    assert indexed["considered"] == 47
+    assert rows(fresh, "SELECT count(*) FROM ticket_embeddings WHERE ticket_id = 'SD-002'"
+                ) == [(0,)]
+    assert lifecycle.validate_pending(settings, fresh)["checked"] == 0  # not retried as is
+    with fresh.begin() as conn:  # fixed: the next run checks it again and lets it through
+        conn.execute(sa.text("UPDATE tickets SET clean_body = 'How do I reset my password?', "
+                             "clean_hash = 'fixed', dedup_for = 'fixed' WHERE id = 'SD-002'"))
+    assert lifecycle.validate_pending(settings, fresh)["checked"] == 1
+
+
+def test_a_batch_level_failure_stops_validation_and_marks_nothing(settings, fresh):
+    drop(settings, "desk.csv", (FIXTURES / "service_desk.csv").read_text())
+    lifecycle.ingest_inbox(settings, fresh)
+    lifecycle.sanitize_pending(settings, fresh)
+    lifecycle.dedup_pending(settings, fresh)
+    strict = settings.model_copy(update={"ge_suites_dir": settings.home / "suites"})
+    strict.ge_suites_dir.mkdir(exist_ok=True)
+    for suite in ("raw_tickets", "clean_tickets"):
+        spec = json.loads((settings.ge_suites_dir / f"{suite}.json").read_text())
+        spec["expectations"].append({"type": "expect_table_row_count_to_be_between",
+                                     "kwargs": {"min_value": 1000}})
+        (strict.ge_suites_dir / f"{suite}.json").write_text(json.dumps(spec))
+    with pytest.raises(ValidationFailed, match=r"expect_table_row_count_to_be_between.*\.html"):
+        lifecycle.validate_pending(strict, fresh)
     assert rows(fresh, "SELECT count(*) FROM tickets WHERE checked_for IS NOT NULL") == [(0,)]
     assert lifecycle.index_pending(settings, fresh)["models"][0]["considered"] == 0
 
