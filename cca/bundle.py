@@ -1,7 +1,9 @@
 """A trained model bundle on disk: the classifier plus everything needed to reproduce a decision.
 
 ``CCA_HOME/models/<version>/`` holds ``classifier.joblib`` and ``bundle.json`` (label set,
-department map, embedding model id, rules version, thresholds, data hash, metrics);
+department map, embedding model id, rules version, thresholds, data hash, metrics) and
+``track_record_seeds.json`` (the cache's leave-one-out track record for this bundle, applied
+to the serving cache only when the bundle becomes champion);
 ``CCA_HOME/models/CURRENT`` names the version the cascade loads; only ``cca train`` without
 the registry, a promotion or a rollback (``training.registry``) moves it.
 """
@@ -33,6 +35,8 @@ class BundleInfo:
     fast_threshold: float
     params: dict
     metrics: dict = field(default_factory=dict)
+    # Classes with every ticket kept in fit: this model saw their holdout-hash tickets.
+    kept_in_fit: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -57,6 +61,27 @@ def set_current(models_dir: Path, version: str) -> None:
     tmp = models_dir / "CURRENT.tmp"
     tmp.write_text(version)
     tmp.replace(models_dir / "CURRENT")
+
+
+SEEDS_FILE = "track_record_seeds.json"
+
+
+def save_track_record_seeds(bundle_dir: Path, model_id: str,
+                            seeds: dict[str, tuple[int, int]]) -> None:
+    """Per label (reuses, confirmed) as the cache would have done, for embedding ``model_id``."""
+    payload = {"model_id": model_id, "seeds": {k: list(v) for k, v in sorted(seeds.items())}}
+    (bundle_dir / SEEDS_FILE).write_text(json.dumps(payload, indent=1))
+
+
+def load_track_record_seeds(
+    models_dir: Path, version: str
+) -> tuple[str, dict[str, tuple[int, int]]] | None:
+    """The bundle's saved seeds, or None for a bundle saved without them."""
+    path = models_dir / version / SEEDS_FILE
+    if not path.exists():
+        return None
+    payload = json.loads(path.read_text())
+    return payload["model_id"], {k: (int(r), int(c)) for k, (r, c) in payload["seeds"].items()}
 
 
 def current_version(models_dir: Path) -> str | None:

@@ -12,10 +12,8 @@ from cca.errors import InputError
 from cca.settings import Settings
 from cca.store import Database
 from cca.store.audit import last_decision
-from cca.store.tickets_repo import get_redacted_ticket, get_ticket, set_labels
+from cca.store.tickets_repo import get_prepared_ticket, get_ticket, set_labels
 from cca.store.vectors import VectorRow, record_feedback, upsert_vectors
-from pipelines.pii import Sanitizer
-from pipelines.sanitize_tickets import sanitize_pending
 
 
 def apply_feedback(settings: Settings, db: Database, ticket_id: str, label: str) -> str:
@@ -31,22 +29,20 @@ def apply_feedback(settings: Settings, db: Database, ticket_id: str, label: str)
     with db.begin() as conn:
         if get_ticket(conn, ticket_id) is None:
             raise InputError(f"no ticket {ticket_id!r} in the store")
-        ticket = get_redacted_ticket(conn, ticket_id)
-    if ticket is None:  # not redacted yet: only redacted text may be embedded
-        sanitize_pending(db, Sanitizer.from_settings(settings), ids=[ticket_id])
-        with db.begin() as conn:
-            ticket = get_redacted_ticket(conn, ticket_id)
-        assert ticket is not None
+        ticket = get_prepared_ticket(conn, ticket_id)
     embedder = get_embedder(settings)
     embedders = [e for e in (embedder, get_deep_embedder(settings)) if e is not None]
-    vectors = [e.embed([ticket.text]) for e in embedders]
-    row = VectorRow(ticket_id=ticket.id, content_hash=ticket.content_hash(), label=label,
-                    department=department, source=ticket.source, validated=True,
-                    created_at=ticket.created_at)
+    # Only a prepared ticket's redacted text may be embedded now; any other ticket gets its
+    # label stored and reaches the index through the next prepare run.
+    vectors = [e.embed([ticket.text]) for e in embedders] if ticket else []
     with db.begin() as conn:
         set_labels(conn, {ticket_id: (label, department)}, origin="feedback")
-        for e, vector in zip(embedders, vectors, strict=True):
-            upsert_vectors(conn, e.model_id, [row], vector)
+        if ticket is not None:
+            row = VectorRow(ticket_id=ticket.id, content_hash=ticket.content_hash(),
+                            label=label, department=department, source=ticket.source,
+                            validated=True, created_at=ticket.created_at)
+            for e, vector in zip(embedders, vectors, strict=True):
+                upsert_vectors(conn, e.model_id, [row], vector)
         last = last_decision(conn, ticket_id)
         verdict = "no earlier decision"
         if last is not None:
@@ -56,4 +52,5 @@ def apply_feedback(settings: Settings, db: Database, ticket_id: str, label: str)
                 verdict = f"cache answer {'confirmed' if confirmed else 'corrected'}"
             else:
                 verdict = f"earlier answer by {last['stage']}: {last['label'] or 'review'}"
-    return f"ticket {ticket_id} labelled {label} ({department}); {verdict}; added to the index"
+    indexed = "added to the index" if ticket else "indexed after the next `cca prepare`"
+    return f"ticket {ticket_id} labelled {label} ({department}); {verdict}; {indexed}"

@@ -11,6 +11,7 @@ import sqlalchemy as sa
 
 from cca.embeddings import Embedder
 from cca.store import Database
+from cca.store.tickets_repo import COUNTS_AS_ORIGINAL
 from cca.store.vectors import VectorRow, ensure_index, indexed_hashes, upsert_vectors
 from cca.tickets import ticket_text
 
@@ -31,14 +32,15 @@ class IndexReport:
         return self.embedded / self.seconds if self.seconds else 0.0
 
 
-# Only redacted, non-duplicate tickets reach the index, keyed by the hash of redacted text.
+# Only redacted, validated tickets that are not a counted-out near-duplicate reach the index,
+# keyed by the hash of the redacted text.
 _LABELLED = sa.text(
-    """
+    f"""
     SELECT t.id, t.clean_subject AS subject, t.clean_body AS body,
            t.clean_hash AS content_hash, t.source, t.created_at,
            l.label, l.department, l.validated
     FROM tickets t JOIN ticket_labels l ON l.ticket_id = t.id
-    WHERE t.sanitized_for = t.content_hash AND t.duplicate_of IS NULL
+    WHERE t.sanitized_for = t.content_hash AND {COUNTS_AS_ORIGINAL}
       AND t.checked_for = t.clean_hash
       AND (CAST(:since AS timestamptz) IS NULL OR t.created_at >= :since)
     """
@@ -66,7 +68,7 @@ def index_labelled_tickets(
         # A ticket found to be a near-duplicate after it was indexed leaves the index.
         dropped = conn.execute(
             sa.text("DELETE FROM ticket_embeddings e USING tickets t WHERE e.ticket_id = t.id "
-                    "AND e.model_id = :m AND t.duplicate_of IS NOT NULL"),
+                    f"AND e.model_id = :m AND NOT {COUNTS_AS_ORIGINAL}"),
             {"m": embedder.model_id},
         ).rowcount
         done = indexed_hashes(conn, embedder.model_id)

@@ -11,6 +11,14 @@ from sqlalchemy.engine import Connection
 
 from cca.tickets import Ticket
 
+# A near-duplicate stays out of training and the index when its original already carries
+# the same validated label (a redundant copy). If the original has no label, or another one
+# (a person said these differ), the duplicate's label is information and is kept.
+COUNTS_AS_ORIGINAL = """(t.duplicate_of IS NULL OR NOT EXISTS (
+    SELECT 1 FROM ticket_labels o JOIN ticket_labels d ON d.ticket_id = t.id
+    WHERE o.ticket_id = t.duplicate_of AND o.validated AND d.validated
+      AND o.label = d.label))"""
+
 
 @dataclass
 class UpsertCounts:
@@ -116,12 +124,12 @@ def labelled_tickets(
     Tickets carry their redacted text (the raw text never reaches a model); ``since`` keeps
     labels given (or tickets created) from that moment on.
     """
-    query = """
+    query = f"""
         SELECT t.id, t.source, t.clean_subject AS subject, t.clean_body AS body,
                t.customer_ref, t.created_at, t.priority, t.metadata, l.label
         FROM tickets t JOIN ticket_labels l ON l.ticket_id = t.id
-        WHERE l.validated AND t.sanitized_for = t.content_hash AND t.duplicate_of IS NULL
-          AND t.checked_for = t.clean_hash
+        WHERE l.validated AND t.sanitized_for = t.content_hash
+          AND t.checked_for = t.clean_hash AND {COUNTS_AS_ORIGINAL}
           AND (CAST(:source AS text) IS NULL OR t.source = :source)
           AND (CAST(:since AS timestamptz) IS NULL
                OR greatest(t.created_at, l.labelled_at) >= :since)
@@ -149,13 +157,15 @@ def get_ticket(conn: Connection, ticket_id: str) -> Ticket | None:
     return Ticket(**row) if row else None
 
 
-def get_redacted_ticket(conn: Connection, ticket_id: str) -> Ticket | None:
-    """The ticket with its redacted text, or None if absent or not redacted since it changed."""
+def get_prepared_ticket(conn: Connection, ticket_id: str) -> Ticket | None:
+    """The ticket with its redacted text if it is ready for the index (redacted, validated,
+    not a counted-out near-duplicate), else None."""
     row = conn.execute(
         sa.text(
             "SELECT id, source, clean_subject AS subject, clean_body AS body, customer_ref, "
-            "created_at, priority, metadata FROM tickets "
-            "WHERE id = :id AND sanitized_for = content_hash"
+            "created_at, priority, metadata FROM tickets t "
+            f"WHERE id = :id AND sanitized_for = content_hash AND checked_for = clean_hash "
+            f"AND {COUNTS_AS_ORIGINAL}"
         ),
         {"id": ticket_id},
     ).mappings().first()

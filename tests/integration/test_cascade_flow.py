@@ -96,6 +96,8 @@ def test_cache_answers_once_a_label_has_a_track_record_and_feedback_moves_it(
     # A person corrects the cache: the record drops and the label stops being reused.
     message = apply_feedback(settings, db, "twin-1", "billing_question")
     assert "cache answer corrected" in message
+    assert "indexed after the next `cca prepare`" in message  # not redacted/validated yet
+    prepare(settings, db)
     with db.begin() as conn:
         assert track_records(conn, model_id)["delivery_delay"] == (201, 200)
         stored = conn.execute(sa.text(
