@@ -10,6 +10,7 @@ here is not embedded again.
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -24,11 +25,27 @@ class RetentionReport:
     raw_text_purged: int
     quarantine_payloads_purged: int
     embeddings_deleted: int
+    inbox_folders_deleted: int
     raw_cutoff: str
     embedding_cutoff: str
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+def _purge_inbox(settings: Settings, cutoff: datetime) -> int:
+    """Processed and failed inbox files are raw text too: their day folders go at the cutoff."""
+    deleted = 0
+    for kind in ("processed", "failed"):
+        for folder in sorted((settings.inbox / kind).glob("????-??-??")):
+            try:
+                day = datetime.strptime(folder.name, "%Y-%m-%d").replace(tzinfo=UTC)
+            except ValueError:
+                continue
+            if folder.is_dir() and day + timedelta(days=1) <= cutoff:
+                shutil.rmtree(folder)
+                deleted += 1
+    return deleted
 
 
 def purge_expired(db: Database, settings: Settings, now: datetime | None = None
@@ -52,5 +69,7 @@ def purge_expired(db: Database, settings: Settings, now: datetime | None = None
             sa.text("DELETE FROM ticket_embeddings WHERE created_at < :cut"), {"cut": emb_cutoff}
         ).rowcount
     return RetentionReport(raw_text_purged=purged, quarantine_payloads_purged=payloads,
-                           embeddings_deleted=deleted, raw_cutoff=raw_cutoff.isoformat(),
+                           embeddings_deleted=deleted,
+                           inbox_folders_deleted=_purge_inbox(settings, raw_cutoff),
+                           raw_cutoff=raw_cutoff.isoformat(),
                            embedding_cutoff=emb_cutoff.isoformat())

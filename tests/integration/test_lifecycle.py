@@ -11,6 +11,8 @@ import redis
 import sqlalchemy as sa
 
 from cca.departments import load_department_map
+from cca.store.tickets_repo import upsert_tickets
+from cca.tickets import Ticket
 from pipelines import lifecycle
 from pipelines.connectors import ServiceNowConnector
 from pipelines.dedup import NearDuplicateIndex, _namespace
@@ -195,10 +197,25 @@ def test_retention_purges_old_raw_text_and_embeddings_but_keeps_audit(settings, 
             "model_version, latency_ms, details) VALUES ('SD-001', 'h', 'review', 'normal', 0, "
             "'v', 1, CAST(:d AS jsonb))"), {"d": json.dumps({})})
         audit_before = conn.execute(sa.text("SELECT count(*) FROM decisions")).scalar()
+    with fresh.begin() as conn:  # arrived late and old: not redacted yet, so it keeps its text
+        conn.execute(sa.text(
+            "INSERT INTO tickets (id, source, body, created_at, content_hash) "
+            "VALUES ('LATE-1', 'x', 'my name is Ann Lee', :t, 'h')"), {"t": old})
+    old_day = settings.inbox / "processed" / f"{old:%Y-%m-%d}"
+    old_day.mkdir(parents=True)
+    (old_day / "tickets.csv").write_text("raw customer text")
     report = lifecycle.purge_expired(settings, fresh)
     assert report["raw_text_purged"] == 2 and report["embeddings_deleted"] == 2
+    assert report["inbox_folders_deleted"] == 1 and not old_day.exists()
+    assert any((settings.inbox / "processed").iterdir())  # today's folder stays
+    assert rows(fresh, "SELECT body FROM tickets WHERE id = 'LATE-1'") == [("my name is Ann Lee",)]
     [(body, clean, purged)] = rows(
         fresh, "SELECT body, clean_body, raw_purged_at FROM tickets WHERE id = 'SD-001'")
     assert body == "" and clean and purged is not None
     assert rows(fresh, "SELECT count(*) FROM decisions")[0][0] == audit_before
     assert lifecycle.purge_expired(settings, fresh)["raw_text_purged"] == 0
+    with fresh.begin() as conn:  # a purged ticket imported again gets its text processed anew
+        upsert_tickets(conn, [Ticket(id="SD-001", body="I forgot my password again",
+                                     created_at=old)])
+    assert rows(fresh, "SELECT raw_purged_at FROM tickets WHERE id = 'SD-001'") == [(None,)]
+    assert lifecycle.sanitize_pending(settings, fresh)["sanitized"] == 2  # SD-001 and LATE-1
