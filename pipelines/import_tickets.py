@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+
+from sqlalchemy.engine import Connection
 
 from cca.departments import DepartmentMap
 from cca.store import Database
@@ -42,7 +45,7 @@ def _unknown_labels(parsed: ParsedFile, departments: DepartmentMap) -> None:
 
 def import_parsed(
     db: Database, parsed: ParsedFile, departments: DepartmentMap, strict: bool = True,
-    stage: str = "import",
+    stage: str = "import", also: Callable[[Connection, ImportReport], None] | None = None,
 ) -> ImportReport:
     """Write tickets and their validated labels in one transaction.
 
@@ -65,13 +68,16 @@ def import_parsed(
     with db.begin() as conn:
         counts = upsert_tickets(conn, parsed.tickets, labels)
         quarantine(conn, items)
-    return ImportReport(
-        file=str(parsed.path),
-        read=len(parsed.tickets) + len(parsed.rejects) + parsed.duplicates,
-        inserted=counts.inserted,
-        updated=counts.updated,
-        unchanged=counts.unchanged,
-        duplicates=parsed.duplicates,
-        labelled=len(labels),
-        rejected=parsed.rejects,
-    )
+        report = ImportReport(
+            file=str(parsed.path),
+            read=len(parsed.tickets) + len(parsed.rejects) + parsed.duplicates,
+            inserted=counts.inserted,
+            updated=counts.updated,
+            unchanged=counts.unchanged,
+            duplicates=parsed.duplicates,
+            labelled=len(labels),
+            rejected=parsed.rejects,
+        )
+        if also is not None:  # e.g. the inbox's ingested-file record, in the same commit
+            also(conn, report)
+    return report

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import sqlalchemy as sa
 import yaml
 from pydantic import ValidationError
+from sqlalchemy.engine import Connection
 
 from cca.departments import DepartmentMap
 from cca.errors import CCAError, InputError, describe_yaml_error
@@ -24,7 +25,7 @@ from cca.store import Database
 from cca.store.quarantine import QuarantineItem, quarantine
 from cca.store.tickets_repo import upsert_tickets
 from cca.tickets import Ticket
-from pipelines.import_tickets import import_parsed
+from pipelines.import_tickets import ImportReport, import_parsed
 from pipelines.read_tickets import Columns, file_columns, read_ticket_file
 
 if TYPE_CHECKING:
@@ -112,14 +113,19 @@ def ingest_file(db: Database, settings: Settings, path: Path,
     cols, source = columns_for(path)
     parsed = read_ticket_file(path, cols, source=source or path.stem,
                               max_chars=settings.max_text_chars)
-    report = import_parsed(db, parsed, departments, strict=False, stage="ingest")
-    with db.begin() as conn:
+
+    def remember(conn: Connection, report: ImportReport) -> None:
+        # Same commit as the tickets and quarantine rows: a retried task skips the file
+        # instead of quarantining its bad records twice.
         conn.execute(
             sa.text("INSERT INTO ingested_files (sha256, name, source, tickets, quarantined) "
                     "VALUES (:h, :n, :s, :t, :q) ON CONFLICT DO NOTHING"),
             {"h": digest, "n": path.name, "s": source or path.stem,
              "t": len(parsed.tickets), "q": len(report.rejected)},
         )
+
+    report = import_parsed(db, parsed, departments, strict=False, stage="ingest",
+                           also=remember)
     return {"file": path.name, "new": report.inserted, "updated": report.updated,
             "unchanged": report.unchanged, "labelled": report.labelled,
             "quarantined": len(report.rejected)}

@@ -16,7 +16,7 @@ from typing import Any
 from cca.departments import load_department_map
 from cca.errors import CCAError, StateError
 from cca.settings import Settings
-from cca.store import Database, use_database
+from cca.store import Database, exclusive, use_database
 
 log = logging.getLogger("cca.lifecycle")
 Bar = Callable[[str], AbstractContextManager[Any]]
@@ -38,7 +38,7 @@ def _quiet_bar(description: str) -> Iterator[Any]:
 def ingest_inbox(settings: Settings | None = None, db: Database | None = None) -> dict:
     from pipelines.ingest import ingest_inbox as run
 
-    with use_database(settings, db) as (s, conn):
+    with use_database(settings, db) as (s, conn), exclusive(conn, "ingest-inbox"):
         report = run(conn, s, load_department_map(s.department_map)).as_dict()
     log.info("ingest inbox: %s files, %s new tickets, %s quarantined", report["files"],
              report["tickets_new"], report["quarantined"])
@@ -50,7 +50,7 @@ def ingest_connectors(settings: Settings | None = None, db: Database | None = No
     from pipelines.ingest import ingest_from_connector
 
     results, failed = [], []
-    with use_database(settings, db) as (s, conn):
+    with use_database(settings, db) as (s, conn), exclusive(conn, "ingest-connectors"):
         departments = load_department_map(s.department_map)
         for connector in connectors_from_settings(s):
             try:  # one system down must not keep the others from being fetched
@@ -70,7 +70,8 @@ def sanitize_pending(settings: Settings | None = None, db: Database | None = Non
     from pipelines.pii import Sanitizer
     from pipelines.sanitize_tickets import sanitize_pending as run
 
-    with use_database(settings, db) as (s, conn), bar("redacting PII") as advance:
+    with (use_database(settings, db) as (s, conn), exclusive(conn, "sanitize"),
+          bar("redacting PII") as advance):
         report = run(conn, Sanitizer.from_settings(s), on_total=advance.set_total,
                      progress=advance).as_dict()
     log.info("sanitize: %s tickets redacted (%s with PII: %s)", report["sanitized"],
@@ -82,7 +83,8 @@ def dedup_pending(settings: Settings | None = None, db: Database | None = None,
                   bar: Bar = _quiet_bar) -> dict:
     from pipelines.dedup import dedup_pending as run
 
-    with use_database(settings, db) as (s, conn), bar("near-duplicates") as advance:
+    with (use_database(settings, db) as (s, conn), exclusive(conn, "dedup"),
+          bar("near-duplicates") as advance):
         report = run(conn, s, on_total=advance.set_total, progress=advance).as_dict()
     log.info("dedup: %s checked, %s near-duplicates linked (%s with another label)",
              report["checked"], report["duplicates"], report["label_conflicts"])
@@ -92,7 +94,7 @@ def dedup_pending(settings: Settings | None = None, db: Database | None = None,
 def validate_pending(settings: Settings | None = None, db: Database | None = None) -> dict:
     from pipelines.validate_tickets import validate_pending as run
 
-    with use_database(settings, db) as (s, conn):
+    with use_database(settings, db) as (s, conn), exclusive(conn, "validate"):
         report = run(conn, s).as_dict()
     log.info("validate: %s tickets passed the raw and clean suites", report["checked"])
     return report
@@ -105,7 +107,7 @@ def index_pending(settings: Settings | None = None, db: Database | None = None,
     from pipelines.index_tickets import index_labelled_tickets
 
     out = []
-    with use_database(settings, db) as (s, conn):
+    with use_database(settings, db) as (s, conn), exclusive(conn, "index"):
         since = datetime.now(UTC) - timedelta(days=s.retention_embedding_days)
         for embedder, hnsw in ((get_embedder(s), True), (get_deep_embedder(s), False)):
             if embedder is None:
@@ -137,7 +139,7 @@ def prepare(settings: Settings | None = None, db: Database | None = None,
 def purge_expired(settings: Settings | None = None, db: Database | None = None) -> dict:
     from pipelines.retention import purge_expired as run
 
-    with use_database(settings, db) as (s, conn):
+    with use_database(settings, db) as (s, conn), exclusive(conn, "retention"):
         report = run(conn, s).as_dict()
     log.info("retention: raw text purged on %s tickets, %s embeddings deleted",
              report["raw_text_purged"], report["embeddings_deleted"])

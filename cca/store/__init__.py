@@ -1,5 +1,5 @@
 """PostgreSQL + pgvector: the system of record for tickets, labels, vectors and decisions."""
 
-from cca.store.database import Database, open_database, use_database
+from cca.store.database import Database, exclusive, open_database, use_database
 
-__all__ = ["Database", "open_database", "use_database"]
+__all__ = ["Database", "exclusive", "open_database", "use_database"]

@@ -6,6 +6,7 @@ a server already running for the same data folder (``cca db start``) is reused a
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import warnings
 from collections.abc import Iterator
@@ -136,3 +137,23 @@ def use_database(settings: Settings | None = None, db: Database | None = None
         yield s, opened
     finally:
         opened.dispose()
+
+
+@contextmanager
+def exclusive(db: Database, name: str) -> Iterator[None]:
+    """Hold a PostgreSQL advisory lock named ``name`` for the block.
+
+    A pipeline step run by the scheduler and the same step run by hand (``cca prepare``,
+    the main job) would otherwise interleave, e.g. two near-duplicates both becoming
+    originals. The second caller waits for the first.
+    """
+    key = int.from_bytes(hashlib.sha256(f"cca:{name}".encode()).digest()[:8], "big",
+                         signed=True)
+    with db.engine.connect() as conn:
+        conn.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": key})
+        conn.commit()
+        try:
+            yield
+        finally:
+            conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+            conn.commit()

@@ -60,3 +60,29 @@ def test_unreachable_database_is_a_clear_error(tmp_path):
     s = Settings(home=tmp_path, database_url="postgresql://postgres@127.0.0.1:1/none")
     with pytest.raises(StateError, match="cannot connect to PostgreSQL"):
         open_database(s)
+
+
+def test_exclusive_steps_wait_for_each_other(db):
+    import threading
+
+    from cca.store import exclusive
+
+    order: list[str] = []
+    inside = threading.Event()
+
+    def first() -> None:
+        with exclusive(db, "dedup"):
+            order.append("first in")
+            inside.set()
+            threading.Event().wait(0.5)
+            order.append("first out")
+
+    worker = threading.Thread(target=first)
+    worker.start()
+    inside.wait(10)
+    with exclusive(db, "dedup"):
+        order.append("second in")
+    with exclusive(db, "sanitize"):  # another step's lock is independent
+        pass
+    worker.join()
+    assert order == ["first in", "first out", "second in"]
