@@ -3,13 +3,17 @@
 A candidate becomes champion only if (1) its holdout macro-F1 reaches the floor, (2) it is
 not worse than the champion on the same holdout (within a tolerance), and (3) no class the
 champion was scored on loses more than the allowed F1. Averages hide a class that collapses,
-which is what (3) is for. All scores are plain dicts so they travel as Airflow XComs.
+which is what (3) is for. Classes the champion kept whole in its fit (it saw their holdout
+tickets) are left out of (2) and (3); a champion that could not be scored (other embedding
+models) refuses promotion rather than counting as "no champion". All scores are plain dicts
+so they travel as Airflow XComs.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, TypedDict
+from typing import TYPE_CHECKING, Any, TypedDict
 
 if TYPE_CHECKING:
     from cca.settings import Settings
@@ -40,8 +44,17 @@ class GateResult:
     notes: list[str] = field(default_factory=list)  # what was checked, for the record
 
 
-def promotion_gate(candidate: Scores, champion: Scores | None, policy: GatePolicy) -> GateResult:
-    """Every reason the candidate may not replace the champion (none means promote)."""
+def _macro(per_class: dict[str, float], labels: list[str]) -> float:
+    return round(sum(per_class.get(label, 0.0) for label in labels) / len(labels), 6)
+
+
+def promotion_gate(candidate: Scores, champion: Scores | None, policy: GatePolicy,
+                   champion_saw: Iterable[str] = ()) -> GateResult:
+    """Every reason the candidate may not replace the champion (none means promote).
+
+    ``champion_saw``: classes the champion was fit on whole (``kept_in_fit``); they are not
+    compared, and the macro-F1 comparison is over the remaining classes.
+    """
     reasons: list[str] = []
     notes: list[str] = []
     macro = candidate["macro_f1"]
@@ -50,12 +63,23 @@ def promotion_gate(candidate: Scores, champion: Scores | None, policy: GatePolic
     if champion is None:
         notes.append("no champion to compare with")
         return GateResult(passed=not reasons, reasons=reasons, notes=notes)
-    floor = champion["macro_f1"] - policy.tolerance
-    if macro < floor:
-        reasons.append(f"macro-F1 {macro:.4f} < champion's {champion['macro_f1']:.4f}"
-                       + (f" - tolerance {policy.tolerance:.4f}" if policy.tolerance else ""))
+    seen = sorted(set(champion_saw) & set(champion["per_class_f1"]))
+    compared = sorted(set(champion["per_class_f1"]) - set(seen))
+    champ_macro, macro = champion["macro_f1"], candidate["macro_f1"]
+    if seen:
+        notes.append(f"not compared, the champion was fit on their holdout tickets "
+                     f"(kept whole in its fit): {', '.join(seen)}")
+        if compared:
+            champ_macro = _macro(champion["per_class_f1"], compared)
+            macro = _macro(candidate["per_class_f1"], compared)
+    floor = champ_macro - policy.tolerance
+    if (compared or not seen) and macro < floor:
+        reasons.append(f"macro-F1 {macro:.4f} < champion's {champ_macro:.4f}"
+                       + (f" - tolerance {policy.tolerance:.4f}" if policy.tolerance else "")
+                       + (f" (on the {len(compared)} classes compared)" if seen else ""))
     drops = []
-    for label, before in sorted(champion["per_class_f1"].items()):
+    for label in compared:
+        before = champion["per_class_f1"][label]
         after = candidate["per_class_f1"].get(label, 0.0)
         if before - after > policy.max_class_drop + 1e-9:
             drops.append((before - after, label, before, after))
@@ -66,5 +90,34 @@ def promotion_gate(candidate: Scores, champion: Scores | None, policy: GatePolic
         more = f" and {len(drops) - 5} more" if len(drops) > 5 else ""
         reasons.append(f"{len(drops)} class(es) drop more than {policy.max_class_drop:.3f} F1: "
                        f"{worst}{more}")
-    notes.append(f"champion macro-F1 {champion['macro_f1']:.4f}, candidate {macro:.4f}")
+    notes.append(f"champion macro-F1 {champ_macro:.4f}, candidate {macro:.4f}")
     return GateResult(passed=not reasons, reasons=reasons, notes=notes)
+
+
+def gate_decision(evaluation: dict[str, Any], current: str | None,
+                  policy: GatePolicy) -> GateResult:
+    """The gate on an evaluation (the XCom of ``steps.evaluate_candidate``).
+
+    ``current`` is the champion's version now. Refused as well: a champion that changed since
+    the evaluation, and one that could not be scored on this holdout (other embeddings).
+    """
+    champ = evaluation.get("champion") or {}
+    scores = champ.get("scores")
+    result = promotion_gate(evaluation["candidate_scores"], scores, policy,
+                            champ.get("kept_in_fit", ()))
+    if champ and scores is None:
+        result.notes.remove("no champion to compare with")
+        result.reasons.append(
+            f"champion v{champ['version']} was trained with embeddings "
+            f"{tuple(champ.get('embeddings') or ())}, not the configured "
+            f"{tuple(champ.get('configured') or ())}; cannot compare on the same holdout: "
+            f"promote by hand with `cca promote {evaluation.get('model_version', 'VERSION')}` "
+            "if intended")
+    kept = evaluation.get("kept_in_fit") or []
+    if kept:
+        result.notes.append(f"not scored, kept whole in the candidate's fit: {', '.join(kept)}")
+    if current != champ.get("version"):
+        result.reasons.append(f"champion changed since evaluation "
+                              f"(v{champ.get('version')} -> v{current}): re-evaluate")
+    result.passed = not result.reasons
+    return result

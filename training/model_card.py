@@ -34,6 +34,12 @@ TF-IDF + contextual MiniLM for uncertain tickets) with temperature calibration, 
 it was trained with, its review threshold and label/department map. It routes a service-desk
 ticket to one of {len(info.labels)} labels and {len(depts)} departments, or to human review.
 
+Input: the raw `subject` and `body`. Rules see them as they are; PII is then redacted with
+the same sanitizer as the training data (typed placeholders, keyed customer pseudonyms)
+before anything reaches an embedding model or the classifier. The pseudonym key is the
+loading environment's `CCA_PII_HMAC_KEY`, else a random key created once under
+`CCA_HOME/secrets`; only the customer tokens inside the redacted text depend on it.
+
 | | |
 |---|---|
 | MLflow run | `{run_id}` |
@@ -46,8 +52,9 @@ ticket to one of {len(info.labels)} labels and {len(depts)} departments, or to h
 ## Data
 Validated labels on redacted, non-duplicate tickets, {window}. {info.n_train} tickets fitted,
 {n_holdout} held out. The holdout is chosen by a hash of the ticket id (fraction
-{settings.train_holdout_fraction}), so no model of this project ever trains on a holdout
-ticket and candidates and champions are compared on the same tickets.{small}
+{settings.train_holdout_fraction}), so no model of this project trains on a holdout ticket
+(except those of classes kept whole in fit, below) and candidates and champions are compared
+on the same tickets; classes a champion kept whole are left out of that comparison.{small}
 
 ## Holdout metrics
 | metric | value |

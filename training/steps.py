@@ -24,8 +24,8 @@ from cca.settings import Settings
 from cca.store import Database, use_database
 from cca.store.tickets_repo import labelled_tickets
 from training import registry, tracking
-from training.gate import GatePolicy, Scores, promotion_gate
-from training.holdout import holdout_f1, split_by_id
+from training.gate import GatePolicy, Scores, gate_decision
+from training.holdout import holdout_f1
 from training.train_classifier import Validator, embeddings_for, train_from_store
 
 GATE_ACTOR = "promotion-gate"
@@ -84,6 +84,8 @@ def train_candidate(settings: Settings | None = None, db: Database | None = None
         "n_fit": report.n_train,
         "n_holdout": report.n_holdout, "labels": report.labels,
         "kept_in_fit": report.kept_in_fit, "fit_seconds": report.fit_seconds,
+        # the candidate's own holdout, so evaluation scores exactly these tickets and labels
+        "holdout_ids": report.holdout_ids, "holdout_labels": report.holdout_true,
         **logged,
     }
 
@@ -99,26 +101,31 @@ def _score(bundle: ModelBundle, texts: list[str], vectors: np.ndarray,
 
 def evaluate_candidate(candidate: dict[str, Any], settings: Settings | None = None,
                        db: Database | None = None) -> dict[str, Any]:
-    """Candidate and champion on the same holdout tickets (the candidate's window)."""
+    """Candidate and champion on the candidate's own holdout (ids and labels from training).
+
+    Holdout tickets no longer in the store (label withdrawn, duplicate) are left out of both
+    scores and counted in the notes.
+    """
     from cca.embeddings import get_deep_embedder, get_embedder
 
     with use_database(settings, db) as (s, database):
         serving = registry.serving_note(s, database)
+        wanted = dict(zip(candidate["holdout_ids"], candidate["holdout_labels"], strict=True))
         with database.begin() as conn:
-            rows = labelled_tickets(conn, since=datetime.fromisoformat(candidate["since"]))
-        ids, labels = [t.id for t, _ in rows], [label for _, label in rows]
-        hold = split_by_id(ids, labels, s.train_holdout_fraction).holdout
-        if not hold:
+            found = {t.id: t for t, _ in labelled_tickets(conn) if t.id in wanted}
+        tickets = [found[i] for i in wanted if i in found]
+        if not tickets:
             raise StateError(f"no holdout tickets to evaluate on: {serving}")
-        tickets = [rows[i][0] for i in hold]
-        texts, y_true = [t.text for t in tickets], [labels[i] for i in hold]
+        texts, y_true = [t.text for t in tickets], [wanted[t.id] for t in tickets]
         embedder, deep_embedder = get_embedder(s), get_deep_embedder(s)
         args = ([t.id for t in tickets], texts, [t.content_hash() for t in tickets])
         vectors = embeddings_for(database, embedder, *args)
         deep = embeddings_for(database, deep_embedder, *args) if deep_embedder else None
         configured = (embedder.model_id, getattr(deep_embedder, "model_id", None))
         cand = load_bundle(s.models_dir, candidate["bundle_version"])
-        result = {**candidate, "holdout_n": len(hold), "notes": [],
+        gone = len(wanted) - len(tickets)
+        result = {**candidate, "holdout_n": len(tickets),
+                  "notes": [f"{gone} holdout ticket(s) gone since training"] if gone else [],
                   "candidate_scores": _score(cand, texts, vectors, deep, y_true),
                   "champion": None}
         with tracking.mlflow_session(s, serving) as client:
@@ -132,8 +139,10 @@ def evaluate_candidate(candidate: dict[str, Any], settings: Settings | None = No
                 if scores is None:
                     result["notes"].append(f"champion v{number} uses embeddings {trained}, "
                                            f"not the configured {configured}: not compared")
-                result["champion"] = {"version": number,
-                                      "bundle_version": champ.info.version, "scores": scores}
+                result["champion"] = {"version": number, "bundle_version": champ.info.version,
+                                      "scores": scores, "kept_in_fit": champ.info.kept_in_fit,
+                                      "embeddings": list(trained),
+                                      "configured": list(configured)}
     return result
 
 
@@ -185,14 +194,10 @@ def promote_if_better(registered: dict[str, Any], settings: Settings | None = No
         serving = registry.serving_note(s, database)
         with tracking.mlflow_session(s, serving) as client:
             now = registry.champion(client, name)
-            evaluated = registered.get("champion") or {}
-            gate = promotion_gate(registered["candidate_scores"], evaluated.get("scores"),
-                                  GatePolicy.from_settings(s))
             current = registry.number(now) if now else None
-            if current != evaluated.get("version"):
-                gate.passed = False
-                gate.reasons.append(f"champion changed since evaluation "
-                                    f"(v{evaluated.get('version')} -> v{current}): re-evaluate")
+            if current == version:
+                return _already_champion(registered, s, database, client, now)
+            gate = gate_decision(registered, current, GatePolicy.from_settings(s))
             details = {"reasons": gate.reasons, "notes": gate.notes, "source": "gate",
                        "candidate_macro_f1": registered["candidate_scores"]["macro_f1"]}
             if gate.passed:
@@ -206,6 +211,25 @@ def promote_if_better(registered: dict[str, Any], settings: Settings | None = No
                                       "; ".join(gate.reasons), details)
     return {**registered, "promoted": gate.passed, "reasons": gate.reasons,
             "notes": gate.notes, "serving": None if gate.passed else serving}
+
+
+def _already_champion(registered: dict[str, Any], s: Settings, database: Database,
+                      client: Any, mv: Any) -> dict[str, Any]:
+    """This version is ``@champion`` already: an interrupted promotion (alias moved, event
+    not written) is completed, never refused; a recorded one (e.g. by hand) is reported."""
+    version = registered["model_version"]
+    history = registry.champion_history(database, s.registered_model)
+    if history and history[-1]["version"] == version:
+        by = history[-1]["actor"]
+        return {**registered, "promoted": True, "reasons": [], "already_decided": True,
+                "notes": [f"v{version} is already champion ({history[-1]['action']} by {by})"]}
+    evaluated = (registered.get("champion") or {}).get("version")
+    details = {"reasons": [], "source": "gate", "resumed": True, "from": evaluated,
+               "candidate_macro_f1": registered["candidate_scores"]["macro_f1"]}
+    registry.switch_champion(s, database, client, mv, "promote", GATE_ACTOR,
+                             "completing an interrupted promotion: already @champion", details)
+    return {**registered, "promoted": True, "reasons": [], "serving": None,
+            "notes": [f"v{version} was @champion without a recorded promotion: completed"]}
 
 
 def retrain(settings: Settings | None = None, db: Database | None = None,

@@ -1,9 +1,12 @@
-"""Train the classifier stage from validated labels in the store and seed the cache's track record.
+"""Train the classifier stage from validated labels in the store, with the cache's track record.
 
 The holdout is chosen by a hash of the ticket id (``training.holdout``): the model is fit on
 the rest, and calibrated, thresholded and evaluated on the holdout. There is no refit on
 everything, so no model ever saw a holdout ticket and a candidate and the champion can be
-compared on the same holdout fairly. The holdout numbers go into the bundle.
+compared on the same holdout fairly (except classes kept whole in fit, see ``kept_in_fit``).
+The holdout numbers go into the bundle, and so do the leave-one-out track-record seeds: they
+reach the serving cache only when the bundle starts serving (``make_current`` here, or a
+promotion or rollback in ``training.registry``), never from a candidate.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import accuracy_score
 
-from cca.bundle import BundleInfo, ModelBundle
+from cca.bundle import BundleInfo, ModelBundle, save_track_record_seeds, set_current
 from cca.classifier import ClassifierParams, TieredClassifier, threshold_for_precision
 from cca.embeddings import Embedder
 from cca.errors import StateError
@@ -128,8 +131,9 @@ def train_from_store(
 ) -> tuple[ModelBundle, TrainReport]:
     """Train on validated labels given since ``since`` (all of them if None) and save a bundle.
 
-    ``make_current=False`` saves the bundle without pointing ``CURRENT`` at it: a candidate
-    serves only once the promotion gate (``training.steps``) lets it.
+    ``make_current=False`` saves the bundle (with its track-record seeds) without pointing
+    ``CURRENT`` at it or touching the serving cache: a candidate serves only once the
+    promotion gate (``training.steps``) lets it.
     """
     say = progress or (lambda _msg: None)
     with db.begin() as conn:
@@ -146,12 +150,10 @@ def train_from_store(
     vectors = embeddings_for(db, embedder, ids, texts, hashes)
     deep = embeddings_for(db, deep_embedder, ids, texts, hashes) if deep_embedder else None
 
-    say("seeding the cache track record (leave-one-out on the index)")
+    say("estimating the cache track record (leave-one-out on the index)")
     loo = leave_one_out_neighbours(db, embedder.model_id, ids, vectors, settings.cache_top_k)
     policy = CachePolicy.from_settings(settings)
     seeds = track_record_seeds(loo, labels, policy)
-    with db.begin() as conn:
-        seed_track_record(conn, embedder.model_id, seeds)
     rules = load_rules(settings.rules_path)
 
     split = split_by_id(ids, labels, settings.train_holdout_fraction)
@@ -237,9 +239,15 @@ def train_from_store(
         fast_threshold=final.fast_threshold,
         params=asdict(params),
         metrics=metrics,
+        kept_in_fit=split.kept_in_fit,
     )
     bundle = ModelBundle(info=info, classifier=final)
-    bundle.save(settings.models_dir, make_current=make_current)
+    save_track_record_seeds(bundle.save(settings.models_dir, make_current=False),
+                            embedder.model_id, seeds)
+    if make_current:  # serving it now: the cache's track record goes with it
+        set_current(settings.models_dir, version)
+        with db.begin() as conn:
+            seed_track_record(conn, embedder.model_id, seeds)
     report = TrainReport(
         version=version, n_train=len(idx_fit), n_holdout=len(idx_hold), labels=len(counts),
         holdout_accuracy=float(accuracy_score(y_hold, pred)),

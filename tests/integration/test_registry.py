@@ -14,7 +14,13 @@ from cca.errors import InputError, StateError
 from cca.settings import Settings
 from tests.conftest import ROOT
 from tests.integration.conftest import cli_env
-from tests.integration.test_retrain import load_fixture, module_settings
+from tests.integration.test_retrain import (
+    bundle_seeds,
+    load_fixture,
+    module_settings,
+    plant_sentinel_seed,
+    serving_seeds,
+)
 from training import registry, steps
 
 # The commands as `cca` will run them (cca/cli/main.py registers them), with the same
@@ -68,10 +74,14 @@ def test_promoting_an_unknown_version_names_it(s, db, two_versions):
 
 def test_manual_promotion_serves_the_version_and_is_recorded(s, db, two_versions):
     _, second = two_versions
+    model_id, seeds = bundle_seeds(s, second["bundle_version"])
+    plant_sentinel_seed(db, model_id)
     result = registry.promote(s, db, "2", "alice", "reviewed the confusions by hand")
     assert result["promoted"] and (result["from"], result["to"]) == ("1", "2")
     assert champion_of(s) == "2"
     assert current_version(s.models_dir) == second["bundle_version"]
+    # the cache's track record is the new champion's
+    assert serving_seeds(db, model_id) == {k: v for k, v in seeds.items() if v != (0, 0)}
     event = registry.events(db, s.registered_model, ("promote",))[-1]
     assert (event["version"], event["actor"]) == ("2", "alice")
     assert event["reason"] == "reviewed the confusions by hand"
@@ -88,11 +98,15 @@ def test_rollback_restores_the_previous_champion_even_without_its_local_bundle(
 ):
     first, _ = two_versions
     assert champion_of(s) == "2"
+    model_id, seeds = bundle_seeds(s, first["bundle_version"])
     shutil.rmtree(s.models_dir / first["bundle_version"])  # e.g. a fresh serving host
+    plant_sentinel_seed(db, model_id)
     result = registry.rollback(s, db, "bob", "v2 misroutes refunds")
     assert (result["rolled_back"], result["champion"]) == ("2", "1")
     assert champion_of(s) == "1"
     assert current_version(s.models_dir) == first["bundle_version"]
+    # the seeds came back with the bundle (from MLflow) and serve again
+    assert serving_seeds(db, model_id) == {k: v for k, v in seeds.items() if v != (0, 0)}
     assert (s.models_dir / first["bundle_version"] / "classifier.joblib").exists()
     event = registry.events(db, s.registered_model, ("rollback",))[-1]
     assert (event["version"], event["actor"], event["details"]["rolled_back"]) == ("1", "bob", "2")

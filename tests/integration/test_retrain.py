@@ -15,7 +15,7 @@ import pytest
 import sqlalchemy as sa
 from mlflow import MlflowClient
 
-from cca.bundle import current_version
+from cca.bundle import current_version, load_track_record_seeds
 from cca.departments import load_department_map
 from cca.embeddings import get_deep_embedder, get_embedder
 from cca.errors import StateError
@@ -27,6 +27,7 @@ from pipelines.read_tickets import Columns, read_ticket_file
 from tests.conftest import FIXTURES
 from training import registry, steps
 from training.holdout import in_holdout
+from training.train_classifier import train_from_store
 
 COLS = Columns(text="message", label="intent", id="ticket_id", subject="subject",
                priority="priority")
@@ -62,6 +63,30 @@ def load_fixture(settings: Settings, db: Database) -> None:
     sanitize_as_is(db)
     index_labelled_tickets(db, get_embedder(settings))
     index_labelled_tickets(db, get_deep_embedder(settings), hnsw=False)
+
+
+def serving_seeds(db: Database, model_id: str) -> dict[str, tuple[int, int]]:
+    """The serving cache's training-time track record (feedback counts left out)."""
+    with db.begin() as conn:
+        rows = conn.execute(sa.text(
+            "SELECT label, seed_reuses, seed_confirmed FROM cache_track_record "
+            "WHERE model_id = :m"), {"m": model_id}).all()
+    return {label: (int(r), int(c)) for label, r, c in rows if (r, c) != (0, 0)}
+
+
+def plant_sentinel_seed(db: Database, model_id: str) -> None:
+    """A track record no training computes: it survives only if nothing re-seeds the cache."""
+    with db.begin() as conn:
+        conn.execute(sa.text(
+            "INSERT INTO cache_track_record (model_id, label, seed_reuses, seed_confirmed) "
+            "VALUES (:m, 'sentinel', 7, 3) ON CONFLICT (model_id, label) DO UPDATE SET "
+            "seed_reuses = 7, seed_confirmed = 3"), {"m": model_id})
+
+
+def bundle_seeds(s: Settings, bundle_version: str) -> tuple[str, dict[str, tuple[int, int]]]:
+    found = load_track_record_seeds(s.models_dir, bundle_version)
+    assert found is not None, f"{bundle_version} saved no track-record seeds"
+    return found
 
 
 def closed_port() -> int:
@@ -120,17 +145,47 @@ def test_first_candidate_is_promoted_served_and_fully_logged(s, db, first):
             "SELECT action FROM model_events WHERE model = :m ORDER BY id"),
             {"m": s.registered_model}).scalars().all()
     assert actions == ["register", "promote"]
+    model_id, seeds = bundle_seeds(s, first["bundle_version"])
+    assert serving_seeds(db, model_id) == {k: v for k, v in seeds.items() if v != (0, 0)}
 
 
 def test_holdout_is_stable_and_never_fitted(s, db, first):
+    model_id, _ = bundle_seeds(s, first["bundle_version"])
+    plant_sentinel_seed(db, model_id)
     candidate = steps.train_candidate(s, db)
+    # training a candidate leaves the serving cache's track record alone ...
+    assert serving_seeds(db, model_id)["sentinel"] == (7, 3)
+    assert bundle_seeds(s, candidate["bundle_version"])[0] == model_id  # ... and saves its own
+    registry.apply_track_record_seeds(s, db, first["bundle_version"])  # the champion's again
+    assert "sentinel" not in serving_seeds(db, model_id)
     assert candidate["n_holdout"] == first["n_holdout"] > 0
+    assert candidate["holdout_ids"] == first["holdout_ids"]
     assert candidate["n_fit"] + candidate["n_holdout"] == 48
     # the same holdout, so the same candidate scores on it as the first model's
     evaluation = steps.evaluate_candidate(candidate, s, db)
     assert evaluation["champion"]["version"] == "1"
     assert evaluation["holdout_n"] == first["holdout_n"]
     assert current_version(s.models_dir) == first["bundle_version"]  # training alone serves nothing
+    # what was fitted: no holdout ticket, and only ids outside the hash holdout (bar classes
+    # kept whole in fit)
+    _, report = train_from_store(s, db, get_embedder(s), {}, get_deep_embedder(s),
+                                 make_current=False)
+    fitted = dict(zip(report.fit_ids, report.fit_labels, strict=True))
+    assert set(report.holdout_ids) == set(first["holdout_ids"])
+    assert not set(fitted) & set(report.holdout_ids)
+    assert all(not in_holdout(tid, s.train_holdout_fraction) or label in report.kept_in_fit
+               for tid, label in fitted.items())
+    assert current_version(s.models_dir) == first["bundle_version"]
+
+
+def test_evaluation_scores_exactly_the_candidates_holdout(s, db, first):
+    ids, labels = first["holdout_ids"][:5], first["holdout_labels"][:5]
+    evaluation = steps.evaluate_candidate({**first, "holdout_ids": ids,
+                                           "holdout_labels": labels}, s, db)
+    assert evaluation["holdout_n"] == 5 and evaluation["notes"] == []
+    assert set(evaluation["candidate_scores"]["per_class_f1"]) == set(labels)
+    assert (evaluation["champion"]["scores"]["per_class_f1"]
+            == evaluation["candidate_scores"]["per_class_f1"])  # v1 is this very bundle
 
 
 def test_deciding_again_is_idempotent(s, db, first):
@@ -209,3 +264,26 @@ def test_registered_pyfunc_loads_and_predicts_with_its_signature(s, first, monke
     assert out["confidence"].between(0, 1).all()
     with pytest.raises(Exception, match="body"):
         model.predict(pd.DataFrame({"subject": ["only a subject"]}))
+
+
+def test_an_interrupted_promotion_is_completed_not_refused(s, db, first):
+    """The alias moved but CURRENT, the seeds and the event did not: a retry finishes it."""
+    registered = steps.register_candidate(
+        steps.evaluate_candidate(steps.train_candidate(s, db), s, db), s, db)
+    version = registered["model_version"]
+    model_id, seeds = bundle_seeds(s, registered["bundle_version"])
+    plant_sentinel_seed(db, model_id)
+    client = MlflowClient(s.tracking_uri, s.tracking_uri)
+    client.set_registered_model_alias(s.registered_model, "champion", version)  # then a crash
+    result = steps.promote_if_better(registered, s, db)
+    assert result["promoted"] is True and result["reasons"] == [], result
+    assert champion_of(s) == version
+    assert current_version(s.models_dir) == registered["bundle_version"]
+    assert serving_seeds(db, model_id) == {k: v for k, v in seeds.items() if v != (0, 0)}
+    assert not registry.events(db, s.registered_model, ("gate-refused",), version)
+    event = registry.events(db, s.registered_model, ("promote",), version)[-1]
+    assert event["actor"] == steps.GATE_ACTOR and event["details"]["from"] == "1"
+    assert registry.champion_history(db, s.registered_model)[-1]["version"] == version
+    again = steps.promote_if_better(registered, s, db)
+    assert again["promoted"] and again["already_decided"]
+    assert len(registry.events(db, s.registered_model, ("promote",), version)) == 1

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from training.gate import GatePolicy, promotion_gate
+from training.gate import GatePolicy, gate_decision, promotion_gate
 from training.holdout import holdout_f1, in_holdout, split_by_id
 
 POLICY = GatePolicy(min_macro_f1=0.88, max_class_drop=0.05, tolerance=0.0)
@@ -70,3 +70,44 @@ def test_holdout_f1_scores_only_classes_in_the_holdout():
     macro, per_class = holdout_f1(["a", "a", "b"], ["a", "c", "b"])
     assert set(per_class) == {"a", "b"}
     assert per_class == {"a": 0.666667, "b": 1.0} and macro == 0.833333
+
+
+def test_classes_the_champion_kept_whole_in_fit_are_not_compared():
+    # the champion fitted every ticket of "c", holdout ones included: its 1.0 there is not earned
+    champion = scores(0.95, a=0.90, b=0.95, c=1.0)
+    candidate = scores(0.90, a=0.90, b=0.95, c=0.85)
+    assert not promotion_gate(candidate, champion, POLICY).passed
+    result = promotion_gate(candidate, champion, POLICY, champion_saw=["c", "zz"])
+    assert result.passed, result.reasons
+    assert result.notes[0] == ("not compared, the champion was fit on their holdout tickets "
+                               "(kept whole in its fit): c")
+    worse = promotion_gate(scores(0.90, a=0.80, b=0.95, c=0.95), champion, POLICY,
+                           champion_saw=["c"])
+    assert "(on the 2 classes compared)" in worse.reasons[0]
+
+
+def evaluation(champion: dict | None, **extra: object) -> dict:
+    return {"candidate_scores": scores(0.95, a=0.95), "champion": champion,
+            "model_version": "3", **extra}
+
+
+def test_a_champion_that_could_not_be_scored_refuses_promotion():
+    champion = {"version": "2", "scores": None, "embeddings": ["static-a", "deep-a"],
+                "configured": ["static-b", "deep-b"]}
+    result = gate_decision(evaluation(champion), "2", POLICY)
+    assert not result.passed and "no champion to compare with" not in result.notes
+    assert result.reasons == [
+        "champion v2 was trained with embeddings ('static-a', 'deep-a'), not the configured "
+        "('static-b', 'deep-b'); cannot compare on the same holdout: promote by hand with "
+        "`cca promote 3` if intended"]
+
+
+def test_gate_decision_checks_the_champion_and_reports_kept_classes():
+    first = gate_decision(evaluation(None, kept_in_fit=["tiny"]), None, POLICY)
+    assert first.passed
+    assert first.notes[-1] == "not scored, kept whole in the candidate's fit: tiny"
+    champion = {"version": "2", "scores": scores(0.90, a=0.90), "kept_in_fit": []}
+    assert gate_decision(evaluation(champion), "2", POLICY).passed
+    moved = gate_decision(evaluation(champion), "4", POLICY)
+    assert not moved.passed and moved.reasons == [
+        "champion changed since evaluation (v2 -> v4): re-evaluate"]
