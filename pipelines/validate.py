@@ -84,7 +84,7 @@ class ValidationFailed(CCAError):
 def validate_raw(df: pd.DataFrame, settings: Settings) -> ValidationReport:
     """Raw tickets (id, source, subject, body, created_at tz-aware, label) before redaction."""
     latest = pd.Timestamp.now(tz="UTC") + pd.Timedelta(days=1)
-    return _validate(RAW, raw_frame(df), settings, {"latest_created_at": latest})
+    return _validate(RAW, raw_frame(df, latest), settings, {})
 
 
 def validate_clean(df: pd.DataFrame, settings: Settings) -> ValidationReport:

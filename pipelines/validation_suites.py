@@ -46,9 +46,15 @@ def _column(df: pd.DataFrame, name: str) -> pd.Series:
     return df[name] if name in df.columns else pd.Series(None, index=df.index, dtype=object)
 
 
-def raw_frame(df: pd.DataFrame) -> pd.DataFrame:
-    """Raw tickets plus ``created_at_naive`` (True when a timestamp has no time zone)."""
+def raw_frame(df: pd.DataFrame, latest: pd.Timestamp | None = None) -> pd.DataFrame:
+    """Raw tickets plus derived per-row columns: ``created_at_naive`` (a timestamp without time
+    zone), ``created_in_future`` (after ``latest``) and ``text_chars`` (subject + body)."""
+    df = df.assign(text_chars=_column(df, "subject").fillna("").astype(str).str.len()
+                   + _column(df, "body").fillna("").astype(str).str.len())
     created = _column(df, "created_at")
+    if latest is not None:
+        stamps = pd.to_datetime(created, utc=True, errors="coerce")
+        df = df.assign(created_in_future=(stamps > latest).astype(object))
     if isinstance(created.dtype, pd.DatetimeTZDtype):
         naive = pd.Series(False, index=df.index, dtype=object)
     elif pd.api.types.is_datetime64_dtype(created.dtype):
@@ -74,13 +80,15 @@ def _has_card_number(text: object) -> bool:
 
 
 def clean_frame(df: pd.DataFrame) -> pd.DataFrame:
-    """Redacted tickets plus ``card_number_left``: a Luhn-valid card number survived.
+    """Redacted tickets plus ``card_number_left`` (a Luhn-valid card number survived) and
+    ``text_chars`` (redacted subject + body).
 
     A regex cannot check Luhn, and without it every long order number would stop the run.
     """
     subject, body = _column(df, "clean_subject"), _column(df, "clean_body")
     left = subject.map(_has_card_number) | body.map(_has_card_number)
-    return df.assign(card_number_left=left.astype(object))
+    chars = subject.fillna("").astype(str).str.len() + body.fillna("").astype(str).str.len()
+    return df.assign(card_number_left=left.astype(object), text_chars=chars)
 
 
 def training_frame(train: pd.DataFrame, holdout: pd.DataFrame) -> pd.DataFrame:

@@ -90,12 +90,26 @@ def test_null_body_fails_and_names_the_page(settings):
 def test_too_short_body_and_naive_timestamp_fail(settings):
     df = raw_tickets()
     df.loc[4, "body"] = "x"
+    df.loc[4, "subject"] = ""
     df["created_at"] = pd.Timestamp("2026-01-05 09:30")  # no time zone
     with pytest.raises(ValidationFailed) as excinfo:
         validate_raw(df, settings)
     text = failure(excinfo)
-    assert "expect_column_value_lengths_to_be_between(body): 1 of 6 rows, e.g. id=t4" in text
+    assert "expect_column_values_to_be_between(text_chars): 1 of 6 rows" in text
     assert "expect_column_values_to_be_in_set(created_at_naive)" in text
+    assert excinfo.value.report.row_level and "t4" in excinfo.value.report.failing_ids
+
+
+def test_subject_only_ticket_passes_and_future_date_fails_that_row(settings):
+    df = raw_tickets()
+    df.loc[1, "body"] = ""
+    df.loc[1, "subject"] = "Card blocked at the ATM"
+    df.loc[2, "created_at"] = pd.Timestamp.now(tz="UTC") + pd.Timedelta(days=30)
+    with pytest.raises(ValidationFailed) as excinfo:
+        validate_raw(df, settings)
+    report = excinfo.value.report
+    assert "expect_column_values_to_be_in_set(created_in_future)" in failure(excinfo)
+    assert report.row_level and report.failing_ids == ["t2"]
 
 
 def test_missing_column_fails_on_schema(settings):
