@@ -37,12 +37,24 @@ class Split:
         return text
 
 
-def split_by_id(ids: list[str], labels: list[str], fraction: float) -> Split:
-    """Positions of the fit and holdout rows; every class appears in the fit part."""
+def split_by_id(ids: list[str], labels: list[str], fraction: float,
+                texts: list[str] | None = None) -> Split:
+    """Positions of the fit and holdout rows; every class appears in the fit part.
+
+    With ``texts``, tickets whose text is the same (whitespace collapsed) go together, by the
+    hash of the smallest id among them: the same text on both sides would leak the answer
+    (two people can file the same words with different labels).
+    """
     by_class: dict[str, list[int]] = defaultdict(list)
     for i, label in enumerate(labels):
         by_class[label].append(i)
-    held = {i for i, tid in enumerate(ids) if in_holdout(tid, fraction)}
+    key = list(ids)
+    if texts is not None:
+        first: dict[str, str] = {}
+        for tid, text in sorted(zip(ids, texts, strict=True)):
+            first.setdefault(" ".join(text.split()), tid)
+        key = [first[" ".join(text.split())] for text in texts]
+    held = {i for i, k in enumerate(key) if in_holdout(k, fraction)}
     kept = sorted(label for label, rows in by_class.items() if all(i in held for i in rows))
     for label in kept:
         held.difference_update(by_class[label])

@@ -156,7 +156,7 @@ def train_from_store(
     seeds = track_record_seeds(loo, labels, policy)
     rules = load_rules(settings.rules_path)
 
-    split = split_by_id(ids, labels, settings.train_holdout_fraction)
+    split = split_by_id(ids, labels, settings.train_holdout_fraction, texts=texts)
     if not split.holdout:
         raise StateError(f"the holdout is empty ({len(rows)} labelled tickets at "
                          f"train_holdout_fraction={settings.train_holdout_fraction}): "

@@ -111,3 +111,15 @@ def test_gate_decision_checks_the_champion_and_reports_kept_classes():
     moved = gate_decision(evaluation(champion), "4", POLICY)
     assert not moved.passed and moved.reasons == [
         "champion changed since evaluation (v2 -> v4): re-evaluate"]
+
+
+def test_identical_texts_land_on_the_same_side():
+    ids = [f"t{i}" for i in range(400)]
+    texts = [f"ticket number {i // 2}" for i in range(400)]  # pairs of identical texts
+    texts[1] = "  ticket   number 0 "  # same words, other whitespace
+    labels = [f"c{i % 4}" for i in range(400)]
+    split = split_by_id(ids, labels, 0.3, texts=texts)
+    held = set(split.holdout)
+    assert held and len(held) < 400
+    for i in range(0, 400, 2):
+        assert (i in held) == (i + 1 in held)
