@@ -29,14 +29,14 @@ def apply_feedback(settings: Settings, db: Database, ticket_id: str, label: str)
     with db.begin() as conn:
         if get_ticket(conn, ticket_id) is None:
             raise InputError(f"no ticket {ticket_id!r} in the store")
-        ticket = get_prepared_ticket(conn, ticket_id)
+        set_labels(conn, {ticket_id: (label, department)}, origin="feedback")
+        ticket = get_prepared_ticket(conn, ticket_id)  # with the new label taken into account
     embedder = get_embedder(settings)
     embedders = [e for e in (embedder, get_deep_embedder(settings)) if e is not None]
     # Only a prepared ticket's redacted text may be embedded now; any other ticket gets its
     # label stored and reaches the index through the next prepare run.
     vectors = [e.embed([ticket.text]) for e in embedders] if ticket else []
     with db.begin() as conn:
-        set_labels(conn, {ticket_id: (label, department)}, origin="feedback")
         if ticket is not None:
             row = VectorRow(ticket_id=ticket.id, content_hash=ticket.content_hash(),
                             label=label, department=department, source=ticket.source,

@@ -81,20 +81,27 @@ class NearDuplicateIndex:
         except redis.RedisError as exc:
             raise StateError(f"Redis at {settings.redis_url} is unreachable ({exc}); "
                              "near-duplicate check not run, nothing changed") from exc
+        # datasketch opens its own client from keyword arguments: hand it everything the URL
+        # said (credentials, TLS, a unix socket), not just host and port.
         conn_kw = self.redis.connection_pool.connection_kwargs
+        wanted = ("host", "port", "db", "username", "password", "path", "ssl_cert_reqs",
+                  "ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
+        config = {k: conn_kw[k] for k in wanted if conn_kw.get(k) is not None}
+        if "path" in config:
+            config["unix_socket_path"] = config.pop("path")
+        if settings.redis_url.startswith("rediss://"):
+            config["ssl"] = True
         self.lsh = MinHashLSH(
             threshold=self.threshold, num_perm=self.num_perm,
             storage_config={"type": "redis", "basename": self.basename.encode(),
-                            "redis": {"host": conn_kw.get("host", "127.0.0.1"),
-                                      "port": conn_kw.get("port", 6379),
-                                      "db": conn_kw.get("db", 0)}},
+                            "redis": config},
         )
 
     def size(self) -> int:
         return self.lsh.keys.size()
 
     def rebuild(self, conn: Connection) -> None:
-        for key in self.redis.scan_iter(match=f"{self.basename}*", count=1000):
+        for key in self.redis.scan_iter(match=f"{self.basename}_*", count=1000):
             self.redis.delete(key)
         rows = conn.execute(
             sa.text("SELECT m.ticket_id, m.signature FROM ticket_minhash m "
@@ -132,7 +139,8 @@ _PENDING = sa.text(
     LEFT JOIN ticket_labels l ON l.ticket_id = t.id AND l.validated
     LEFT JOIN ticket_minhash m ON m.ticket_id = t.id
     WHERE t.sanitized_for = t.content_hash
-      AND t.dedup_for IS DISTINCT FROM t.clean_hash
+      AND (t.dedup_for IS DISTINCT FROM t.clean_hash
+           OR m.params IS DISTINCT FROM :params)  -- new MinHash parameters: sign again
     ORDER BY t.created_at, t.id
     """
 )
@@ -148,7 +156,7 @@ def dedup_pending(db: Database, settings: Settings, batch_size: int = 2000,
         if not index.in_sync(conn):
             index.rebuild(conn)
             report.rebuilt_index = True
-        pending = conn.execute(_PENDING).mappings().all()
+        pending = conn.execute(_PENDING, {"params": index.params}).mappings().all()
     if on_total:
         on_total(len(pending))
     for _ in range(3):  # a changed original sends its duplicates round once more
@@ -158,7 +166,7 @@ def dedup_pending(db: Database, settings: Settings, batch_size: int = 2000,
             if progress:
                 progress(len(chunk))
         with db.begin() as conn:
-            pending = conn.execute(_PENDING).mappings().all()
+            pending = conn.execute(_PENDING, {"params": index.params}).mappings().all()
         if not pending:
             break
     return report

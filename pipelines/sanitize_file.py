@@ -30,11 +30,15 @@ class SanitizeReport:
 def _records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line number, record) for each non-blank line; a bad line is an InputError."""
     try:
-        fh = path.open(encoding="utf-8")
+        fh = path.open("rb")  # decoded line by line, so a bad byte is named by its line
     except OSError as exc:
         raise InputError(f"{path}: {exc.strerror or exc}") from exc
     with fh:
-        for lineno, line in enumerate(fh, 1):
+        for lineno, raw in enumerate(fh, 1):
+            try:
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError as exc:
+                raise InputError(f"{path.name} line {lineno}: not valid UTF-8") from exc
             if not line.strip():
                 continue
             try:
@@ -75,6 +79,8 @@ def sanitize_file(
     """Redact ``subject`` and ``body`` of every record of ``in_path`` into ``out_path``."""
     if in_path.resolve() == out_path.resolve():
         raise InputError("the output file must differ from the input file")
+    if out_path.is_dir():
+        raise InputError(f"{out_path} is a folder: give the output file's path")
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.part")
     report = SanitizeReport()

@@ -60,6 +60,7 @@ class ValidationReport:
     # (then those rows can be quarantined and the rest go on; otherwise the batch stops).
     failing_ids: list[str] = field(default_factory=list)
     row_level: bool = True
+    broken_by: dict[str, list[str]] = field(default_factory=dict)  # id -> expectations
 
     def summary(self) -> str:
         if self.success:
@@ -122,7 +123,7 @@ def _validate(
     }
     context = _context(settings.ge_home)
     result, key, order = _run_suite(context, suite_dict, frame, parameters, index_columns)
-    failing_ids, row_level = _failing_rows(result)
+    broken_by, row_level = _failing_rows(result)
     for item in result.results:
         redact_result(item, index_columns)
     _prune(settings.ge_home, name)
@@ -138,8 +139,9 @@ def _validate(
         failed=failed,
         data_docs=_page(context, key),
         seconds=round(time.perf_counter() - started, 3),
-        failing_ids=failing_ids,
+        failing_ids=list(broken_by),
         row_level=row_level,
+        broken_by=broken_by,
     )
     if not report.success:
         raise ValidationFailed(report)
@@ -184,9 +186,9 @@ def _context(ge_home: Path) -> Any:
     return gx.get_context(mode="ephemeral", project_config=config)
 
 
-def _failing_rows(result: Any) -> tuple[list[str], bool]:
-    """Row ids behind each failed expectation (read before the result is redacted)."""
-    ids: dict[str, None] = {}
+def _failing_rows(result: Any) -> tuple[dict[str, list[str]], bool]:
+    """Each failing row's id with the expectations it broke (read before redaction)."""
+    ids: dict[str, list[str]] = {}
     row_level = True
     for item in result.results:
         if item.success:
@@ -195,12 +197,15 @@ def _failing_rows(result: Any) -> tuple[list[str], bool]:
         if not found:  # a column-level failure, or the expectation itself errored
             row_level = False
             continue
+        cfg = item.expectation_config
+        column = cfg.kwargs.get("column")
+        what = f"{cfg.type}({column})" if column else cfg.type
         for entry in found:
             if isinstance(entry, Mapping) and entry.get("id") is not None:
-                ids[str(entry["id"])] = None
+                ids.setdefault(str(entry["id"]), []).append(what)
             else:
                 row_level = False
-    return list(ids), row_level
+    return ids, row_level
 
 
 def _run_suite(

@@ -3,9 +3,10 @@
 Tickets redacted and checked for near-duplicates but not yet validated are checked as one
 batch (the raw and the clean suite); only tickets that pass are marked ``checked_for`` and
 so become visible to the index and to training. Tickets that break a row-level expectation
-(empty text, PII left, a date in the future…) go to quarantine with the Data Docs page, and
-the rest go on; a failure that is not about particular rows stops the whole batch. A
-quarantined ticket is checked again once its text changes.
+(empty text, PII left, a date in the future…) go to quarantine with the expectations they
+broke and the Data Docs page, and the rest go on; a failure that is not about particular
+rows stops the whole batch. A quarantined ticket is checked again once its text, record or
+label changes, and its quarantine row is released when it passes.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from cca.store import Database
 from cca.store.quarantine import QuarantineItem, quarantine
 from pipelines.validate import ValidationFailed, ValidationReport
 
+# A refused ticket comes back once its text, its record (e.g. a corrected date) or its label
+# changed after it was refused.
 _PENDING = sa.text(
     """
     SELECT t.id, t.source, t.subject, t.body, t.created_at, t.clean_subject, t.clean_body,
@@ -28,7 +31,10 @@ _PENDING = sa.text(
     FROM tickets t LEFT JOIN ticket_labels l ON l.ticket_id = t.id AND l.validated
     WHERE t.sanitized_for = t.content_hash AND t.dedup_for = t.clean_hash
       AND t.checked_for IS DISTINCT FROM t.clean_hash
-      AND t.checked_for IS DISTINCT FROM 'refused:' || t.clean_hash
+      AND (t.checked_for IS DISTINCT FROM 'refused:' || t.clean_hash
+           OR greatest(t.updated_at, l.labelled_at) > (
+               SELECT max(q.quarantined_at) FROM quarantine q
+               WHERE q.stage = 'validate' AND q.location = 'ticket:' || t.id))
     ORDER BY t.created_at, t.id
     """
 )
@@ -52,20 +58,23 @@ def _summary(report: ValidationReport) -> dict:
 
 
 def _run(check: Callable[[pd.DataFrame, Settings], ValidationReport], frame: pd.DataFrame,
-         settings: Settings, refused: dict[str, ValidationReport]
+         settings: Settings, refused: dict[str, tuple[ValidationReport, list[str]]]
          ) -> ValidationReport | None:
-    """Run a suite; rows it names are set aside and the suite runs again on the rest."""
-    for _ in range(2):
+    """Run a suite; the rows it names are set aside and it runs again on the rest, until it
+    passes. Each round removes at least one row, so this ends; a failure not tied to rows
+    is raised."""
+    while True:
         frame = frame[~frame["id"].isin(list(refused))].reset_index(drop=True)
         if frame.empty:
             return None
         try:
             return check(frame, settings)
         except ValidationFailed as exc:
-            if not (exc.report.row_level and exc.report.failing_ids):
+            report = exc.report
+            if not (report.row_level and report.broken_by):
                 raise
-            refused.update(dict.fromkeys(exc.report.failing_ids, exc.report))
-    return check(frame[~frame["id"].isin(list(refused))].reset_index(drop=True), settings)
+            for tid, broken in report.broken_by.items():
+                refused[tid] = (report, broken)
 
 
 def validate_pending(db: Database, settings: Settings) -> ValidateReport:
@@ -77,28 +86,33 @@ def validate_pending(db: Database, settings: Settings) -> ValidateReport:
     if not rows:
         return ValidateReport(checked=0, raw_suite=None, clean_suite=None)
     df = pd.DataFrame([dict(r) for r in rows])
-    refused: dict[str, ValidationReport] = {}
+    refused: dict[str, tuple[ValidationReport, list[str]]] = {}
     raw = df[df["body"].ne("") | df["subject"].ne("")]  # raw text may already be purged
     raw_report = _run(validate_raw, raw[["id", "source", "subject", "body", "created_at",
                                          "label"]], settings, refused) if len(raw) else None
     clean_report = _run(validate_clean, df[["id", "clean_subject", "clean_body", "label"]],
                         settings, refused)
-    hashes = {r["id"]: r["clean_hash"] for r in rows}
-    items = [QuarantineItem(stage="validate", source=str(df.loc[df["id"] == tid, "source"].iloc[0]),
-                            location=f"ticket:{tid}",
-                            reason=f"{report.suite}: {'; '.join(report.failed[:2])}; "
+    sources = dict(zip(df["id"], df["source"], strict=True))
+    items = [QuarantineItem(stage="validate", source=str(sources[tid]), location=f"ticket:{tid}",
+                            reason=f"{report.suite}: {', '.join(broken)}; "
                                    f"Data Docs: {report.data_docs}",
                             payload={"ticket_id": tid})
-             for tid, report in refused.items()]
+             for tid, (report, broken) in refused.items()]
+    passed = [r["id"] for r in rows if r["id"] not in refused]
     with db.begin() as conn:
         conn.execute(sa.text("UPDATE tickets SET checked_for = :h WHERE id = :id"),
-                     [{"id": tid, "h": h if tid not in refused else f"refused:{h}"}
-                      for tid, h in hashes.items()])
+                     [{"id": r["id"], "h": r["clean_hash"] if r["id"] not in refused
+                       else f"refused:{r['clean_hash']}"} for r in rows])
         quarantine(conn, items)
+        if passed:  # an earlier refusal of a ticket that now passes is resolved
+            conn.execute(sa.text("UPDATE quarantine SET released_at = now() "
+                                 "WHERE stage = 'validate' AND released_at IS NULL "
+                                 "AND location = ANY(:locs)"),
+                         {"locs": [f"ticket:{tid}" for tid in passed]})
     return ValidateReport(
-        checked=len(rows) - len(refused),
+        checked=len(passed),
         raw_suite=_summary(raw_report) if raw_report else None,
         clean_suite=_summary(clean_report) if clean_report else None,
         quarantined=len(refused),
-        refused_pages=sorted({str(r.data_docs) for r in refused.values()}),
+        refused_pages=sorted({str(r.data_docs) for r, _ in refused.values()}),
     )

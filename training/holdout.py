@@ -9,7 +9,7 @@ holdout" is fair even when they were trained weeks apart on different windows.
 from __future__ import annotations
 
 import hashlib
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
 _SPACE = 2**64
@@ -41,19 +41,19 @@ def split_by_id(ids: list[str], labels: list[str], fraction: float,
                 texts: list[str] | None = None) -> Split:
     """Positions of the fit and holdout rows; every class appears in the fit part.
 
-    With ``texts``, tickets whose text is the same (whitespace collapsed) go together, by the
-    hash of the smallest id among them: the same text on both sides would leak the answer
-    (two people can file the same words with different labels).
+    With ``texts``, tickets whose text is the same (whitespace collapsed) go together, keyed
+    by that text instead of their ids: the same text on both sides would leak the answer (two
+    people can file the same words with different labels). A shared text's key is the text
+    itself, so such a group stays together however the training window moves.
     """
     by_class: dict[str, list[int]] = defaultdict(list)
     for i, label in enumerate(labels):
         by_class[label].append(i)
     key = list(ids)
     if texts is not None:
-        first: dict[str, str] = {}
-        for tid, text in sorted(zip(ids, texts, strict=True)):
-            first.setdefault(" ".join(text.split()), tid)
-        key = [first[" ".join(text.split())] for text in texts]
+        norm = [" ".join(text.split()) for text in texts]
+        shared = {t for t, n in Counter(norm).items() if n > 1}
+        key = [f"text:{n}" if n in shared else tid for tid, n in zip(ids, norm, strict=True)]
     held = {i for i, k in enumerate(key) if in_holdout(k, fraction)}
     kept = sorted(label for label, rows in by_class.items() if all(i in held for i in rows))
     for label in kept:

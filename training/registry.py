@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from cca.bundle import current_version, load_track_record_seeds, set_current
 from cca.errors import InputError, StateError
 from cca.settings import Settings
-from cca.store import Database
+from cca.store import Database, exclusive
 from training import tracking
 
 CHAMPION, CHALLENGER = "champion", "challenger"
@@ -175,9 +175,20 @@ def switch_champion(settings: Settings, db: Database, mlflow_client: Any, mv: An
 
 
 def promote(settings: Settings, db: Database, version: str, actor: str, reason: str) -> dict:
-    """A person makes ``version`` champion (no gate: the reason is the justification)."""
+    """A person makes ``version`` champion (no gate: the reason is the justification).
+
+    Promotions, rollbacks and the gate take one lock, so the alias and CURRENT never end up
+    pointing at different versions."""
     if not reason.strip():
         raise InputError("a promotion needs a --reason")
+    if not version.strip().isdigit():
+        raise InputError(f"model version must be a number such as 3, not {version!r} "
+                         "(see `cca models`)")
+    with exclusive(db, "registry"):
+        return _promote(settings, db, version.strip(), actor, reason)
+
+
+def _promote(settings: Settings, db: Database, version: str, actor: str, reason: str) -> dict:
     with tracking.mlflow_session(settings, serving_note(settings, db)) as mlflow_client:
         mv = model_version(mlflow_client, settings.registered_model, version)
         now = champion(mlflow_client, settings.registered_model)
@@ -193,6 +204,11 @@ def rollback(settings: Settings, db: Database, actor: str, reason: str) -> dict:
     """Champion goes back to the one before it, as recorded in ``model_events``."""
     if not reason.strip():
         raise InputError("a rollback needs a --reason")
+    with exclusive(db, "registry"):
+        return _rollback(settings, db, actor, reason)
+
+
+def _rollback(settings: Settings, db: Database, actor: str, reason: str) -> dict:
     name = settings.registered_model
     history = champion_history(db, name)
     if len(history) < 2:

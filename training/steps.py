@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from cca.bundle import ModelBundle, load_bundle
 from cca.errors import StateError
 from cca.settings import Settings
-from cca.store import Database, use_database
+from cca.store import Database, exclusive, use_database
 from cca.store.tickets_repo import labelled_tickets
 from training import registry, tracking
 from training.gate import GatePolicy, Scores, gate_decision
@@ -183,7 +183,7 @@ def promote_if_better(registered: dict[str, Any], settings: Settings | None = No
                       db: Database | None = None) -> dict[str, Any]:
     """The gate decides once per version; a refusal is a result, not an exception."""
     version = registered["model_version"]
-    with use_database(settings, db) as (s, database):
+    with use_database(settings, db) as (s, database), exclusive(database, "registry"):
         name = s.registered_model
         past = registry.events(database, name, ("promote", "gate-refused"), version)
         past = [e for e in past if e["actor"] == GATE_ACTOR]

@@ -71,7 +71,7 @@ def purge_cmd() -> None:
 
 
 def quarantine_cmd(
-    limit: Annotated[int, typer.Option(help="How many of the newest rows to list.")] = 20,
+    limit: Annotated[int, typer.Option(min=1, help="How many of the newest rows to list.")] = 20,
     stage: Annotated[str | None, typer.Option(help="Only this stage (ingest, import…).")] = None,
 ) -> None:
     """What was refused and why: counts per stage and the newest rows (payloads not shown)."""

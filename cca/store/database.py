@@ -150,7 +150,10 @@ def exclusive(db: Database, name: str) -> Iterator[None]:
     key = int.from_bytes(hashlib.sha256(f"cca:{name}".encode()).digest()[:8], "big",
                          signed=True)
     with db.engine.connect() as conn:
-        conn.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": key})
+        if not conn.execute(sa.text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar():
+            log.warning("waiting for another %s run to finish (PostgreSQL advisory lock)",
+                        name)
+            conn.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": key})
         conn.commit()
         try:
             yield

@@ -12,10 +12,13 @@ from sqlalchemy.engine import Connection
 from cca.tickets import Ticket
 
 # A near-duplicate stays out of training and the index when its original already carries
-# the same validated label (a redundant copy). If the original has no label, or another one
-# (a person said these differ), the duplicate's label is information and is kept.
+# the same validated label and has passed validation (a redundant copy). If the original has
+# no label, another one (a person said these differ), or is itself held back, the
+# duplicate's label is information and is kept.
 COUNTS_AS_ORIGINAL = """(t.duplicate_of IS NULL OR NOT EXISTS (
-    SELECT 1 FROM ticket_labels o JOIN ticket_labels d ON d.ticket_id = t.id
+    SELECT 1 FROM ticket_labels o
+    JOIN ticket_labels d ON d.ticket_id = t.id
+    JOIN tickets ot ON ot.id = o.ticket_id AND ot.checked_for = ot.clean_hash
     WHERE o.ticket_id = t.duplicate_of AND o.validated AND d.validated
       AND o.label = d.label))"""
 
@@ -35,7 +38,9 @@ _UPSERT_TICKET = sa.text(
             CAST(:metadata AS jsonb), :content_hash)
     ON CONFLICT (id) DO UPDATE SET
         source = EXCLUDED.source, subject = EXCLUDED.subject, body = EXCLUDED.body,
-        customer_ref = EXCLUDED.customer_ref, created_at = EXCLUDED.created_at,
+        customer_ref = EXCLUDED.customer_ref,
+        created_at = CASE WHEN :created_given THEN EXCLUDED.created_at
+                          ELSE tickets.created_at END,
         priority = EXCLUDED.priority, metadata = EXCLUDED.metadata,
         content_hash = EXCLUDED.content_hash, updated_at = now(), raw_purged_at = NULL
     """
@@ -67,18 +72,27 @@ def upsert_tickets(
     counts = UpsertCounts()
     if not tickets:
         return counts
-    existing = dict(
-        conn.execute(
-            sa.text("SELECT id, content_hash FROM tickets WHERE id = ANY(:ids)"),
+    # The whole record is compared, not only the text: a corrected date or priority must be
+    # stored (and lets a ticket refused by validation be checked again).
+    existing = {
+        row[0]: tuple(row[1:])
+        for row in conn.execute(
+            sa.text("SELECT id, content_hash, source, customer_ref, created_at, priority, "
+                    "metadata FROM tickets WHERE id = ANY(:ids)"),
             {"ids": [t.id for t in tickets]},
         ).all()
-    )
+    }
     rows = []
     for t in tickets:
         digest = t.content_hash()
+        # A record without its own created_at (defaulted to now) keeps the stored date.
+        given = "created_at" in t.model_fields_set
+        record = (digest, t.source, t.customer_ref, t.created_at, t.priority, t.metadata)
+        if t.id in existing and not given:
+            record = (*record[:3], existing[t.id][3], *record[4:])
         if t.id not in existing:
             counts.inserted += 1
-        elif existing[t.id] != digest:
+        elif existing[t.id] != record:
             counts.updated += 1
         else:
             counts.unchanged += 1
@@ -91,6 +105,7 @@ def upsert_tickets(
                 "body": t.body,
                 "customer_ref": t.customer_ref,
                 "created_at": t.created_at,
+                "created_given": given,
                 "priority": t.priority,
                 "metadata": json.dumps(t.metadata),
                 "content_hash": digest,

@@ -219,3 +219,26 @@ def test_retention_purges_old_raw_text_and_embeddings_but_keeps_audit(settings, 
                                      created_at=old)])
     assert rows(fresh, "SELECT raw_purged_at FROM tickets WHERE id = 'SD-001'") == [(None,)]
     assert lifecycle.sanitize_pending(settings, fresh)["sanitized"] == 2  # SD-001 and LATE-1
+
+
+def test_a_future_dated_ticket_is_retried_once_its_date_is_corrected(settings, fresh):
+    future = (datetime.now(UTC) + timedelta(days=40)).isoformat()
+    head = "ticket_id,message,intent,created_at\n"
+    drop(settings, "dated.csv", head + f"D-1,my parcel is late again,delivery_delay,{future}\n"
+         "D-2,I forgot my password,password_reset,2026-01-05T09:00:00+00:00\n",
+         sidecar="text: message\nlabel: intent\nid: ticket_id\ncreated_at: created_at\n")
+    lifecycle.ingest_inbox(settings, fresh)
+    first = lifecycle.prepare(settings, fresh)
+    assert (first["validate"]["checked"], first["validate"]["quarantined"]) == (1, 1)
+    [(reason, released)] = rows(fresh, "SELECT reason, released_at FROM quarantine "
+                                       "WHERE location = 'ticket:D-1'")
+    assert "created_in_future" in reason and "text_chars" not in reason and released is None
+    assert lifecycle.validate_pending(settings, fresh)["checked"] == 0  # not retried as it is
+    drop(settings, "dated-fixed.csv",
+         head + "D-1,my parcel is late again,delivery_delay,2026-01-06T10:00:00+00:00\n",
+         sidecar="text: message\nlabel: intent\nid: ticket_id\ncreated_at: created_at\n")
+    assert lifecycle.ingest_inbox(settings, fresh)["tickets_updated"] == 1
+    again = lifecycle.prepare(settings, fresh)
+    assert (again["validate"]["checked"], again["validate"]["quarantined"]) == (1, 0)
+    assert rows(fresh, "SELECT released_at IS NOT NULL FROM quarantine "
+                       "WHERE location = 'ticket:D-1'") == [(True,)]
