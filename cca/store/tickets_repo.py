@@ -77,8 +77,8 @@ def upsert_tickets(
     existing = {
         row[0]: tuple(row[1:])
         for row in conn.execute(
-            sa.text("SELECT id, content_hash, source, customer_ref, created_at, priority, "
-                    "metadata FROM tickets WHERE id = ANY(:ids)"),
+            sa.text("SELECT id, content_hash, customer_ref, created_at, priority, metadata "
+                    "FROM tickets WHERE id = ANY(:ids)"),
             {"ids": [t.id for t in tickets]},
         ).all()
     }
@@ -87,9 +87,10 @@ def upsert_tickets(
         digest = t.content_hash()
         # A record without its own created_at (defaulted to now) keeps the stored date.
         given = "created_at" in t.model_fields_set
-        record = (digest, t.source, t.customer_ref, t.created_at, t.priority, t.metadata)
+        # The source is provenance (often the file's name), not content: not compared.
+        record = (digest, t.customer_ref, t.created_at, t.priority, t.metadata)
         if t.id in existing and not given:
-            record = (*record[:3], existing[t.id][3], *record[4:])
+            record = (*record[:2], existing[t.id][2], *record[3:])
         if t.id not in existing:
             counts.inserted += 1
         elif existing[t.id] != record:
