@@ -20,7 +20,12 @@ import sqlalchemy as sa
 from cca.settings import Settings
 from cca.store import Database
 from cca.store.quarantine import QuarantineItem, quarantine
-from pipelines.validate import ValidationFailed, ValidationReport
+from pipelines.validate import (
+    ValidationFailed,
+    ValidationReport,
+    validate_clean,
+    validate_raw,
+)
 
 # A refused ticket comes back once its text, its record (e.g. a corrected date) or its label
 # changed after it was refused.
@@ -79,8 +84,6 @@ def _run(check: Callable[[pd.DataFrame, Settings], ValidationReport], frame: pd.
 
 def validate_pending(db: Database, settings: Settings) -> ValidateReport:
     """Raises ``ValidationFailed`` (naming the Data Docs page) for a batch-level failure."""
-    from pipelines.validate import validate_clean, validate_raw
-
     with db.begin() as conn:
         rows = conn.execute(_PENDING).mappings().all()
     if not rows:

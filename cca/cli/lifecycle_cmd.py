@@ -13,29 +13,27 @@ if TYPE_CHECKING:
 
 
 def do_prepare(db: Database) -> dict:
-    """sanitize -> dedup -> validate -> index: the same functions the prepare_tickets DAG runs."""
+    """``lifecycle.prepare`` (what the prepare_tickets DAG runs), with bars and a summary."""
     from pipelines import lifecycle
 
-    s = settings()
-    san = lifecycle.sanitize_pending(s, db, progress_bar)
+    report = lifecycle.prepare(settings(), db, progress_bar)
+    san, dup, val = report["sanitize"], report["dedup"], report["validate"]
     console.print(f"sanitize: {san['sanitized']} tickets redacted in {san['seconds']}s, "
                   f"{san['with_pii']} had PII {san['found'] or ''}")
-    dup = lifecycle.dedup_pending(s, db, progress_bar)
     console.print(f"dedup: {dup['checked']} checked, {dup['duplicates']} near-duplicates linked "
                   f"to their original ({dup['label_conflicts']} with another label)"
                   + (", Redis index rebuilt from PostgreSQL" if dup["rebuilt_index"] else ""))
-    val = lifecycle.validate_pending(s, db)
-    if val["checked"]:
-        docs = val["clean_suite"]["data_docs"]
-        console.print(f"validate: {val['checked']} tickets passed (Data Docs: {docs})")
+    if val["checked"] or val["quarantined"]:
+        pages = val["refused_pages"] or [val["clean_suite"]["data_docs"]]
+        console.print(f"validate: {val['checked']} tickets passed, {val['quarantined']} "
+                      f"quarantined (Data Docs: {pages[0]})")
     else:
         console.print("validate: nothing new to validate")
-    idx = lifecycle.index_pending(s, db, progress_bar)
-    for m in idx["models"]:
+    for m in report["index"]["models"]:
         console.print(f"index {m['model_id']}: embedded {m['embedded']} new or changed of "
                       f"{m['considered']} ({m['per_second']:.0f}/s), {m['relabelled']} "
                       f"relabelled, {m['dropped_duplicates']} duplicates dropped")
-    return {"sanitize": san, "dedup": dup, "validate": val, "index": idx}
+    return report
 
 
 def prepare_cmd() -> None:
