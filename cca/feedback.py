@@ -6,8 +6,8 @@ moves that label's track record, which decides whether the cache may reuse it ag
 
 from __future__ import annotations
 
-from cca.bundle import load_bundle
-from cca.embeddings import get_deep_embedder, get_embedder
+from cca.bundle import ModelBundle, load_bundle
+from cca.embeddings import Embedder, get_deep_embedder, get_embedder
 from cca.errors import InputError
 from cca.settings import Settings
 from cca.store import Database
@@ -16,8 +16,11 @@ from cca.store.tickets_repo import get_prepared_ticket, get_ticket, set_labels
 from cca.store.vectors import VectorRow, record_feedback, upsert_vectors
 
 
-def apply_feedback(settings: Settings, db: Database, ticket_id: str, label: str) -> str:
-    bundle = load_bundle(settings.models_dir)
+def apply_feedback(settings: Settings, db: Database, ticket_id: str, label: str,
+                   bundle: ModelBundle | None = None,
+                   embedders: list[Embedder] | None = None) -> str:
+    """``bundle`` and ``embedders``: the ones already loaded (the service's), else CURRENT's."""
+    bundle = bundle or load_bundle(settings.models_dir)
     label = label.strip()
     if label not in bundle.info.labels:
         sample = ", ".join(bundle.info.labels[:5])
@@ -31,8 +34,10 @@ def apply_feedback(settings: Settings, db: Database, ticket_id: str, label: str)
             raise InputError(f"no ticket {ticket_id!r} in the store")
         set_labels(conn, {ticket_id: (label, department)}, origin="feedback")
         ticket = get_prepared_ticket(conn, ticket_id)  # with the new label taken into account
-    embedder = get_embedder(settings)
-    embedders = [e for e in (embedder, get_deep_embedder(settings)) if e is not None]
+    if embedders is None:
+        embedders = [e for e in (get_embedder(settings), get_deep_embedder(settings))
+                     if e is not None]
+    embedder = embedders[0]
     # Only a prepared ticket's redacted text may be embedded now; any other ticket gets its
     # label stored and reaches the index through the next prepare run.
     vectors = [e.embed([ticket.text]) for e in embedders] if ticket else []

@@ -4,9 +4,12 @@ so the tickets that reach it go to human review rather than to a guess."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from cca.tickets import Neighbour, Ticket
+
+if TYPE_CHECKING:
+    from cca.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -15,6 +18,9 @@ class LLMAnswer:
     confidence: float
     explanation: str
     cost_usd: float = 0.0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    model: str = ""
 
 
 class LLMStage(Protocol):
@@ -36,3 +42,12 @@ class DisabledLLMStage:
         self, ticket: Ticket, neighbours: list[Neighbour], labels: list[str]
     ) -> LLMAnswer | None:
         return None
+
+
+def get_llm_stage(settings: Settings) -> LLMStage:
+    """The OpenAI-compatible stage when ``CCA_LLM_BASE_URL`` is set, else the disabled one."""
+    if not settings.llm_base_url:
+        return DisabledLLMStage()
+    from cca.llm_openai import OpenAICompatibleStage  # imports openai only when configured
+
+    return OpenAICompatibleStage(settings)

@@ -111,6 +111,47 @@ class Settings(BaseSettings):
     promotion_max_class_drop: float = 0.05
     promotion_tolerance: float = 0.0
 
+    # LLM + RAG stage (any OpenAI-compatible endpoint: OpenAI, Azure OpenAI, vLLM, llama.cpp).
+    # Unset base URL: the stage abstains and those tickets go to human review.
+    llm_base_url: str | None = None
+    llm_api_key: SecretStr | None = None
+    llm_model: str = "gpt-4o-mini"
+    # A slow or failing LLM must not hold up the earlier stages' answers: short deadline,
+    # no client retries, and a circuit breaker that skips the LLM while it is failing.
+    llm_timeout_s: float = Field(default=2.0, gt=0)
+    llm_max_concurrency: int = Field(default=4, ge=1)
+    llm_breaker_failures: int = Field(default=3, ge=1)
+    llm_breaker_cooldown_s: float = Field(default=30.0, gt=0)
+    llm_max_few_shot: int = Field(default=5, ge=0)
+    llm_price_in_per_1k_usd: float = 0.0
+    llm_price_out_per_1k_usd: float = 0.0
+
+    # Serving (BentoML): `cca serve`
+    serve_host: str = "127.0.0.1"
+    serve_port: int = Field(default=3000, ge=1, le=65535)
+    serve_workers: int = Field(default=1, ge=1)
+    serve_max_batch: int = Field(default=256, ge=1, description="Tickets per /batch_classify.")
+    serve_max_body_bytes: int = Field(default=1_000_000, ge=1_024)
+    # Concurrent /classify requests are grouped into one cascade batch for up to this long.
+    serve_batch_wait_ms: float = Field(default=2.0, ge=0)
+    serve_batch_max_size: int = Field(default=64, ge=1)
+    serve_shadow: bool = Field(default=False, description="Also run @challenger, log only.")
+    serve_idempotency_ttl_s: int = Field(default=7 * 24 * 3600, ge=60)
+    serve_audit_flush_ms: float = Field(default=50.0, gt=0)
+    # Per-client limit (token bucket in Redis): sustained rate and burst.
+    rate_limit_per_s: float = Field(default=100.0, gt=0)
+    rate_limit_burst: int = Field(default=200, ge=1)
+
+    # Auth: OAuth 2.0 bearer JWTs. HS256 with a shared secret (unset: a per-home random secret
+    # under CCA_HOME/secrets, what `cca token` signs with) or RS256 keys from a JWKS URL.
+    auth_algorithm: Literal["HS256", "RS256"] = "HS256"
+    auth_secret: SecretStr | None = None
+    auth_jwks_url: str | None = None
+    auth_issuer: str = "cca"
+    auth_audience: str = "cca-api"
+    auth_max_ttl_s: int = Field(default=3600, ge=60, le=3600)
+    auth_leeway_s: int = Field(default=30, ge=0, le=300)
+
     # Retention
     retention_raw_days: int = 90
     retention_embedding_days: int = 730
@@ -156,6 +197,15 @@ class Settings(BaseSettings):
     @property
     def airflow_home(self) -> Path:
         return self.home / "airflow"
+
+    @property
+    def spool_dir(self) -> Path:
+        """Audit records waiting for PostgreSQL (durable while the database is down)."""
+        return self.home / "spool"
+
+    @property
+    def bentoml_home(self) -> Path:
+        return self.home / "bentoml"
 
 
 @lru_cache(maxsize=1)

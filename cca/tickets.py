@@ -80,3 +80,5 @@ class Decision(BaseModel):
     model_version: str
     cost_usd: float = 0.0
     reason: str = ""
+    # sha256 of the redacted text the later stages read: the audit's link to the text.
+    text_hash: str | None = None

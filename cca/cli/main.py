@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import typer
 
-from cca.cli import data, lifecycle_cmd, main_job, model, registry_cmd, rules_cmd, sanitize_cmd
+from cca.cli import (
+    data,
+    lifecycle_cmd,
+    main_job,
+    model,
+    registry_cmd,
+    rules_cmd,
+    sanitize_cmd,
+    serve_cmd,
+    token_cmd,
+)
 from cca.cli.common import console, run_app, settings
 
 app = typer.Typer(
@@ -31,6 +41,9 @@ app.command("promote")(registry_cmd.promote_cmd)
 app.command("rollback")(registry_cmd.rollback_cmd)
 app.command("purge")(lifecycle_cmd.purge_cmd)
 app.command("quarantine")(lifecycle_cmd.quarantine_cmd)
+app.command("serve")(serve_cmd.serve_cmd)
+app.command("token")(token_cmd.token_cmd)
+app.add_typer(serve_cmd.shadow_app, name="shadow")
 app.add_typer(rules_cmd.app, name="rules")
 app.add_typer(db_app, name="db")
 

@@ -34,7 +34,7 @@ def append_decisions(conn: Connection, pairs: list[tuple[Ticket, Decision]]) -> 
         [
             {
                 "ticket_id": d.ticket_id,
-                "text_hash": text_hash(t.text),
+                "text_hash": d.text_hash or text_hash(t.text),
                 "stage": d.stage,
                 "label": d.label,
                 "department": d.department,

@@ -1,0 +1,93 @@
+"""``cca serve`` (the BentoML service) and ``cca shadow report``."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from typing import Annotated
+
+import typer
+
+from cca.cli.common import console, database, print_json, settings
+from cca.settings import PROJECT_ROOT
+
+shadow_app = typer.Typer(help="Shadow mode: the @challenger beside the champion.",
+                         no_args_is_help=True)
+
+
+def serve_cmd(
+    port: Annotated[int | None, typer.Option(help="Port (default CCA_SERVE_PORT, 3000).")] = None,
+    host: Annotated[str | None, typer.Option(help="Interface (default 127.0.0.1).")] = None,
+    workers: Annotated[int | None, typer.Option(min=1, help="Worker processes.")] = None,
+    shadow: Annotated[bool | None, typer.Option("--shadow/--no-shadow",
+                                                help="Also run @challenger, log only.")] = None,
+) -> None:
+    """Serve the cascade over HTTP (BentoML): the @champion from the MLflow registry."""
+    from cca.store.server import start_embedded, stop_embedded
+
+    s = settings()
+    env = {**os.environ, "BENTOML_HOME": str(s.bentoml_home), "BENTOML_DO_NOT_TRACK": "True",
+           "CCA_HOME": str(s.home)}
+    for key, value in (("CCA_SERVE_PORT", port), ("CCA_SERVE_HOST", host),
+                       ("CCA_SERVE_WORKERS", workers), ("CCA_SERVE_SHADOW", shadow)):
+        if value is not None:
+            env[key] = str(value).lower() if isinstance(value, bool) else str(value)
+    if port is not None and not 1 <= port <= 65535:
+        raise typer.BadParameter(f"port {port} is not in 1..65535", param_hint="--port")
+    started_db = False
+    if not s.database_url:
+        # One server for every worker process, up before they start.
+        message = start_embedded(s)
+        started_db = "already running" not in message
+        console.print(message)
+    bind = f"{env.get('CCA_SERVE_HOST', s.serve_host)}:{env.get('CCA_SERVE_PORT', s.serve_port)}"
+    console.print(f"serving on http://{bind} (OpenAPI: /api-docs); Ctrl+C stops")
+    child = subprocess.Popen(
+        [sys.executable, "-m", "bentoml", "serve", "serving.service:CallCentreAgent",
+         "--working-dir", str(PROJECT_ROOT),
+         "--port", env.get("CCA_SERVE_PORT", str(s.serve_port)),
+         "--host", env.get("CCA_SERVE_HOST", s.serve_host)],
+        cwd=PROJECT_ROOT, env=env)
+    signal.signal(signal.SIGTERM, lambda *_: child.terminate())
+    try:
+        code = child.wait()
+    except KeyboardInterrupt:
+        child.send_signal(signal.SIGINT)
+        code = child.wait()
+    finally:
+        if started_db:
+            console.print(stop_embedded(s))
+    if code not in (0, -signal.SIGINT, -signal.SIGTERM):
+        raise typer.Exit(code if code > 0 else 1)
+
+
+@shadow_app.command("report")
+def shadow_report_cmd(
+    days: Annotated[int, typer.Option(min=1, help="Look back this many days.")] = 30,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Agreement of @challenger with the champion, and both models' accuracy on feedback."""
+    from serving.shadow_report import shadow_report
+
+    with database() as db:
+        report = shadow_report(db, days)
+    if json_out:
+        print_json(report)
+        return
+    if not report["compared"]:
+        console.print(f"no shadow decisions in the last {days} days: serve with "
+                      "`cca serve --shadow` while a @challenger exists")
+        return
+    for pair in report["pairs"]:
+        console.print(
+            f"champion {pair['champion_version']} vs challenger {pair['challenger_version']}: "
+            f"{pair['compared']} tickets, agreement {pair['agreement']:.1%}; "
+            f"on {pair['with_feedback']} with feedback: champion "
+            f"{_pct(pair['champion_accuracy'])}, challenger {_pct(pair['challenger_accuracy'])}"
+            f"; challenger {pair['challenger_ms_mean']:.1f} ms/ticket")
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1%}"

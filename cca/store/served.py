@@ -1,0 +1,151 @@
+"""What the HTTP service writes: the tickets it accepted, their audited decisions, the replay
+record for retried webhooks, shadow runs, and the erasure of a customer's data.
+
+Records reach this module through the service's durable spool, so every write here must be
+idempotent: a record delivered twice (after a crash between delivery and cursor update)
+changes nothing the second time.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from cca.store.audit import text_hash
+from cca.store.tickets_repo import upsert_tickets
+from cca.tickets import Decision, Ticket
+
+_DECISION = sa.text(
+    """
+    INSERT INTO decisions (record_id, ticket_id, decided_at, text_hash, stage, label, department,
+                           urgency, confidence, model_version, cost_usd, latency_ms, details,
+                           caller, request_id, endpoint)
+    VALUES (CAST(:record_id AS uuid), :ticket_id, :decided_at, :text_hash, :stage, :label,
+            :department, :urgency, :confidence, :model_version, :cost_usd, :latency_ms,
+            CAST(:details AS jsonb), :caller, :request_id, :endpoint)
+    ON CONFLICT (record_id) DO NOTHING
+    """
+)
+
+_SERVED = sa.text(
+    """
+    INSERT INTO served_decisions (ticket_id, request_hash, decision, served_at)
+    VALUES (:ticket_id, :request_hash, CAST(:decision AS jsonb), :served_at)
+    ON CONFLICT (ticket_id) DO UPDATE SET request_hash = EXCLUDED.request_hash,
+        decision = EXCLUDED.decision, served_at = EXCLUDED.served_at
+    WHERE served_decisions.served_at <= EXCLUDED.served_at
+    """
+)
+
+_SHADOW = sa.text(
+    """
+    INSERT INTO shadow_decisions (record_id, ticket_id, decided_at, champion_version,
+        challenger_version, champion_stage, challenger_stage, champion_label, challenger_label,
+        champion_conf, challenger_conf, challenger_ms)
+    VALUES (CAST(:record_id AS uuid), :ticket_id, :decided_at, :champion_version,
+        :challenger_version, :champion_stage, :challenger_stage, :champion_label,
+        :challenger_label, :champion_conf, :challenger_conf, :challenger_ms)
+    ON CONFLICT (record_id) DO NOTHING
+    """
+)
+
+
+def decision_row(record: dict[str, Any]) -> dict[str, Any]:
+    """The audit row of one served decision; only a hash of the redacted text, never text."""
+    d = Decision.model_validate(record["decision"])
+    return {
+        "record_id": record["record_id"], "ticket_id": d.ticket_id, "decided_at": record["at"],
+        "text_hash": d.text_hash or text_hash(record.get("text_for_hash", "")),
+        "stage": d.stage, "label": d.label, "department": d.department, "urgency": d.urgency,
+        "confidence": d.confidence, "model_version": d.model_version, "cost_usd": d.cost_usd,
+        "latency_ms": round(sum(d.timings_ms.values()), 3),
+        "details": json.dumps({
+            "rule_id": d.rule_id, "sla_breach": d.sla_breach,
+            "neighbours": [n.model_dump() for n in d.neighbours],
+            "top_classes": d.top_classes, "timings_ms": d.timings_ms, "reason": d.reason,
+        }),
+        "caller": record.get("caller"), "request_id": record.get("request_id"),
+        "endpoint": record.get("endpoint"),
+    }
+
+
+def record_served(conn: Connection, records: Sequence[dict[str, Any]]) -> None:
+    """Store a batch of spooled records in one transaction (the caller's).
+
+    ``decision`` records carry the ticket as received (its explicitly given fields), the
+    decision and the request hash; ``shadow`` records carry a challenger comparison.
+    """
+    decisions = [r for r in records if r["kind"] == "decision"]
+    shadows = [r for r in records if r["kind"] == "shadow"]
+    if decisions:
+        # The last version of a ticket in the batch wins, as it did on the request path.
+        latest: dict[str, Ticket] = {}
+        for r in decisions:
+            latest[r["ticket"]["id"]] = Ticket.model_validate(r["ticket"])
+        upsert_tickets(conn, list(latest.values()), origin="api")
+        conn.execute(_DECISION, [decision_row(r) for r in decisions])
+        conn.execute(_SERVED, [
+            {"ticket_id": r["ticket"]["id"], "request_hash": r["request_hash"],
+             "decision": json.dumps(r["decision"]), "served_at": r["at"]}
+            for r in decisions])
+    if shadows:
+        known = {row[0] for row in conn.execute(
+            sa.text("SELECT id FROM tickets WHERE id = ANY(:ids)"),
+            {"ids": [r["ticket_id"] for r in shadows]})}
+        rows = [{k: v for k, v in r.items() if k != "kind"} for r in shadows
+                if r["ticket_id"] in known]  # an erased ticket's late shadow run is dropped
+        if rows:
+            conn.execute(_SHADOW, [{**r, "decided_at": r.pop("at")} for r in rows])
+
+
+def served_decision(conn: Connection, ticket_id: str, request_hash: str) -> dict | None:
+    """The decision served for this ticket id and content, if any (the idempotency fallback)."""
+    row = conn.execute(
+        sa.text("SELECT decision FROM served_decisions WHERE ticket_id = :t "
+                "AND request_hash = :h"), {"t": ticket_id, "h": request_hash}).first()
+    return dict(row[0]) if row else None
+
+
+@dataclass
+class Erasure:
+    ticket_ids: list[str] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+def erase_customer(conn: Connection, refs: Sequence[str], subject_hash: str,
+                   actor: str) -> Erasure:
+    """Delete every ticket of the customer and what hangs off it (labels, vectors, signatures,
+    replay records, shadow runs cascade), then append the anonymised tombstone.
+
+    The decision audit keeps its rows: they hold ticket ids and hashes, never text or the
+    customer reference, so the audit stays whole and the person is no longer identifiable.
+    """
+    ids = [r[0] for r in conn.execute(
+        sa.text("SELECT id FROM tickets WHERE customer_ref = ANY(:refs) FOR UPDATE"),
+        {"refs": list(refs)})]
+    counts: dict[str, int] = {"tickets": len(ids)}
+    if ids:
+        for table, column in (("ticket_embeddings", "ticket_id"), ("ticket_labels", "ticket_id"),
+                              ("served_decisions", "ticket_id"),
+                              ("shadow_decisions", "ticket_id")):
+            counts[table] = conn.execute(
+                sa.text(f"SELECT count(*) FROM {table} WHERE {column} = ANY(:ids)"),
+                {"ids": ids}).scalar_one()
+        # Quarantined copies of these tickets hold their raw text too.
+        counts["quarantine"] = conn.execute(
+            sa.text("DELETE FROM quarantine WHERE payload->>'id' = ANY(:ids) "
+                    "OR payload->>'ticket_id' = ANY(:ids)"),
+            {"ids": ids}).rowcount
+        conn.execute(sa.text("UPDATE tickets SET duplicate_of = NULL "
+                             "WHERE duplicate_of = ANY(:ids)"), {"ids": ids})
+        conn.execute(sa.text("DELETE FROM tickets WHERE id = ANY(:ids)"), {"ids": ids})
+    conn.execute(
+        sa.text("INSERT INTO erasures (subject_hash, actor, counts) "
+                "VALUES (:h, :a, CAST(:c AS jsonb))"),
+        {"h": subject_hash, "a": actor, "c": json.dumps(counts)})
+    return Erasure(ticket_ids=ids, counts=counts)

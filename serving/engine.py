@@ -1,0 +1,195 @@
+"""The service's core without HTTP: replay or classify, spool the audit, feed the shadow.
+
+Runs on the cascade's worker thread (``serving.batcher``). The order is what makes a retried
+webhook safe: a decision is made durable in the spool before Redis may replay it, so a replay
+never returns something the audit could lose.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from cca.cascade import Cascade
+from cca.errors import StateError
+from cca.settings import Settings
+from cca.store import Database
+from cca.store.served import erase_customer, record_served, served_decision
+from cca.tickets import Decision, Ticket
+from pipelines.pii.sanitizer import canonical_customer, load_or_create_key
+from serving.audit_spool import AuditSpool
+from serving.idempotency import IdempotencyStore
+from serving.metrics import ServiceMetrics
+from serving.redis_guard import RedisUnavailable
+from serving.shadow import ShadowRunner
+
+log = logging.getLogger("cca.serving")
+
+
+@dataclass(frozen=True)
+class Job:
+    """One ticket of one request, with who asked and through which endpoint."""
+
+    ticket: Ticket
+    caller: str
+    request_id: str
+    endpoint: str
+
+
+@dataclass(frozen=True)
+class Served:
+    decision: Decision
+    replayed: bool
+
+
+class Engine:
+    def __init__(self, settings: Settings, db: Database, cascade: Cascade,
+                 metrics: ServiceMetrics, shadow: ShadowRunner | None = None,
+                 spool_name: str = "worker-1") -> None:
+        self.settings, self.db, self.cascade, self.metrics = settings, db, cascade, metrics
+        self.shadow = shadow
+        key = (settings.pii_hmac_key.get_secret_value().encode() if settings.pii_hmac_key
+               else load_or_create_key(settings.secrets_dir / "pii_hmac.key"))
+        self._key = key
+        self.spool = AuditSpool(settings.spool_dir / spool_name, self._deliver,
+                                flush_interval_s=settings.serve_audit_flush_ms / 1000,
+                                on_sink_error=self._sink_failed)
+        self.idempotency = IdempotencyStore(settings.redis_url, settings.serve_idempotency_ttl_s,
+                                            self._replay_from_db)
+        self.database_up = True
+
+    def start(self) -> None:
+        self.spool.start()
+        if self.shadow is not None:
+            self.shadow.start(self.spool.append)
+
+    def close(self) -> None:
+        if self.shadow is not None:
+            self.shadow.close()
+        self.spool.close()
+
+    # -- the request path -------------------------------------------------------------
+    def request_hash(self, ticket: Ticket) -> str:
+        """Keyed hash of what the caller sent: the same id and content replay one decision."""
+        given = ticket.model_dump(mode="json", exclude_unset=True)
+        given.pop("id", None)
+        payload = json.dumps(given, sort_keys=True, separators=(",", ":")).encode()
+        return hmac.new(self._key, payload, hashlib.sha256).hexdigest()
+
+    def handle(self, jobs: list[Job]) -> list[Served]:
+        """Replays from the idempotency store, one cascade batch for the rest, audit spooled."""
+        t0 = time.perf_counter()
+        hashes = [self.request_hash(j.ticket) for j in jobs]
+        stored = self.idempotency.get_many([(j.ticket.id, h)
+                                            for j, h in zip(jobs, hashes, strict=True)])
+        out: list[Served | None] = [
+            Served(Decision.model_validate(s), True) if s is not None else None for s in stored]
+        # The same ticket twice in one batch is classified once (the second is a replay).
+        first: dict[tuple[str, str], int] = {}
+        todo: list[int] = []
+        for i, (j, h) in enumerate(zip(jobs, hashes, strict=True)):
+            if out[i] is None and (j.ticket.id, h) not in first:
+                first[(j.ticket.id, h)] = i
+                todo.append(i)
+        if todo:
+            self.metrics.batch_size.observe(len(todo))
+            decisions = self.cascade.classify_batch([jobs[i].ticket for i in todo])
+            now = datetime.now(UTC).isoformat()
+            records = []
+            for i, d in zip(todo, decisions, strict=True):
+                out[i] = Served(d, False)
+                j = jobs[i]
+                records.append({
+                    "kind": "decision", "record_id": str(uuid.uuid4()), "at": now,
+                    "ticket": j.ticket.model_dump(mode="json", exclude_unset=True),
+                    "request_hash": hashes[i], "decision": d.model_dump(mode="json"),
+                    "caller": j.caller, "request_id": j.request_id, "endpoint": j.endpoint})
+            self.spool.append(records)  # durable before anyone can replay it
+            self.idempotency.put_many([(jobs[i].ticket.id, hashes[i], r["decision"])
+                                       for i, r in zip(todo, records, strict=True)])
+            self.metrics.observe_decisions(decisions)
+            if self.shadow is not None:
+                self.shadow.submit([jobs[i].ticket for i in todo], decisions)
+        for i, (j, h) in enumerate(zip(jobs, hashes, strict=True)):
+            if out[i] is None:  # a repeat within this batch
+                out[i] = Served(out[first[(j.ticket.id, h)]].decision, True)  # type: ignore[union-attr]
+        replays = sum(1 for s in out if s is not None and s.replayed)
+        if replays:
+            self.metrics.replays.inc(replays)
+        log.debug("batch done", extra={"tickets": len(jobs), "replays": replays,
+                                       "ms": round((time.perf_counter() - t0) * 1000, 2)})
+        return [s for s in out if s is not None]
+
+    # -- the audit sink (spool thread) ------------------------------------------------
+    def _deliver(self, records: list[dict[str, Any]]) -> None:
+        with self.db.begin() as conn:
+            record_served(conn, records)
+        if not self.database_up:
+            log.info("PostgreSQL is back: audit records flushed",
+                     extra={"pending": self.spool.pending})
+        self.database_up = True
+
+    def _sink_failed(self, exc: Exception) -> None:
+        self.database_up = False
+
+    def _replay_from_db(self, ticket_id: str, request_hash: str) -> dict | None:
+        with self.db.begin() as conn:
+            return served_decision(conn, ticket_id, request_hash)
+
+    # -- right to deletion ------------------------------------------------------------
+    def erase(self, customer_ref: str, actor: str) -> dict[str, int]:
+        """Every trace of a customer except the anonymised tombstone (see ``erase_customer``)."""
+        if not self.spool.flush(timeout_s=10):
+            raise StateError("PostgreSQL is unreachable: erasure not done, try again later "
+                             f"({self.spool.pending} audit records waiting)")
+        core = canonical_customer(customer_ref)
+        if not core:
+            raise ValueError("customer reference has no letters or digits")
+        with self.db.begin() as conn:
+            refs = [r for (r,) in conn.execute(sa.text(
+                "SELECT DISTINCT customer_ref FROM tickets WHERE customer_ref IS NOT NULL "
+                "AND upper(regexp_replace(customer_ref, '[^0-9A-Za-z]', '', 'g')) "
+                "IN (:core, 'CUST' || :core)"), {"core": core})
+                if canonical_customer(r) == core]
+            subject = hmac.new(self._key, core.encode(), hashlib.sha256).hexdigest()
+            done = erase_customer(conn, refs, subject, actor)
+            counts = dict(done.counts)
+            # Inside the transaction: if Redis cannot forget the replay entries, nothing is
+            # deleted and the caller is told to retry, rather than half an erasure.
+            try:
+                counts["idempotency_keys"] = self.idempotency.forget(done.ticket_ids)
+            except RedisUnavailable as exc:
+                raise StateError("Redis is unreachable: erasure not done, try again later"
+                                 ) from exc
+        counts["near_duplicate_keys"] = self._forget_signatures(done.ticket_ids)
+        log.info("customer erased", extra={"tickets": counts.get("tickets", 0)})
+        return counts
+
+    def _forget_signatures(self, ticket_ids: list[str]) -> int:
+        """Drop the erased tickets from the Redis near-duplicate index (it is rebuilt from
+        PostgreSQL, where their signatures are already gone, when it is found out of sync)."""
+        if not ticket_ids:
+            return 0
+        try:
+            from pipelines.dedup import NearDuplicateIndex, _namespace
+
+            with self.db.begin() as conn:
+                index = NearDuplicateIndex(self.settings, _namespace(conn))
+            removed = 0
+            for tid in ticket_ids:
+                if tid in index.lsh:
+                    index.lsh.remove(tid)
+                    removed += 1
+            return removed
+        except Exception as exc:  # Redis down: the next prepare run finds the index out of sync
+            log.warning("near-duplicate index not updated (%s)", type(exc).__name__)
+            return 0

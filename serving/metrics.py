@@ -1,0 +1,75 @@
+"""The service's Prometheus metrics, in their own registry, appended to BentoML's ``/metrics``.
+
+Names follow Prometheus conventions (``_total`` counters, ``_seconds`` durations, base units).
+Derived rates are left to PromQL: cache hit rate is
+``cca_cache_lookups_total{result="hit"} / ignoring(result) sum(cca_cache_lookups_total)``,
+review rate ``cca_decisions_total{stage="review"} / ignoring(stage) sum(cca_decisions_total)``.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    generate_latest,
+)
+
+from cca.tickets import Decision
+
+_LATENCY = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+_STAGE = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 2.5)
+
+
+class ServiceMetrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter("cca_http_requests", "HTTP requests answered, by endpoint and "
+                                "status code.", ["endpoint", "status"], registry=r)
+        self.request_seconds = Histogram(
+            "cca_http_request_duration_seconds", "Time to answer a request, end to end inside "
+            "the service.", ["endpoint"], buckets=_LATENCY, registry=r)
+        self.stage_seconds = Histogram(
+            "cca_stage_duration_seconds", "Time one ticket spent in each cascade stage.",
+            ["stage"], buckets=_STAGE, registry=r)
+        self.decisions = Counter("cca_decisions", "Tickets answered, by the stage that "
+                                 "answered (review = needs a person).", ["stage"], registry=r)
+        self.cache_lookups = Counter("cca_cache_lookups", "Vector-cache lookups, by result.",
+                                     ["result"], registry=r)
+        self.replays = Counter("cca_idempotent_replays", "Requests answered with the stored "
+                               "decision for the same ticket id and content.", registry=r)
+        self.rate_limited = Counter("cca_rate_limited", "Requests refused with 429.", registry=r)
+        self.llm_tokens = Counter("cca_llm_tokens", "LLM tokens used, by kind.", ["kind"],
+                                  registry=r)
+        self.cost = Counter("cca_cost_usd", "Spend on paid APIs (LLM, embeddings), USD.",
+                            registry=r)
+        self.batch_size = Histogram("cca_batch_size", "Tickets per cascade batch (concurrent "
+                                    "requests are grouped).", buckets=(1, 2, 4, 8, 16, 32, 64,
+                                                                      128, 256), registry=r)
+        self.spool_pending = Gauge("cca_audit_spool_pending", "Audit records on local disk "
+                                   "waiting for PostgreSQL.", registry=r)
+        self.database_up = Gauge("cca_database_up", "1 while audit records reach PostgreSQL.",
+                                 registry=r)
+        self.redis_up = Gauge("cca_redis_up", "1 while Redis answers.", registry=r)
+        self.llm_breaker_open = Gauge("cca_llm_circuit_open", "1 while the LLM stage is "
+                                      "skipped after failures.", registry=r)
+        self.shadow = Counter("cca_shadow_decisions", "Challenger runs in shadow mode, by "
+                              "agreement with the champion.", ["agreement"], registry=r)
+        self.shadow_dropped = Counter("cca_shadow_dropped", "Shadow runs skipped because the "
+                                      "shadow queue was full.", registry=r)
+        self.model = Info("cca_model", "The model bundles being served.", registry=r)
+
+    def observe_decisions(self, decisions: list[Decision]) -> None:
+        for d in decisions:
+            self.decisions.labels(d.stage).inc()
+            for stage, ms in d.timings_ms.items():
+                self.stage_seconds.labels(stage).observe(ms / 1000)
+            if "cache" in d.timings_ms:
+                self.cache_lookups.labels("hit" if d.stage == "cache" else "miss").inc()
+            if d.cost_usd:
+                self.cost.inc(d.cost_usd)
+
+    def render(self) -> str:
+        return generate_latest(self.registry).decode("utf-8")

@@ -1,0 +1,129 @@
+"""Everything the service holds while it runs: database, champion (and challenger) cascades,
+the engine with its spool, the rate limiter; built once per worker at start.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from cca.bundle import load_bundle
+from cca.cascade import Cascade
+from cca.embeddings import get_deep_embedder, get_embedder
+from cca.feedback import apply_feedback
+from cca.llm_stage import get_llm_stage
+from cca.settings import Settings
+from cca.store import Database, open_database
+from rules import load_rules
+from serving.engine import Engine
+from serving.metrics import ServiceMetrics
+from serving.model_source import ModelChoice, resolve
+from serving.ratelimit import RateLimiter
+from serving.shadow import ShadowRunner
+
+log = logging.getLogger("cca.serving")
+
+
+def _worker_index() -> int:
+    """Each BentoML worker process gets its own spool (a spool has one writer)."""
+    try:
+        from bentoml._internal.context import server_context
+
+        return int(server_context.worker_index or 1)
+    except Exception:  # outside a BentoML server (tests through to_asgi, scripts)
+        return 1
+
+
+def build_cascade(settings: Settings, db: Database, choice: ModelChoice) -> Cascade:
+    bundle = load_bundle(settings.models_dir, choice.bundle_version)
+    return Cascade(settings, db, bundle, load_rules(settings.rules_path),
+                   get_embedder(settings), get_deep_embedder(settings), get_llm_stage(settings))
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    db: Database
+    metrics: ServiceMetrics
+    champion: ModelChoice
+    cascade: Cascade
+    engine: Engine
+    limiter: RateLimiter
+    challenger: ModelChoice | None = None
+    ready: bool = False
+    _llm_seen: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def start(cls, settings: Settings, metrics: ServiceMetrics) -> Runtime:
+        db = open_database(settings)
+        champion = resolve(settings, "champion")
+        assert champion is not None
+        cascade = build_cascade(settings, db, champion)
+        shadow = None
+        challenger = resolve(settings, "challenger") if settings.serve_shadow else None
+        if challenger is not None and challenger.bundle_version == champion.bundle_version:
+            challenger = None
+        if challenger is not None:
+            shadow = ShadowRunner(build_cascade(settings, db, challenger), cascade.version,
+                                  metrics)
+        engine = Engine(settings, db, cascade, metrics, shadow,
+                        spool_name=f"worker-{_worker_index()}")
+        engine.start()
+        limiter = RateLimiter(settings.redis_url, settings.rate_limit_per_s,
+                              settings.rate_limit_burst)
+        metrics.model.info({
+            "champion_bundle": champion.bundle_version,
+            "champion_registry_version": champion.registry_version or "",
+            "champion_source": champion.source, "cascade_version": cascade.version,
+            "challenger_bundle": challenger.bundle_version if challenger else ""})
+        log.info("serving", extra={"model": cascade.version, "source": champion.source})
+        return cls(settings, db, metrics, champion, cascade, engine, limiter, challenger,
+                   ready=True)
+
+    def feedback(self, ticket_id: str, label: str, actor: str) -> str:
+        """The continuous-learning loop (``cca.feedback``), then the cache's new track record.
+
+        Waits for the spool first, so a ticket classified a moment ago is in the store."""
+        if not self.engine.spool.flush(timeout_s=10):
+            from cca.errors import StateError
+
+            raise StateError("PostgreSQL is unreachable: feedback not stored, try again later")
+        message = apply_feedback(self.settings, self.db, ticket_id, label,
+                                 bundle=self.cascade.bundle,
+                                 embedders=[e for e in (self.cascade.embedder,
+                                                        self.cascade.deep_embedder) if e])
+        self.cascade.refresh_track_records()
+        return message
+
+    def refresh_gauges(self) -> None:
+        m = self.metrics
+        m.spool_pending.set(self.engine.spool.pending)
+        m.database_up.set(1 if self.engine.database_up else 0)
+        m.redis_up.set(1 if getattr(self.engine.idempotency, "redis_up", True) else 0)
+        llm = self.cascade.llm
+        state = getattr(llm, "state", "closed")
+        m.llm_breaker_open.set(1 if state == "open" else 0)
+        for kind in ("prompt", "completion"):
+            total = int(getattr(llm, f"{kind}_tokens", 0) or 0)
+            delta = total - self._llm_seen.get(kind, 0)
+            if delta > 0:
+                m.llm_tokens.labels(kind).inc(delta)
+                self._llm_seen[kind] = total
+
+    def status(self) -> dict[str, Any]:
+        self.refresh_gauges()
+        return {
+            "champion": vars(self.champion), "cascade_version": self.cascade.version,
+            "challenger": vars(self.challenger) if self.challenger else None,
+            "database_up": self.engine.database_up,
+            "audit_spool_pending": self.engine.spool.pending,
+            "redis_up": getattr(self.engine.idempotency, "redis_up", None),
+            "llm": {"stage": getattr(self.cascade.llm, "name", "?"),
+                    "circuit": getattr(self.cascade.llm, "state", "closed")},
+        }
+
+    def close(self) -> None:
+        self.ready = False
+        self.engine.close()
+        self.db.dispose()

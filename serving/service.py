@@ -1,0 +1,205 @@
+"""The BentoML service: the cascade over HTTP, secured, audited and measured.
+
+``cca serve`` runs ``bentoml serve serving.service:CallCentreAgent``. The HTTP API is a
+FastAPI app mounted on the service (BentoML's documented way to own authentication and error
+shapes); BentoML itself serves ``/healthz``, ``/readyz`` (ready once the champion is loaded)
+and ``/metrics`` (its own metrics plus ``serving.metrics``). OpenAPI: ``/openapi.json``,
+browsable at ``/api-docs``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from typing import Annotated
+
+import bentoml
+from fastapi import Depends, FastAPI, Path, Request
+from pydantic import ValidationError
+
+from cca import __version__
+from cca.errors import CCAError, InputError
+from cca.settings import Settings
+from cca.tickets import Ticket
+from serving.auth import Authenticator, AuthError, Caller
+from serving.batcher import MicroBatcher
+from serving.engine import Job, Served
+from serving.http_guard import GuardMiddleware, ServiceError, install_error_handlers
+from serving.logs import configure, request_id
+from serving.metrics import ServiceMetrics
+from serving.runtime import Runtime
+from serving.schemas import (
+    BatchRequest,
+    BatchResponse,
+    ClassifyRequest,
+    ClassifyResponse,
+    ErasureResponse,
+    ErrorOut,
+    ExplainResponse,
+    ExplanationOut,
+    FeedbackRequest,
+    FeedbackResponse,
+)
+
+log = logging.getLogger("cca.serving")
+_settings = Settings()
+_metrics = ServiceMetrics()
+
+app = FastAPI(
+    title="Call Centre Agent",
+    version=__version__,
+    description="Classify and route service-desk tickets through a cheap, explainable cascade "
+    "(rules, vector cache, classifier, LLM, human review). Every endpoint but the probes "
+    "needs a bearer JWT with the scope named in its description.",
+    docs_url="/api-docs",
+    redoc_url=None,
+    responses={401: {"model": ErrorOut}, 403: {"model": ErrorOut}, 413: {"model": ErrorOut},
+               422: {"model": ErrorOut}, 429: {"model": ErrorOut}},
+)
+app.add_middleware(GuardMiddleware, max_body=_settings.serve_max_body_bytes, metrics=_metrics)
+install_error_handlers(app)
+
+
+def _caller(scope: str):
+    def dependency(request: Request) -> Caller:
+        service = bentoml.get_current_service()
+        try:
+            caller = service.auth.authenticate(request.headers.get("authorization"), scope)
+        except AuthError as exc:
+            raise ServiceError(exc.status_code, exc.message, exc.headers) from exc
+        allowed, retry_after = service.limiter.check(caller.client_id)
+        if not allowed:
+            _metrics.rate_limited.inc()
+            wait = max(1, math.ceil(retry_after))
+            raise ServiceError(429, f"rate limit exceeded for client {caller.client_id!r}: "
+                               f"retry in {wait} s", {"Retry-After": str(wait)})
+        return caller
+
+    return dependency
+
+
+def _tickets(items: list) -> list[Ticket]:
+    try:
+        return [t.to_ticket() for t in items]
+    except (ValueError, ValidationError) as exc:
+        msg = exc.errors()[0]["msg"] if isinstance(exc, ValidationError) else str(exc)
+        raise ServiceError(422, msg) from exc
+
+
+@bentoml.service(
+    name="call-centre-agent",
+    workers=_settings.serve_workers,
+    traffic={"timeout": 60, "max_concurrency": 512},
+    http={"port": _settings.serve_port, "host": _settings.serve_host},
+    metrics={"enabled": True, "namespace": "bentoml_service"},
+)
+@bentoml.asgi_app(app, path="/")
+class CallCentreAgent:
+    def __init__(self) -> None:
+        configure()
+        self.settings = Settings()
+        self.runtime = Runtime.start(self.settings, _metrics)
+        self.auth = Authenticator(self.settings)
+        self.limiter = self.runtime.limiter
+        self.batcher: MicroBatcher[Job, Served] = MicroBatcher(
+            self.runtime.engine.handle, self.settings.serve_batch_max_size,
+            self.settings.serve_batch_wait_ms / 1000)
+
+    def __is_ready__(self) -> bool:
+        return self.runtime.ready
+
+    def __metrics__(self, content: str) -> str:
+        self.runtime.refresh_gauges()
+        return content + _metrics.render()
+
+    @bentoml.on_shutdown
+    async def shutdown(self) -> None:
+        await self.batcher.aclose()
+        await asyncio.to_thread(self.runtime.close)
+
+    async def _serve(self, items: list, caller: Caller, endpoint: str) -> list[Served]:
+        tickets = _tickets(items)
+        jobs = [Job(t, caller.subject, request_id.get(), endpoint) for t in tickets]
+        return await self.batcher.submit(jobs)
+
+    @app.post("/classify", response_model=ClassifyResponse, tags=["classify"],
+              summary="Route one ticket (scope: classify)")
+    async def classify(self, body: ClassifyRequest,
+                       caller: Annotated[Caller, Depends(_caller("classify"))]
+                       ) -> ClassifyResponse:
+        """The same ticket id with the same content returns the stored decision
+        (``replayed: true``): a retried webhook never routes a ticket twice."""
+        (served,) = await self._serve([body.ticket], caller, "classify")
+        return ClassifyResponse(decision=_out(served), request_id=request_id.get())
+
+    @app.post("/batch_classify", response_model=BatchResponse, tags=["classify"],
+              summary="Route up to CCA_SERVE_MAX_BATCH tickets (scope: classify)")
+    async def batch_classify(self, body: BatchRequest,
+                             caller: Annotated[Caller, Depends(_caller("classify"))]
+                             ) -> BatchResponse:
+        if len(body.tickets) > self.settings.serve_max_batch:
+            raise ServiceError(413, f"{len(body.tickets)} tickets in one batch; the limit is "
+                               f"{self.settings.serve_max_batch}")
+        ids = [t.id for t in body.tickets]
+        if len(set(ids)) != len(ids):
+            raise ServiceError(422, "ticket ids repeat within the batch")
+        served = await self._serve(body.tickets, caller, "batch_classify")
+        return BatchResponse(decisions=[_out(s) for s in served], request_id=request_id.get())
+
+    @app.post("/explain", response_model=ExplainResponse, tags=["classify"],
+              summary="Route one ticket and say why (scope: classify)")
+    async def explain(self, body: ClassifyRequest,
+                      caller: Annotated[Caller, Depends(_caller("classify"))]
+                      ) -> ExplainResponse:
+        """The stage that answered and its evidence: the rule, the neighbours from the vector
+        cache, the classifier's top classes with probabilities, the LLM's explanation."""
+        (served,) = await self._serve([body.ticket], caller, "explain")
+        return ExplainResponse(explanation=ExplanationOut.explain(served.decision,
+                                                                  served.replayed),
+                               request_id=request_id.get())
+
+    @app.post("/feedback", response_model=FeedbackResponse, tags=["learn"],
+              summary="A validated label for a served ticket (scope: feedback)",
+              responses={404: {"model": ErrorOut}, 503: {"model": ErrorOut}})
+    async def feedback(self, body: FeedbackRequest,
+                       caller: Annotated[Caller, Depends(_caller("feedback"))]
+                       ) -> FeedbackResponse:
+        """Stored, added to the vector index, and scored against the cache's earlier answer
+        (its per-label track record decides whether the cache may answer again)."""
+        try:
+            message = await asyncio.to_thread(self.runtime.feedback, body.ticket_id,
+                                              body.label, caller.subject)
+        except InputError as exc:
+            status = 404 if str(exc).startswith("no ticket") else 422
+            raise ServiceError(status, str(exc)) from exc
+        except CCAError as exc:
+            raise ServiceError(503, str(exc)) from exc
+        return FeedbackResponse(ticket_id=body.ticket_id, label=body.label.strip(),
+                                message=message, request_id=request_id.get())
+
+    @app.delete("/customers/{ref}", response_model=ErasureResponse, tags=["privacy"],
+                summary="Right to deletion (scope: admin)",
+                responses={503: {"model": ErrorOut}})
+    async def erase(self, ref: Annotated[str, Path(min_length=1, max_length=200)],
+                    caller: Annotated[Caller, Depends(_caller("admin"))]) -> ErasureResponse:
+        """Deletes the customer's tickets, labels, embeddings, replay records, shadow runs,
+        Redis keys and raw text; the audit keeps its rows (ids and hashes only) and gains an
+        anonymised tombstone (a keyed hash of the reference, counts, who, when)."""
+        try:
+            counts = await asyncio.to_thread(self.runtime.engine.erase, ref, caller.subject)
+        except ValueError as exc:
+            raise ServiceError(422, str(exc)) from exc
+        except CCAError as exc:
+            raise ServiceError(503, str(exc)) from exc
+        return ErasureResponse(counts=counts, request_id=request_id.get())
+
+    @app.get("/status", tags=["operate"], summary="Components and models (scope: admin)")
+    async def status(self, caller: Annotated[Caller, Depends(_caller("admin"))]) -> dict:
+        return self.runtime.status()
+
+
+def _out(served: Served):
+    from serving.schemas import DecisionOut
+
+    return DecisionOut.of(served.decision, served.replayed)
