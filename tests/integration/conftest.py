@@ -64,3 +64,12 @@ def run_cli(settings: Settings, *args: str, **env: str) -> subprocess.CompletedP
         [sys.executable, "-m", "cca.cli.main", *args],
         cwd=ROOT, env=cli_env(settings, **env), capture_output=True, text=True, timeout=600,
     )
+
+
+@pytest.fixture(scope="session")
+def service_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A home with the fixture tickets and a promoted @champion, shared by the service tests
+    (each module starts its own service on it; one service at a time owns its spool)."""
+    from tests.integration.service_harness import prepare_home
+
+    return prepare_home(tmp_path_factory.mktemp("svc")).home

@@ -1,0 +1,300 @@
+"""Bearer-token authentication for the HTTP service: OAuth 2.0 JWTs checked on every request.
+
+HS256 with a shared secret (unset: a random per-home secret, what ``cca token`` signs with) or
+RS256 with public keys from an identity provider's JWKS. Only the configured algorithm is
+accepted, so neither ``alg: none`` nor an HS/RS confusion gets through, and tokens must be
+short-lived (lifetime at most ``auth_max_ttl_s``) so a leaked one is worth an hour at most.
+Tokens are never logged, and no part of one is echoed back in an error.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import re
+import secrets
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+from urllib.error import HTTPError
+
+import jwt
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
+from jwt.exceptions import PyJWKClientError, PyJWTError
+
+from cca.errors import ConfigError, InputError
+from cca.settings import Settings
+
+log = logging.getLogger("cca.serving.auth")
+
+SCOPES = ("classify", "feedback", "admin")  # "admin" implies every scope
+REALM = "cca"
+MAX_TOKEN_CHARS = 8192  # bounds the work an oversized header can cause
+JWKS_TIMEOUT_S = 2.0
+_UNSAFE = re.compile(r'[^\x20-\x7e]|["\\]')  # not allowed in an RFC 6750 error_description
+
+
+def _clip(value: object, limit: int = 40) -> str:
+    """A caller-supplied value made safe to quote in a message and a header."""
+    text = _UNSAFE.sub("?", str(value))
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class AuthError(Exception):
+    """Why a request is refused, ready for the HTTP response: status, message, headers."""
+
+    def __init__(self, status_code: int, message: str, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status_code, self.message, self.headers = status_code, message, headers or {}
+
+    @classmethod
+    def unauthorized(cls, message: str, error: str | None = "invalid_token") -> AuthError:
+        value = f'Bearer realm="{REALM}"'
+        if error:  # RFC 6750 §3.1: no error code when the request had no credentials at all
+            value += f', error="{error}", error_description="{_clip(message, 200)}"'
+        return cls(401, message, {"WWW-Authenticate": value})
+
+    @classmethod
+    def forbidden(cls, scope: str, has: frozenset[str]) -> AuthError:
+        message = f"token lacks scope '{scope}' (has: {', '.join(sorted(has)) or 'none'})"
+        value = (f'Bearer realm="{REALM}", error="insufficient_scope", '
+                 f'error_description="{message}", scope="{scope}"')
+        return cls(403, message, {"WWW-Authenticate": value})
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who made the request, as the verified token says."""
+
+    subject: str
+    client_id: str  # the key for per-client rate limits
+    scopes: frozenset[str]
+    token_id: str | None
+
+
+# Most specific first: several PyJWT errors subclass DecodeError.
+_MESSAGES: tuple[tuple[type[Exception], str], ...] = (
+    (jwt.ExpiredSignatureError, "token expired"),
+    (jwt.ImmatureSignatureError, "token not valid yet (its iat or nbf is in the future)"),
+    (jwt.InvalidSignatureError, "token signature is invalid"),
+    (jwt.InvalidIssuedAtError, "token 'iat' claim is not a number"),
+    (jwt.exceptions.InvalidSubjectError, "token 'sub' claim must be a string"),
+    (jwt.exceptions.InvalidJTIError, "token 'jti' claim must be a string"),
+    (jwt.DecodeError, "malformed token"),
+)
+
+
+class _JwksKeys:
+    """RS256 public keys by ``kid`` from a JWKS URL, fetched (and parsed) with PyJWKClient.
+
+    The hot path is a dict lookup of parsed keys. The set is refetched by one thread once it is
+    ``lifespan_s`` old (a withdrawn key stops working) or for an unseen kid, at most every
+    ``cooldown_s`` (made-up kids cannot hammer the provider). PyJWKClient's caches are off: they
+    keep withdrawn keys for ever (``cache_keys``) or retry a down provider on every request once
+    expired; here fetched keys keep working through an outage and only unseen kids get 503.
+    """
+
+    def __init__(self, url: str, timeout_s: float, lifespan_s: float, cooldown_s: float):
+        try:
+            self._client = jwt.PyJWKClient(url, cache_jwk_set=False, timeout=timeout_s)
+        except PyJWKClientError as exc:
+            raise ConfigError(f"CCA_AUTH_JWKS_URL: {exc}") from exc
+        self.url, self.lifespan_s, self.cooldown_s = url, lifespan_s, cooldown_s
+        self._keys: dict[str, RSAPublicKey] = {}
+        self._fresh_until = self._next_fetch = float("-inf")  # time.monotonic() values
+        self._error: str | None = None  # why the last fetch failed
+        self._lock = threading.Lock()
+
+    def key(self, kid: str) -> RSAPublicKey:
+        key = self._keys.get(kid)
+        if key is not None and time.monotonic() < self._fresh_until:
+            return key
+        if time.monotonic() >= self._next_fetch:
+            # A thread that already has a (stale) key does not wait for another's fetch.
+            if self._lock.acquire(blocking=key is None):
+                try:
+                    if time.monotonic() >= self._next_fetch:  # nobody fetched while we waited
+                        self._fetch()
+                finally:
+                    self._lock.release()
+            key = self._keys.get(kid)
+        if key is not None:
+            return key
+        if self._error is not None:
+            raise AuthError(503, f"cannot fetch the identity provider's signing keys from "
+                                 f"{self.url} ({self._error})", {"Retry-After": "10"})
+        raise AuthError.unauthorized(
+            f"token key id '{_clip(kid)}' is not among the identity provider's signing keys")
+
+    def _fetch(self) -> None:
+        self._next_fetch = time.monotonic() + self.cooldown_s
+        try:
+            jwks = self._client.get_signing_keys(refresh=True)
+        except (PyJWTError, OSError, ValueError) as exc:
+            cause = exc.__cause__ or exc
+            reason = f"HTTP {cause.code}" if isinstance(cause, HTTPError) else getattr(
+                cause, "reason", cause)
+            self._error = str(reason) or type(cause).__name__
+            log.warning("JWKS fetch from %s failed: %s", self.url, self._error)
+            return
+        keys = {k.key_id: k.key for k in jwks
+                if k.algorithm_name == "RS256" and isinstance(k.key, RSAPublicKey)}
+        if not keys:
+            self._error = "no RS256 signing keys in the set"
+            return
+        self._keys, self._error = keys, None
+        self._fresh_until = time.monotonic() + self.lifespan_s
+        log.info("JWKS from %s: %d RS256 keys", self.url, len(keys))
+
+
+def _hs256_secret(settings: Settings) -> bytes:
+    if settings.auth_secret is not None:
+        secret = settings.auth_secret.get_secret_value().encode()
+        if len(secret) < 32:
+            raise ConfigError("CCA_AUTH_SECRET must be at least 32 bytes for HS256 "
+                              "(RFC 7518 §3.2); e.g. `openssl rand -hex 32`")
+        return secret
+    from pipelines.pii.sanitizer import load_or_create_key  # 70 ms of regexes: only when needed
+
+    return load_or_create_key(settings.secrets_dir / "jwt_hs256.key")
+
+
+def _bearer_token(authorization: str | None) -> str:
+    header = (authorization or "").strip()
+    if not header:
+        raise AuthError.unauthorized(
+            "missing Authorization header (expected 'Bearer <token>')", error=None)
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer":
+        # Never echo what was sent: a bare token would land in a message (and maybe a log).
+        shown = f"'{scheme}' " if scheme.isalpha() and len(scheme) <= 16 else ""
+        raise AuthError.unauthorized(
+            f"Authorization scheme {shown}is not supported; use 'Bearer <token>'",
+            error="invalid_request")
+    token = token.strip()
+    if not token:
+        raise AuthError.unauthorized("no token after 'Bearer'", error="invalid_request")
+    if len(token) > MAX_TOKEN_CHARS or token.count(".") != 2 or " " in token:
+        raise AuthError.unauthorized("malformed token (expected a JWT: three dot-separated parts)")
+    return token
+
+
+def _peek_header(token: str) -> dict[str, Any]:
+    """The unverified JOSE header, to pick the key and name a wrong algorithm before verifying.
+    (PyJWT's ``get_unverified_header`` would decode all three parts: ~45 µs.)"""
+    head = token.partition(".")[0]
+    try:
+        header = json.loads(base64.urlsafe_b64decode(head + "=" * (-len(head) % 4)))
+    except ValueError:  # binascii.Error, JSONDecodeError and UnicodeDecodeError all are
+        header = None
+    if isinstance(header, dict):
+        return header
+    raise AuthError.unauthorized("malformed token (its header is not base64url JSON)")
+
+
+def _scopes(claims: dict[str, Any]) -> frozenset[str]:
+    """Known scopes from ``scope`` (space-separated, RFC 8693) and ``scp`` (list or string)."""
+    names: list[Any] = []
+    for claim in ("scope", "scp"):
+        value = claims.get(claim)
+        if isinstance(value, str):
+            names += value.split()
+        elif isinstance(value, list):
+            names += value
+    found = frozenset(n for n in names if isinstance(n, str) and n in SCOPES)
+    return frozenset(SCOPES) if "admin" in found else found
+
+
+class Authenticator:
+    """Verifies ``Authorization: Bearer`` JWTs against the configured algorithm and key."""
+
+    def __init__(self, settings: Settings, *, jwks_lifespan_s: float = 300.0,
+                 jwks_cooldown_s: float = 10.0) -> None:
+        self.settings = settings
+        self.algorithm = settings.auth_algorithm
+        self._jwks: _JwksKeys | None = None
+        self._secret: bytes | None = None
+        if self.algorithm == "RS256":
+            if not settings.auth_jwks_url:
+                raise ConfigError("CCA_AUTH_ALGORITHM=RS256 needs CCA_AUTH_JWKS_URL "
+                                  "(your identity provider's JWKS endpoint)")
+            self._jwks = _JwksKeys(settings.auth_jwks_url, JWKS_TIMEOUT_S,
+                                   jwks_lifespan_s, jwks_cooldown_s)
+        else:
+            self._secret = _hs256_secret(settings)
+        self._decode_kwargs: dict[str, Any] = {
+            "algorithms": [self.algorithm], "audience": settings.auth_audience,
+            "issuer": settings.auth_issuer, "leeway": settings.auth_leeway_s,
+            "options": {"require": ["exp", "iat", "sub"]},
+        }
+
+    def authenticate(self, authorization: str | None, scope: str) -> Caller:
+        """The caller behind a raw Authorization header value, if it may use ``scope``."""
+        if scope not in SCOPES:
+            raise ValueError(f"unknown scope {scope!r}; expected one of {SCOPES}")
+        caller = self._caller(self._verify(_bearer_token(authorization)))
+        if scope not in caller.scopes:
+            raise AuthError.forbidden(scope, caller.scopes)
+        return caller
+
+    def _verify(self, token: str) -> dict[str, Any]:
+        header = _peek_header(token)
+        alg = header.get("alg")
+        if alg != self.algorithm:
+            raise AuthError.unauthorized(
+                f"token algorithm '{_clip(alg)}' is not accepted (only {self.algorithm})")
+        if self._jwks is not None:
+            kid = header.get("kid")
+            if not isinstance(kid, str) or not kid:
+                raise AuthError.unauthorized("token header has no key id ('kid')")
+            key: Any = self._jwks.key(kid)
+        else:
+            key = self._secret
+        s = self.settings
+        try:
+            claims = jwt.decode(token, key, **self._decode_kwargs)
+        except jwt.InvalidAudienceError:
+            raise AuthError.unauthorized(f"token audience is not '{s.auth_audience}'") from None
+        except jwt.InvalidIssuerError:
+            raise AuthError.unauthorized(f"token issuer is not '{s.auth_issuer}'") from None
+        except jwt.MissingRequiredClaimError as exc:
+            raise AuthError.unauthorized(f"token has no '{exc.claim}' claim") from None
+        except PyJWTError as exc:
+            message = next((m for t, m in _MESSAGES if isinstance(exc, t)), "invalid token")
+            raise AuthError.unauthorized(message) from None
+        # "Expiry ≤ 1 hour": a day-long token is refused even while unexpired. (The second test
+        # is a backstop: PyJWT already refuses an iat more than the leeway ahead.)
+        exp, iat = int(claims["exp"]), int(claims["iat"])  # PyJWT has checked they are ints
+        limit = s.auth_max_ttl_s
+        if exp - iat > limit or exp - time.time() > limit + s.auth_leeway_s:
+            raise AuthError.unauthorized(f"token lifetime {exp - iat}s exceeds the {limit}s limit")
+        return claims
+
+    @staticmethod
+    def _caller(claims: dict[str, Any]) -> Caller:
+        subject = claims["sub"]
+        if not subject:
+            raise AuthError.unauthorized("token 'sub' claim is empty")
+        client = next((c for c in (claims.get("azp"), claims.get("client_id"))
+                       if isinstance(c, str) and c), subject)
+        return Caller(subject=subject, client_id=client, scopes=_scopes(claims),
+                      token_id=claims.get("jti"))
+
+
+def mint_token(settings: Settings, scopes: list[str], subject: str = "dev",
+               ttl_s: int = 3600) -> str:
+    """A short-lived HS256 token signed with this home's secret: for development and scripts."""
+    if settings.auth_algorithm != "HS256":
+        raise ConfigError("CCA_AUTH_ALGORITHM is RS256: tokens come from your identity provider "
+                          "(cca token signs HS256 only)")
+    if not scopes or any(s not in SCOPES for s in scopes):
+        raise InputError(f"scopes must be some of {', '.join(SCOPES)}; got {scopes}")
+    if not 0 < ttl_s <= settings.auth_max_ttl_s or not subject:
+        raise InputError(f"need a subject and a ttl of 1..{settings.auth_max_ttl_s} seconds")
+    now = int(time.time())
+    claims = {"iss": settings.auth_issuer, "aud": settings.auth_audience, "sub": subject,
+              "iat": now, "exp": now + ttl_s, "jti": secrets.token_hex(16),
+              "scope": " ".join(dict.fromkeys(scopes))}
+    return jwt.encode(claims, _hs256_secret(settings), algorithm="HS256")

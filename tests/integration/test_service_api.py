@@ -1,0 +1,148 @@
+"""The service end to end in-process: routing, replay, explanations, feedback, erasure,
+metrics, rate limits, shadow mode and the fallback to the last good model copy."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import sqlalchemy as sa
+
+from cca.store import open_database
+from tests.integration.service_harness import service, ticket, token
+
+
+@pytest.fixture(scope="module")
+def home(service_home):
+    return service_home
+
+
+@pytest.fixture(scope="module")
+def client(home):
+    with service(home) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def auth(home):
+    return token(home, "classify", "feedback", "admin")
+
+
+def _rows(home, sql, **params):
+    from cca.settings import Settings
+
+    db = open_database(Settings(home=home))
+    try:
+        with db.begin() as conn:
+            return [dict(r) for r in conn.execute(sa.text(sql), params).mappings()]
+    finally:
+        db.dispose()
+
+
+def test_probes_and_openapi(client):
+    assert client.get("/healthz").status_code == 200
+    assert client.get("/readyz").status_code == 200
+    spec = client.get("/openapi.json").json()
+    for path in ("/classify", "/batch_classify", "/explain", "/feedback", "/customers/{ref}"):
+        assert path in spec["paths"], path
+    assert "TicketIn" in spec["components"]["schemas"]
+
+
+def test_classify_is_routed_audited_and_replayed(client, auth, home):
+    body = ticket("My parcel has not arrived, it is two weeks late", id="api-1",
+                  customer_ref="CUST-100200")
+    first = client.post("/classify", json=body, headers=auth)
+    assert first.status_code == 200, first.text
+    d = first.json()["decision"]
+    assert d["label"] == "delivery_delay" and d["department"] == "Logistics"
+    assert d["replayed"] is False and first.headers["x-request-id"]
+    again = client.post("/classify", json=body, headers=auth).json()["decision"]
+    assert again["replayed"] is True and again["label"] == d["label"]
+    changed = ticket("Please cancel my subscription", id="api-1", customer_ref="CUST-100200")
+    other = client.post("/classify", json=changed, headers=auth).json()["decision"]
+    assert other["replayed"] is False and other["label"] == "cancel_subscription"
+    for _ in range(100):  # the spool delivers within ~50 ms
+        rows = _rows(home, "SELECT stage, label, caller, endpoint, text_hash FROM decisions "
+                     "WHERE ticket_id = 'api-1' ORDER BY id")
+        if len(rows) == 2:
+            break
+        time.sleep(0.05)
+    assert [r["label"] for r in rows] == ["delivery_delay", "cancel_subscription"]
+    assert {r["caller"] for r in rows} == {"tester"}
+    assert all(len(r["text_hash"]) == 64 for r in rows)
+    stored = _rows(home, "SELECT body, customer_ref FROM tickets WHERE id = 'api-1'")
+    assert stored == [{"body": "Please cancel my subscription", "customer_ref": "CUST-100200"}]
+
+
+def test_explain_gives_the_evidence(client, auth):
+    r = client.post("/explain", json=ticket("I was charged twice on my last invoice"),
+                    headers=auth)
+    assert r.status_code == 200, r.text
+    e = r.json()["explanation"]
+    assert e["reason"] and e["timings_ms"]
+    if e["stage"] in ("classifier", "review", "llm"):
+        probs = [p for _, p in e["top_classes"]]
+        assert probs == sorted(probs, reverse=True) and 0 < probs[0] <= 1
+    if e["stage"] == "cache":
+        assert e["neighbours"]
+
+
+def test_batch_keeps_order_and_limits(client, auth):
+    items = [ticket(text)["ticket"] for text in (
+        "I forgot my password", "my delivery is late", "cancel my plan please")]
+    r = client.post("/batch_classify", json={"tickets": items}, headers=auth)
+    assert r.status_code == 200, r.text
+    got = r.json()["decisions"]
+    assert [g["ticket_id"] for g in got] == [i["id"] for i in items]
+    assert got[0]["label"] == "password_reset"
+
+
+def test_feedback_labels_and_indexes(client, auth, home):
+    body = ticket("Where is my order? The courier never came", id="fb-1")
+    assert client.post("/classify", json=body, headers=auth).status_code == 200
+    r = client.post("/feedback", json={"ticket_id": "fb-1", "label": "delivery_delay"},
+                    headers=auth)
+    assert r.status_code == 200, r.text
+    labels = _rows(home, "SELECT label, origin FROM ticket_labels WHERE ticket_id = 'fb-1'")
+    assert labels == [{"label": "delivery_delay", "origin": "feedback"}]
+    bad = client.post("/feedback", json={"ticket_id": "fb-1", "label": "no_such_label"},
+                      headers=auth)
+    assert bad.status_code == 422 and "unknown label" in bad.json()["error"]
+    missing = client.post("/feedback", json={"ticket_id": "nope", "label": "delivery_delay"},
+                          headers=auth)
+    assert missing.status_code == 404
+
+
+def test_erasure_removes_the_customer_and_leaves_a_tombstone(client, auth, home):
+    for i in range(2):
+        body = ticket(f"my card number 4111 1111 1111 1111 was charged twice ({i})",
+                      id=f"gdpr-{i}", customer_ref="cust 555 001")
+        assert client.post("/classify", json=body, headers=auth).status_code == 200
+    r = client.delete("/customers/CUST-555001", headers=auth)
+    assert r.status_code == 200, r.text
+    assert r.json()["counts"]["tickets"] == 2
+    assert r.json()["counts"]["idempotency_keys"] == 2
+    assert _rows(home, "SELECT id FROM tickets WHERE id LIKE 'gdpr-%'") == []
+    tomb = _rows(home, "SELECT subject_hash, counts FROM erasures ORDER BY id DESC LIMIT 1")[0]
+    assert "555" not in tomb["subject_hash"] and tomb["counts"]["tickets"] == 2
+    audit = _rows(home, "SELECT text_hash, details::text AS d FROM decisions "
+                  "WHERE ticket_id LIKE 'gdpr-%'")
+    assert len(audit) == 2 and not any("4111" in a["d"] for a in audit)
+    # The same ticket again is a new classification: nothing was replayed from Redis.
+    again = client.post("/classify", json=ticket("my card number 4111 1111 1111 1111 was "
+                                                 "charged twice (0)", id="gdpr-0",
+                                                 customer_ref="cust 555 001"), headers=auth)
+    assert again.json()["decision"]["replayed"] is False
+    forbidden = client.delete("/customers/CUST-555001", headers=token(home, "classify"))
+    assert forbidden.status_code == 403
+
+
+def test_metrics_follow_prometheus_names(client, auth):
+    client.post("/classify", json=ticket("I forgot my password"), headers=auth)
+    text = client.get("/metrics").text
+    for name in ("cca_http_requests_total", "cca_http_request_duration_seconds_bucket",
+                 "cca_stage_duration_seconds_bucket", "cca_decisions_total",
+                 "cca_cache_lookups_total", "cca_audit_spool_pending", "cca_model_info",
+                 "cca_llm_circuit_open"):
+        assert name in text, name
+    assert 'stage="rules"' in text
