@@ -25,9 +25,14 @@ def serve_cmd(
                                                 help="Also run @challenger, log only.")] = None,
 ) -> None:
     """Serve the cascade over HTTP (BentoML): the @champion from the MLflow registry."""
+    from cca.bundle import current_version
+    from cca.errors import StateError
     from cca.store.server import start_embedded, stop_embedded
 
     s = settings()
+    if current_version(s.models_dir) is None and not list(s.models_dir.glob("LAST_GOOD_*")):
+        raise StateError(f"nothing to serve under {s.models_dir}: run `cca run` (Banking77) or "
+                         "`cca import` + `cca prepare` + `cca train` first")
     env = {**os.environ, "BENTOML_HOME": str(s.bentoml_home), "BENTOML_DO_NOT_TRACK": "True",
            "CCA_HOME": str(s.home)}
     for key, value in (("CCA_SERVE_PORT", port), ("CCA_SERVE_HOST", host),
