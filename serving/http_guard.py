@@ -96,9 +96,10 @@ class GuardMiddleware:
             seconds = time.perf_counter() - t0
             self.metrics.requests.labels(endpoint, str(status["code"])).inc()
             self.metrics.request_seconds.labels(endpoint).observe(seconds)
-            if status["code"] >= 500:
-                log.error("request failed", extra={"endpoint": endpoint,
-                                                   "status": status["code"]})
+            # The access log: one JSON line per request, ids and numbers only.
+            log.log(logging.ERROR if status["code"] >= 500 else logging.INFO, "request",
+                    extra={"endpoint": endpoint, "status": status["code"],
+                           "ms": round(seconds * 1000, 2)})
             request_id.reset(token)
 
 

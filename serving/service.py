@@ -93,6 +93,8 @@ def _tickets(items: list) -> list[Ticket]:
     traffic={"timeout": 60, "max_concurrency": 512},
     http={"port": _settings.serve_port, "host": _settings.serve_host},
     metrics={"enabled": True, "namespace": "bentoml_service"},
+    # serving.http_guard writes the access log as JSON with the request id.
+    logging={"access": {"enabled": False}},
 )
 @bentoml.asgi_app(app, path="/")
 class CallCentreAgent:

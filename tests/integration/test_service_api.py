@@ -146,3 +146,32 @@ def test_metrics_follow_prometheus_names(client, auth):
                  "cca_llm_circuit_open"):
         assert name in text, name
     assert 'stage="rules"' in text
+
+
+def test_logs_are_json_with_the_request_id_and_no_pii(client, auth):
+    import io
+    import json
+    import logging
+
+    from serving.logs import JsonFormatter
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    logger = logging.getLogger("cca")
+    logger.addHandler(handler)
+    try:
+        pii = ticket("Hi, I'm Margaret Thornbury, card 4111 1111 1111 1111, "
+                     "email margaret.t@example.com, my transfer failed",
+                     customer_ref="CUST-987654")
+        r = client.post("/classify", json=pii, headers={**auth, "X-Request-ID": "trace-42"})
+        assert r.status_code == 200 and r.headers["x-request-id"] == "trace-42"
+        bad = client.post("/classify", json={"ticket": {"id": "x", "body": 5}}, headers=auth)
+        assert bad.status_code == 422
+    finally:
+        logger.removeHandler(handler)
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert any(x["request_id"] == "trace-42" and x.get("status") == 200 for x in lines)
+    text = stream.getvalue()
+    for secret in ("Margaret", "Thornbury", "4111", "example.com", "987654", "Bearer"):
+        assert secret not in text, secret
