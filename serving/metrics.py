@@ -8,14 +8,8 @@ review rate ``cca_decisions_total{stage="review"} / ignoring(stage) sum(cca_deci
 
 from __future__ import annotations
 
-from prometheus_client import (
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    Info,
-    generate_latest,
-)
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import values as prometheus_values
 
 from cca.tickets import Decision
 
@@ -48,18 +42,28 @@ class ServiceMetrics:
         self.batch_size = Histogram("cca_batch_size", "Tickets per cascade batch (concurrent "
                                     "requests are grouped).", buckets=(1, 2, 4, 8, 16, 32, 64,
                                                                       128, 256), registry=r)
+        # Under `bentoml serve` every worker writes its values to PROMETHEUS_MULTIPROC_DIR and
+        # BentoML's /metrics aggregates them; the modes say how gauges combine across workers.
         self.spool_pending = Gauge("cca_audit_spool_pending", "Audit records on local disk "
-                                   "waiting for PostgreSQL.", registry=r)
+                                   "waiting for PostgreSQL.", registry=r,
+                                   multiprocess_mode="livesum")
         self.database_up = Gauge("cca_database_up", "1 while audit records reach PostgreSQL.",
-                                 registry=r)
-        self.redis_up = Gauge("cca_redis_up", "1 while Redis answers.", registry=r)
+                                 registry=r, multiprocess_mode="livemin")
+        self.redis_up = Gauge("cca_redis_up", "1 while Redis answers.", registry=r,
+                              multiprocess_mode="livemin")
         self.llm_breaker_open = Gauge("cca_llm_circuit_open", "1 while the LLM stage is "
-                                      "skipped after failures.", registry=r)
+                                      "skipped after failures.", registry=r,
+                                      multiprocess_mode="livemax")
         self.shadow = Counter("cca_shadow_decisions", "Challenger runs in shadow mode, by "
                               "agreement with the champion.", ["agreement"], registry=r)
         self.shadow_dropped = Counter("cca_shadow_dropped", "Shadow runs skipped because the "
                                       "shadow queue was full.", registry=r)
-        self.model = Info("cca_model", "The model bundles being served.", registry=r)
+        self.model_info = Gauge("cca_model_info", "The model bundles being served (value 1).",
+                                ["champion_bundle", "champion_registry_version",
+                                 "champion_source", "cascade_version", "challenger_bundle"],
+                                registry=r, multiprocess_mode="livemax")
+        # In multiprocess mode BentoML's collector already reads these values from disk.
+        self.multiprocess = prometheus_values.ValueClass is not prometheus_values.MutexValue
 
     def observe_decisions(self, decisions: list[Decision]) -> None:
         for d in decisions:
@@ -72,4 +76,7 @@ class ServiceMetrics:
                 self.cost.inc(d.cost_usd)
 
     def render(self) -> str:
+        """What to append to BentoML's /metrics: nothing when it already collected ours."""
+        if self.multiprocess:
+            return ""
         return generate_latest(self.registry).decode("utf-8")

@@ -15,6 +15,7 @@ from cca.feedback import apply_feedback
 from cca.llm_stage import get_llm_stage
 from cca.settings import Settings
 from cca.store import Database, open_database
+from cca.tickets import Ticket
 from rules import load_rules
 from serving.engine import Engine
 from serving.metrics import ServiceMetrics
@@ -72,11 +73,14 @@ class Runtime:
         engine.start()
         limiter = RateLimiter(settings.redis_url, settings.rate_limit_per_s,
                               settings.rate_limit_burst)
-        metrics.model.info({
-            "champion_bundle": champion.bundle_version,
-            "champion_registry_version": champion.registry_version or "",
-            "champion_source": champion.source, "cascade_version": cascade.version,
-            "challenger_bundle": challenger.bundle_version if challenger else ""})
+        metrics.model_info.labels(
+            champion_bundle=champion.bundle_version,
+            champion_registry_version=champion.registry_version or "",
+            champion_source=champion.source, cascade_version=cascade.version,
+            challenger_bundle=challenger.bundle_version if challenger else "").set(1)
+        # The first batch pays for lazy loading (spaCy, ONNX sessions, SQL statements):
+        # pay it before /readyz says ready, not on a caller's request.
+        cascade.classify_batch([Ticket(id="warm-up", body="warm up the models")])
         log.info("serving", extra={"model": cascade.version, "source": champion.source})
         return cls(settings, db, metrics, champion, cascade, engine, limiter, challenger,
                    ready=True)
