@@ -131,12 +131,34 @@ class Engine:
 
     # -- the audit sink (spool thread) ------------------------------------------------
     def _deliver(self, records: list[dict[str, Any]]) -> None:
-        with self.db.begin() as conn:
-            record_served(conn, records)
+        try:
+            with self.db.begin() as conn:
+                record_served(conn, records)
+        except (sa.exc.DataError, sa.exc.IntegrityError):
+            # The database refused the data, not the connection: retrying the batch forever
+            # would stop the audit. Store record by record; what is refused is quarantined.
+            self._deliver_one_by_one(records)
         if not self.database_up:
             log.info("PostgreSQL is back: audit records flushed",
                      extra={"pending": self.spool.pending})
         self.database_up = True
+
+    def _deliver_one_by_one(self, records: list[dict[str, Any]]) -> None:
+        from cca.store.quarantine import QuarantineItem, quarantine
+
+        for record in records:
+            try:
+                with self.db.begin() as conn:
+                    record_served(conn, [record])
+            except (sa.exc.DataError, sa.exc.IntegrityError) as exc:
+                reason = str(exc.orig or exc).strip().splitlines()[0][:300]
+                tid = record.get("ticket", {}).get("id") or record.get("ticket_id", "?")
+                with self.db.begin() as conn:
+                    quarantine(conn, [QuarantineItem(
+                        stage="serve-audit", source="api", location=f"ticket:{tid}",
+                        reason=f"audit record refused by PostgreSQL: {reason}",
+                        payload=record)])
+                log.error("audit record quarantined", extra={"error": type(exc).__name__})
 
     def _sink_failed(self, exc: Exception) -> None:
         self.database_up = False

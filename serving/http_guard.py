@@ -31,21 +31,39 @@ class ServiceError(Exception):
         self.status_code, self.message, self.headers = status_code, message, headers or {}
 
 
+def _json_bytes(payload: dict[str, Any]) -> bytes:
+    """JSON with <, > and & escaped (same meaning): a caller's text echoed in an error can
+    never become markup in a browser or log viewer."""
+    text = json.dumps(payload, ensure_ascii=False)
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026").encode()
+
+
+class SafeJSONResponse(JSONResponse):
+    def render(self, content: Any) -> bytes:
+        return _json_bytes(content)
+
+
 def error_response(status: int, message: str, headers: dict[str, str] | None = None,
                    detail: list[dict[str, Any]] | None = None) -> JSONResponse:
     body: dict[str, Any] = {"error": message, "request_id": request_id.get()}
     if detail is not None:
         body["detail"] = detail
-    return JSONResponse(body, status_code=status, headers=headers)
+    return SafeJSONResponse(body, status_code=status, headers=headers)
 
 
-class _TooLarge(Exception):
-    pass
+def too_large(limit: int) -> StarletteHTTPException:
+    return StarletteHTTPException(413, f"request body over {limit} bytes")
+
+
+_JSON_POSTS = {"/classify", "/batch_classify", "/explain", "/feedback"}
+_ENDPOINTS = _JSON_POSTS | {"/status", "/openapi.json", "/healthz", "/livez", "/readyz",
+                            "/metrics"}
 
 
 class GuardMiddleware:
-    """Pure ASGI (no per-request task switch): refuses bodies over ``max_body`` bytes before
-    they are read whole, sets X-Request-ID, counts and times every request."""
+    """Pure ASGI around the whole BentoML app: refuses bodies over ``max_body`` bytes before
+    they are read whole and non-JSON bodies on the JSON endpoints, sets X-Request-ID, turns
+    the router's plain-text 404/405 into the JSON error shape, counts and times requests."""
 
     def __init__(self, app: ASGIApp, max_body: int, metrics: ServiceMetrics) -> None:
         self.app, self.max_body, self.metrics = app, max_body, metrics
@@ -58,24 +76,47 @@ class GuardMiddleware:
                    for k, v in scope.get("headers", [])}
         rid = correlation_id(headers.get("x-request-id"))
         token = request_id.set(rid)
-        route = scope.get("path", "")
-        endpoint = route if route in _ENDPOINTS else ("/customers" if
-                                                       route.startswith("/customers/") else
-                                                       "other")
+        path, method = scope.get("path", ""), scope.get("method", "GET")
+        endpoint = path if path in _ENDPOINTS else (
+            "/customers" if path.startswith("/customers/") else "other")
         t0 = time.perf_counter()
-        status = {"code": 500}
+        state = {"code": 500, "started": False, "swallow": False}
 
         async def send_wrapped(message: Message) -> None:
             if message["type"] == "http.response.start":
-                status["code"] = message["status"]
-                message.setdefault("headers", [])
-                message["headers"] = [*message["headers"], (b"x-request-id", rid.encode())]
+                state["started"] = True
+                status = message["status"]
+                raw = dict(message.get("headers", []))
+                plain = raw.get(b"content-type", b"").startswith(b"text/plain")
+                if status in (404, 405) and plain:  # the outer router's own answer
+                    state["swallow"] = True
+                    allow = raw.get(b"allow", b"").decode("latin-1")
+                    text = (f"no endpoint {method} {path}" if status == 404 else
+                            f"method {method} not allowed on {path}"
+                            + (f" (allowed: {allow})" if allow else ""))
+                    state["code"] = status
+                    extra = {b"x-request-id": rid.encode(), b"x-content-type-options": b"nosniff"}
+                    if allow:
+                        extra[b"allow"] = allow.encode()
+                    await _send_json(send, status, text, extra)  # not send_wrapped: swallowing
+                    return
+                state["code"] = status
+                message["headers"] = [*message.get("headers", []),
+                                      (b"x-request-id", rid.encode()),
+                                      (b"x-content-type-options", b"nosniff")]
+            elif state["swallow"]:
+                return
             await send(message)
 
         try:
             declared = headers.get("content-length")
             if declared is not None and (not declared.isdigit() or int(declared) > self.max_body):
                 await _send_json(send_wrapped, 413, f"request body over {self.max_body} bytes")
+                return
+            ctype = headers.get("content-type", "").split(";")[0].strip().lower()
+            if method == "POST" and path in _JSON_POSTS and ctype != "application/json":
+                await _send_json(send_wrapped, 415, "Content-Type must be application/json"
+                                 f" (got {ctype or 'none'})")
                 return
             seen = 0
 
@@ -85,39 +126,42 @@ class GuardMiddleware:
                 if message["type"] == "http.request":
                     seen += len(message.get("body", b""))
                     if seen > self.max_body:
-                        raise _TooLarge
+                        raise too_large(self.max_body)
                 return message
 
             try:
                 await self.app(scope, receive_capped, send_wrapped)
-            except _TooLarge:
-                await _send_json(send_wrapped, 413, f"request body over {self.max_body} bytes")
+            except StarletteHTTPException as exc:  # raised outside the FastAPI app
+                if state["started"]:
+                    raise
+                await _send_json(send_wrapped, exc.status_code, str(exc.detail))
         finally:
             seconds = time.perf_counter() - t0
-            self.metrics.requests.labels(endpoint, str(status["code"])).inc()
+            self.metrics.requests.labels(endpoint, str(state["code"])).inc()
             self.metrics.request_seconds.labels(endpoint).observe(seconds)
             # The access log: one JSON line per request, ids and numbers only.
-            log.log(logging.ERROR if status["code"] >= 500 else logging.INFO, "request",
-                    extra={"endpoint": endpoint, "status": status["code"],
+            log.log(logging.ERROR if state["code"] >= 500 else logging.INFO, "request",
+                    extra={"endpoint": endpoint, "status": state["code"],
                            "ms": round(seconds * 1000, 2)})
             request_id.reset(token)
 
 
-_ENDPOINTS = {"/classify", "/batch_classify", "/explain", "/feedback", "/status",
-              "/openapi.json"}
-
-
-async def _send_json(send: Send, status: int, message: str) -> None:
-    body = json.dumps({"error": message, "request_id": request_id.get()}).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"),
-                            (b"content-length", str(len(body)).encode())]})
+async def _send_json(send: Send, status: int, message: str,
+                     extra: dict[bytes, bytes] | None = None) -> None:
+    body = _json_bytes({"error": message, "request_id": request_id.get()})
+    headers = [(b"content-type", b"application/json"),
+               (b"content-length", str(len(body)).encode()), *(extra or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 
 def _field(loc: tuple[Any, ...]) -> str:
-    parts = [str(p) for p in loc if p not in ("body",)]
-    return ".".join(parts) or "body"
+    """``("body", "ticket", "body")`` → ``ticket.body``: only the leading "body" (where
+    FastAPI found the value) goes, not a field that happens to be called body."""
+    parts = [str(p) for p in loc]
+    if parts and parts[0] == "body":
+        parts = parts[1:]
+    return ".".join(parts) or "request body"
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -12,6 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from cca.tickets import Decision, Priority, Stage, Ticket
+from pipelines.pii.sanitizer import normalise
 
 _TEXT_MAX = 20_000
 
@@ -35,14 +36,25 @@ class TicketIn(BaseModel):
                                      pattern=r"^[^\x00-\x1f\x7f]+$")
     created_at: datetime | None = Field(default=None, description="ISO 8601; default: now.")
     priority: Priority = "normal"
-    metadata: dict[str, str | int | float | bool | None] = Field(default_factory=dict,
-                                                                 max_length=50)
+    metadata: dict[str, str | int | float | bool | None] = Field(
+        default_factory=dict, max_length=50,
+        description="Flat key/value pairs (no control characters); kept with the ticket.")
 
     @field_validator("subject", "body")
     @classmethod
     def _no_nul(cls, v: str) -> str:
         if "\x00" in v:
             raise ValueError("text contains a NUL byte")
+        return v
+
+    @field_validator("metadata")
+    @classmethod
+    def _plain_metadata(cls, v: dict) -> dict:
+        # PostgreSQL's jsonb cannot hold NUL; other control characters have no business here.
+        for key, value in v.items():
+            for text in (key, value if isinstance(value, str) else ""):
+                if any((ord(c) < 32 and c not in "\t\n\r") or c == "\x7f" for c in text):
+                    raise ValueError(f"metadata {key!r:.40} contains a control character")
         return v
 
     @field_validator("created_at", mode="before")
@@ -58,8 +70,9 @@ class TicketIn(BaseModel):
 
     def to_ticket(self) -> Ticket:
         """The cascade's ticket, with only the fields the caller gave marked as set."""
-        if not (self.subject or self.body):
-            raise ValueError("ticket has no text: subject and body are both empty")
+        if not normalise(f"{self.subject} {self.body}"):
+            raise ValueError("ticket has no text: subject and body are empty (or only "
+                             "whitespace, control or zero-width characters)")
         given = self.model_dump(exclude_unset=True, exclude_none=True)
         given.setdefault("source", "api")
         return Ticket.model_validate(given)

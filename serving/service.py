@@ -54,10 +54,10 @@ app = FastAPI(
     "needs a bearer JWT with the scope named in its description.",
     docs_url="/api-docs",
     redoc_url=None,
-    responses={401: {"model": ErrorOut}, 403: {"model": ErrorOut}, 413: {"model": ErrorOut},
-               422: {"model": ErrorOut}, 429: {"model": ErrorOut}},
+    responses={400: {"model": ErrorOut}, 401: {"model": ErrorOut}, 403: {"model": ErrorOut},
+               404: {"model": ErrorOut}, 405: {"model": ErrorOut}, 413: {"model": ErrorOut},
+               415: {"model": ErrorOut}, 422: {"model": ErrorOut}, 429: {"model": ErrorOut}},
 )
-app.add_middleware(GuardMiddleware, max_body=_settings.serve_max_body_bytes, metrics=_metrics)
 install_error_handlers(app)
 
 
@@ -80,11 +80,15 @@ def _caller(scope: str):
 
 
 def _tickets(items: list) -> list[Ticket]:
-    try:
-        return [t.to_ticket() for t in items]
-    except (ValueError, ValidationError) as exc:
-        msg = exc.errors()[0]["msg"] if isinstance(exc, ValidationError) else str(exc)
-        raise ServiceError(422, msg) from exc
+    out = []
+    for i, item in enumerate(items):
+        try:
+            out.append(item.to_ticket())
+        except (ValueError, ValidationError) as exc:
+            msg = exc.errors()[0]["msg"] if isinstance(exc, ValidationError) else str(exc)
+            where = f"tickets[{i}] (id {item.id!r})" if len(items) > 1 else f"ticket {item.id!r}"
+            raise ServiceError(422, f"{where}: {msg}") from exc
+    return out
 
 
 @bentoml.service(
@@ -199,6 +203,11 @@ class CallCentreAgent:
     @app.get("/status", tags=["operate"], summary="Components and models (scope: admin)")
     async def status(self, caller: Annotated[Caller, Depends(_caller("admin"))]) -> dict:
         return self.runtime.status()
+
+
+# Around BentoML's whole app, so its own routes and its 404s get the same treatment.
+CallCentreAgent.add_asgi_middleware(GuardMiddleware, max_body=_settings.serve_max_body_bytes,
+                                    metrics=_metrics)
 
 
 def _out(served: Served):

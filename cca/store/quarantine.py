@@ -26,7 +26,9 @@ class QuarantineItem:
 def _clean(value: Any) -> Any:
     """Bytes that were not UTF-8 arrive as lone surrogates, which jsonb refuses."""
     if isinstance(value, str):
-        return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        # jsonb refuses NUL too.
+        return (value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+                .replace("\x00", "\ufffd"))
     if isinstance(value, dict):
         return {_clean(k): _clean(v) for k, v in value.items()}
     if isinstance(value, list | tuple):

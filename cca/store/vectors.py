@@ -132,6 +132,8 @@ def nearest(
     out: list[list[Neighbour]] = [[] for _ in range(len(queries))]
     rows = conn.execute(sql, {"vecs": [_vec(q) for q in queries], "excl": exclude}).all()
     for i, tid, label, sim in rows:
+        if sim is None or not np.isfinite(sim):  # a zero vector has no direction: no neighbour
+            continue
         out[i - 1].append(Neighbour(ticket_id=tid, label=label, similarity=float(sim)))
     return out
 
