@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class _Work:
+class Work:
     ticket: Ticket
     timings: dict[str, float]
     urgency: str = "normal"
@@ -42,6 +42,7 @@ class _Work:
     top_classes: list[tuple[str, float]] = field(default_factory=list)
     decision: Decision | None = None
     text_hash: str | None = None
+    embed_cost: float = 0.0
 
 
 class Cascade:
@@ -93,7 +94,7 @@ class Cascade:
         with self.db.begin() as conn:
             self.records = track_records(conn, self.embedder.model_id)
 
-    def _decision(self, w: _Work, stage: str, label: str | None, confidence: float,
+    def _decision(self, w: Work, stage: str, label: str | None, confidence: float,
                   **extra: object) -> Decision:
         return Decision(
             ticket_id=w.ticket.id, label=label,
@@ -107,7 +108,18 @@ class Cascade:
         return self.classify_batch([ticket], now=now)[0]
 
     def classify_batch(self, tickets: list[Ticket], now: datetime | None = None) -> list[Decision]:
-        work = [_Work(ticket=t, timings={}) for t in tickets]
+        work, waiting = self.start_batch(tickets, now)
+        self.finish_batch(waiting)
+        return [w.decision for w in work if w.decision is not None]
+
+    def start_batch(self, tickets: list[Ticket], now: datetime | None = None
+                    ) -> tuple[list[Work], list[Work]]:
+        """Every stage but the LLM: (all tickets, those still waiting for the LLM).
+
+        The service answers the decided ones at once and finishes the rest elsewhere, so a
+        slow LLM never holds up a ticket the cheaper stages were sure about.
+        """
+        work = [Work(ticket=t, timings={}) for t in tickets]
         self._rules(work, now)
         # Every ticket is redacted, the rules' answers too: the audit keeps a hash of the
         # redacted text (the text every later stage, log and LLM sees), never of raw text.
@@ -116,19 +128,37 @@ class Cascade:
         pending = [w for w in work if w.decision is None]
         if pending:
             cost = self._embed_and_search(pending)
+            for w in pending:
+                w.embed_cost = cost / len(pending)
             rest = [w for w in pending if w.decision is None]
             if rest:
                 self._classifier(rest)
-            self._llm_or_review([w for w in rest if w.decision is None])
-            for w in pending:
-                assert w.decision is not None
-                w.decision.cost_usd += cost / len(pending)
+        waiting = [w for w in work if w.decision is None]
         for w in work:
-            assert w.decision is not None
-            w.decision.text_hash = w.text_hash
-        return [w.decision for w in work if w.decision is not None]
+            if w.decision is not None:
+                self._finalize(w)
+        return work, waiting
 
-    def _rules(self, work: list[_Work], now: datetime | None) -> None:
+    def finish_batch(self, waiting: list[Work]) -> None:
+        """The LLM (or review) for what ``start_batch`` left undecided."""
+        if waiting:
+            self._llm_or_review(waiting)
+            for w in waiting:
+                self._finalize(w)
+
+    @property
+    def llm_can_answer(self) -> bool:
+        """False when the LLM stage makes no call (disabled, or its circuit breaker open)."""
+        return not (isinstance(self.llm, DisabledLLMStage)
+                    or getattr(self.llm, "state", "") == "open")
+
+    @staticmethod
+    def _finalize(w: Work) -> None:
+        assert w.decision is not None
+        w.decision.cost_usd += w.embed_cost
+        w.decision.text_hash = w.text_hash
+
+    def _rules(self, work: list[Work], now: datetime | None) -> None:
         for w in work:
             t0 = time.perf_counter()
             hit = self.rules.apply(w.ticket, now=now)
@@ -139,7 +169,7 @@ class Cascade:
                                             rule_id=hit.rule_id,
                                             reason=f"rule {hit.rule_id} matched")
 
-    def _redact(self, todo: list[_Work]) -> None:
+    def _redact(self, todo: list[Work]) -> None:
         t0 = time.perf_counter()
         subjects = self.sanitizer.redact_many([w.ticket.subject for w in todo])
         bodies = self.sanitizer.redact_many([w.ticket.body for w in todo])
@@ -149,7 +179,7 @@ class Cascade:
             w.timings["redact"] = ms
             w.text_hash = w.ticket.content_hash()
 
-    def _embed_and_search(self, todo: list[_Work]) -> float:
+    def _embed_and_search(self, todo: list[Work]) -> float:
         """Embed once per batch and query pgvector once per batch; returns the embedding cost."""
         texts = [w.ticket.text for w in todo]
         t0 = time.perf_counter()
@@ -178,7 +208,7 @@ class Cascade:
                                             reason=answer.reason)
         return cost
 
-    def _classifier(self, todo: list[_Work]) -> None:
+    def _classifier(self, todo: list[Work]) -> None:
         t0 = time.perf_counter()
         clf = self.bundle.classifier
         texts = [w.ticket.text for w in todo]
@@ -210,11 +240,11 @@ class Cascade:
                     reason=f"calibrated probability {p[top[0]]:.3f} >= {self.threshold:.3f}",
                 )
 
-    def _llm_answers(self, todo: list[_Work], labels: list[str]) -> list[LLMAnswer | None]:
+    def _llm_answers(self, todo: list[Work], labels: list[str]) -> list[LLMAnswer | None]:
         """Ask the LLM about the batch's tickets concurrently (at most llm_max_concurrency at
         once), so a batch waits about one LLM round trip rather than one per ticket."""
 
-        def ask(w: _Work) -> LLMAnswer | None:
+        def ask(w: Work) -> LLMAnswer | None:
             t0 = time.perf_counter()
             answer = self.llm.classify(w.ticket, w.neighbours or [], labels)
             w.timings["llm"] = (time.perf_counter() - t0) * 1000
@@ -223,13 +253,12 @@ class Cascade:
         workers = min(self.settings.llm_max_concurrency, len(todo))
         # No threads when no call can reach the network (disabled stage, or its circuit
         # breaker open): they would only add latency (measured ~11 ms for 64 tickets).
-        idle = isinstance(self.llm, DisabledLLMStage) or getattr(self.llm, "state", "") == "open"
-        if workers <= 1 or idle:
+        if workers <= 1 or not self.llm_can_answer:
             return [ask(w) for w in todo]
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cca-llm") as pool:
             return list(pool.map(ask, todo))
 
-    def _llm_or_review(self, todo: list[_Work]) -> None:
+    def _llm_or_review(self, todo: list[Work]) -> None:
         labels = self.bundle.info.labels
         answers = self._llm_answers(todo, labels)
         for w, answer in zip(todo, answers, strict=True):

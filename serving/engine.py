@@ -13,13 +13,15 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
 
-from cca.cascade import Cascade
+from cca.cascade import Cascade, Work
 from cca.errors import StateError
 from cca.settings import Settings
 from cca.store import Database
@@ -51,6 +53,15 @@ class Served:
     replayed: bool
 
 
+@dataclass(frozen=True)
+class Pending:
+    """A ticket waiting for the LLM: item ``index`` of what ``future`` returns."""
+
+    future: Future[list[Served]]
+    index: int
+    replayed: bool = False
+
+
 class Engine:
     def __init__(self, settings: Settings, db: Database, cascade: Cascade,
                  metrics: ServiceMetrics, shadow: ShadowRunner | None = None,
@@ -66,6 +77,8 @@ class Engine:
         self.idempotency = IdempotencyStore(settings.redis_url, settings.serve_idempotency_ttl_s,
                                             self._replay_from_db)
         self.database_up = True
+        self.on_state: Callable[[], None] | None = None
+        self._llm_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="cca-llm-batch")
 
     def start(self) -> None:
         self.spool.start()
@@ -73,6 +86,7 @@ class Engine:
             self.shadow.start(self.spool.append)
 
     def close(self) -> None:
+        self._llm_pool.shutdown(wait=True)
         if self.shadow is not None:
             self.shadow.close()
         self.spool.close()
@@ -85,13 +99,17 @@ class Engine:
         payload = json.dumps(given, sort_keys=True, separators=(",", ":")).encode()
         return hmac.new(self._key, payload, hashlib.sha256).hexdigest()
 
-    def handle(self, jobs: list[Job]) -> list[Served]:
-        """Replays from the idempotency store, one cascade batch for the rest, audit spooled."""
+    def handle(self, jobs: list[Job]) -> list[Served | Pending]:
+        """Replays from the idempotency store, one cascade batch for the rest, audit spooled.
+
+        Tickets that need the LLM come back as ``Pending``: they finish on the LLM threads,
+        so the others in the batch are answered without waiting for an LLM round trip.
+        """
         t0 = time.perf_counter()
         hashes = [self.request_hash(j.ticket) for j in jobs]
         stored = self.idempotency.get_many([(j.ticket.id, h)
                                             for j, h in zip(jobs, hashes, strict=True)])
-        out: list[Served | None] = [
+        out: list[Served | Pending | None] = [
             Served(Decision.model_validate(s), True) if s is not None else None for s in stored]
         # The same ticket twice in one batch is classified once (the second is a replay).
         first: dict[tuple[str, str], int] = {}
@@ -102,32 +120,68 @@ class Engine:
                 todo.append(i)
         if todo:
             self.metrics.batch_size.observe(len(todo))
-            decisions = self.cascade.classify_batch([jobs[i].ticket for i in todo])
-            now = datetime.now(UTC).isoformat()
-            records = []
-            for i, d in zip(todo, decisions, strict=True):
-                out[i] = Served(d, False)
-                j = jobs[i]
-                records.append({
-                    "kind": "decision", "record_id": str(uuid.uuid4()), "at": now,
-                    "ticket": j.ticket.model_dump(mode="json", exclude_unset=True),
-                    "request_hash": hashes[i], "decision": d.model_dump(mode="json"),
-                    "caller": j.caller, "request_id": j.request_id, "endpoint": j.endpoint})
-            self.spool.append(records)  # durable before anyone can replay it
-            self.idempotency.put_many([(jobs[i].ticket.id, hashes[i], r["decision"])
-                                       for i, r in zip(todo, records, strict=True)])
-            self.metrics.observe_decisions(decisions)
-            if self.shadow is not None:
-                self.shadow.submit([jobs[i].ticket for i in todo], decisions)
+            work, waiting = self.cascade.start_batch([jobs[i].ticket for i in todo])
+            if waiting and not self.cascade.llm_can_answer:
+                self.cascade.finish_batch(waiting)  # review at once: no call will be made
+                waiting = []
+            later_ids = {id(w) for w in waiting}
+            done = [(i, w) for i, w in zip(todo, work, strict=True) if id(w) not in later_ids]
+            later = [(i, w) for i, w in zip(todo, work, strict=True) if id(w) in later_ids]
+            served = self._record([(jobs[i], hashes[i], w.decision) for i, w in done])
+            for (i, _), s in zip(done, served, strict=True):
+                out[i] = s
+            if later:
+                future = self._llm_pool.submit(
+                    self._finish_later, [(jobs[i], hashes[i]) for i, _ in later],
+                    [w for _, w in later])
+                for k, (i, _) in enumerate(later):
+                    out[i] = Pending(future, k)
         for i, (j, h) in enumerate(zip(jobs, hashes, strict=True)):
             if out[i] is None:  # a repeat within this batch
-                out[i] = Served(out[first[(j.ticket.id, h)]].decision, True)  # type: ignore[union-attr]
+                src = out[first[(j.ticket.id, h)]]
+                out[i] = (Pending(src.future, src.index, True) if isinstance(src, Pending)
+                          else Served(src.decision, True))  # type: ignore[union-attr]
         replays = sum(1 for s in out if s is not None and s.replayed)
         if replays:
             self.metrics.replays.inc(replays)
+        self.state_changed()
         log.debug("batch done", extra={"tickets": len(jobs), "replays": replays,
                                        "ms": round((time.perf_counter() - t0) * 1000, 2)})
         return [s for s in out if s is not None]
+
+    def _record(self, items: list[tuple[Job, str, Decision | None]]) -> list[Served]:
+        """Spool (durable), then make replayable, count, and hand to the shadow."""
+        if not items:
+            return []
+        now = datetime.now(UTC).isoformat()
+        records = []
+        for j, h, d in items:
+            assert d is not None
+            records.append({
+                "kind": "decision", "record_id": str(uuid.uuid4()), "at": now,
+                "ticket": j.ticket.model_dump(mode="json", exclude_unset=True),
+                "request_hash": h, "decision": d.model_dump(mode="json"),
+                "caller": j.caller, "request_id": j.request_id, "endpoint": j.endpoint})
+        self.spool.append(records)  # durable before anyone can replay it
+        self.idempotency.put_many([(j.ticket.id, h, r["decision"])
+                                   for (j, h, _), r in zip(items, records, strict=True)])
+        decisions = [d for _, _, d in items if d is not None]
+        self.metrics.observe_decisions(decisions)
+        if self.shadow is not None:
+            self.shadow.submit([j.ticket for j, _, _ in items], decisions)
+        return [Served(d, False) for d in decisions]
+
+    def _finish_later(self, pairs: list[tuple[Job, str]], works: list[Work]) -> list[Served]:
+        self.cascade.finish_batch(works)
+        served = self._record([(j, h, w.decision) for (j, h), w in zip(pairs, works,
+                                                                        strict=True)])
+        self.state_changed()
+        return served
+
+    def state_changed(self) -> None:
+        """Keep the health gauges current (set by the runtime)."""
+        if self.on_state is not None:
+            self.on_state()
 
     # -- the audit sink (spool thread) ------------------------------------------------
     def _deliver(self, records: list[dict[str, Any]]) -> None:
@@ -141,7 +195,8 @@ class Engine:
         if not self.database_up:
             log.info("PostgreSQL is back: audit records flushed",
                      extra={"pending": self.spool.pending})
-        self.database_up = True
+            self.database_up = True
+            self.state_changed()
 
     def _deliver_one_by_one(self, records: list[dict[str, Any]]) -> None:
         from cca.store.quarantine import QuarantineItem, quarantine
@@ -161,7 +216,9 @@ class Engine:
                 log.error("audit record quarantined", extra={"error": type(exc).__name__})
 
     def _sink_failed(self, exc: Exception) -> None:
-        self.database_up = False
+        if self.database_up:
+            self.database_up = False
+            self.state_changed()
 
     def _replay_from_db(self, ticket_id: str, request_hash: str) -> dict | None:
         with self.db.begin() as conn:
@@ -170,12 +227,20 @@ class Engine:
     # -- right to deletion ------------------------------------------------------------
     def erase(self, customer_ref: str, actor: str) -> dict[str, int]:
         """Every trace of a customer except the anonymised tombstone (see ``erase_customer``)."""
-        if not self.spool.flush(timeout_s=10):
+        # Known down (records waiting): say so at once instead of waiting on the spool.
+        if not self.spool.flush(timeout_s=10 if self.database_up else 1):
             raise StateError("PostgreSQL is unreachable: erasure not done, try again later "
                              f"({self.spool.pending} audit records waiting)")
         core = canonical_customer(customer_ref)
         if not core:
             raise ValueError("customer reference has no letters or digits")
+        try:
+            return self._erase(core, actor)
+        except sa.exc.OperationalError as exc:
+            raise StateError("PostgreSQL is unreachable: erasure not done, try again later"
+                             ) from exc
+
+    def _erase(self, core: str, actor: str) -> dict[str, int]:
         with self.db.begin() as conn:
             refs = [r for (r,) in conn.execute(sa.text(
                 "SELECT DISTINCT customer_ref FROM tickets WHERE customer_ref IS NOT NULL "

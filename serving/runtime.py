@@ -8,9 +8,12 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+import sqlalchemy as sa
+
 from cca.bundle import load_bundle
 from cca.cascade import Cascade
 from cca.embeddings import get_deep_embedder, get_embedder
+from cca.errors import StateError
 from cca.feedback import apply_feedback
 from cca.llm_stage import get_llm_stage
 from cca.settings import Settings
@@ -80,24 +83,30 @@ class Runtime:
             challenger_bundle=challenger.bundle_version if challenger else "").set(1)
         # The first batch pays for lazy loading (spaCy, ONNX sessions, SQL statements):
         # pay it before /readyz says ready, not on a caller's request.
-        cascade.classify_batch([Ticket(id="warm-up", body="warm up the models")])
+        # start_batch only: the warm-up must not cost an LLM call.
+        cascade.start_batch([Ticket(id="warm-up", body="warm up the models")])
         log.info("serving", extra={"model": cascade.version, "source": champion.source})
-        return cls(settings, db, metrics, champion, cascade, engine, limiter, challenger,
-                   ready=True)
+        runtime = cls(settings, db, metrics, champion, cascade, engine, limiter, challenger,
+                      ready=True)
+        engine.on_state = runtime.refresh_gauges
+        runtime.refresh_gauges()
+        return runtime
 
     def feedback(self, ticket_id: str, label: str, actor: str) -> str:
         """The continuous-learning loop (``cca.feedback``), then the cache's new track record.
 
         Waits for the spool first, so a ticket classified a moment ago is in the store."""
-        if not self.engine.spool.flush(timeout_s=10):
-            from cca.errors import StateError
-
+        if not self.engine.spool.flush(timeout_s=10 if self.engine.database_up else 1):
             raise StateError("PostgreSQL is unreachable: feedback not stored, try again later")
-        message = apply_feedback(self.settings, self.db, ticket_id, label,
-                                 bundle=self.cascade.bundle,
-                                 embedders=[e for e in (self.cascade.embedder,
-                                                        self.cascade.deep_embedder) if e])
-        self.cascade.refresh_track_records()
+        try:
+            message = apply_feedback(self.settings, self.db, ticket_id, label,
+                                     bundle=self.cascade.bundle,
+                                     embedders=[e for e in (self.cascade.embedder,
+                                                            self.cascade.deep_embedder) if e])
+            self.cascade.refresh_track_records()
+        except sa.exc.OperationalError as exc:
+            raise StateError("PostgreSQL is unreachable: feedback not stored, try again "
+                             "later") from exc
         return message
 
     def refresh_gauges(self) -> None:

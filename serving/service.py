@@ -24,7 +24,7 @@ from cca.settings import Settings
 from cca.tickets import Ticket
 from serving.auth import Authenticator, AuthError, Caller
 from serving.batcher import MicroBatcher
-from serving.engine import Job, Served
+from serving.engine import Job, Pending, Served
 from serving.http_guard import GuardMiddleware, ServiceError, install_error_handlers
 from serving.logs import configure, request_id
 from serving.metrics import ServiceMetrics
@@ -108,7 +108,7 @@ class CallCentreAgent:
         self.runtime = Runtime.start(self.settings, _metrics)
         self.auth = Authenticator(self.settings)
         self.limiter = self.runtime.limiter
-        self.batcher: MicroBatcher[Job, Served] = MicroBatcher(
+        self.batcher: MicroBatcher[Job, Served | Pending] = MicroBatcher(
             self.runtime.engine.handle, self.settings.serve_batch_max_size,
             self.settings.serve_batch_wait_ms / 1000)
 
@@ -127,7 +127,14 @@ class CallCentreAgent:
     async def _serve(self, items: list, caller: Caller, endpoint: str) -> list[Served]:
         tickets = _tickets(items)
         jobs = [Job(t, caller.subject, request_id.get(), endpoint) for t in tickets]
-        return await self.batcher.submit(jobs)
+        results = await self.batcher.submit(jobs)
+        out = []
+        for r in results:  # tickets that went to the LLM finish on their own threads
+            if isinstance(r, Pending):
+                done = (await asyncio.wrap_future(r.future))[r.index]
+                r = Served(done.decision, True) if r.replayed else done
+            out.append(r)
+        return out
 
     @app.post("/classify", response_model=ClassifyResponse, tags=["classify"],
               summary="Route one ticket (scope: classify)")

