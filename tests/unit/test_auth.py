@@ -71,7 +71,9 @@ def tampered() -> str:
     return bearer(f"{head}.{forged.decode()}.{sig}")
 
 
-NOW = int(time.time())
+def now() -> int:
+    """At call time: the table's tokens must be relative to when each row runs."""
+    return int(time.time())
 # (case, Authorization header, scope asked, expected status, message fragment)
 REFUSALS: list[tuple[str, Callable[[], str | None], str, int, str]] = [
     ("no header", lambda: None, "classify", 401, "missing Authorization header"),
@@ -96,19 +98,19 @@ REFUSALS: list[tuple[str, Callable[[], str | None], str, int, str]] = [
     ("wrong audience", lambda: bearer(token(aud="other")), "classify", 401,
      "audience is not 'cca-api'"),
     ("no audience", lambda: bearer(token(aud=None)), "classify", 401, "no 'aud' claim"),
-    ("expired", lambda: bearer(token(iat=NOW - 700, exp=NOW - 60)), "classify", 401,
+    ("expired", lambda: bearer(token(iat=now() - 700, exp=now() - 60)), "classify", 401,
      "token expired"),
-    ("nbf ahead", lambda: bearer(token(nbf=NOW + 300)), "classify", 401, "not valid yet"),
-    ("iat ahead", lambda: bearer(token(iat=NOW + 300, exp=NOW + 900)), "classify", 401,
+    ("nbf ahead", lambda: bearer(token(nbf=now() + 300)), "classify", 401, "not valid yet"),
+    ("iat ahead", lambda: bearer(token(iat=now() + 300, exp=now() + 900)), "classify", 401,
      "not valid yet"),
     ("no exp", lambda: bearer(token(exp=None)), "classify", 401, "no 'exp' claim"),
     ("no iat", lambda: bearer(token(iat=None)), "classify", 401, "no 'iat' claim"),
     ("no sub", lambda: bearer(token(sub=None)), "classify", 401, "no 'sub' claim"),
     ("empty sub", lambda: bearer(token(sub="")), "classify", 401, "'sub' claim is empty"),
     ("exp not a number", lambda: bearer(token(exp="soon")), "classify", 401, "malformed"),
-    ("a day long", lambda: bearer(token(iat=NOW, exp=NOW + 86400)), "classify", 401,
+    ("a day long", lambda: bearer(token(iat=now(), exp=now() + 86400)), "classify", 401,
      "lifetime 86400s exceeds the 3600s limit"),
-    ("backdated long", lambda: bearer(token(iat=NOW - 3000, exp=NOW + 1200)), "classify", 401,
+    ("backdated long", lambda: bearer(token(iat=now() - 3000, exp=now() + 1200)), "classify", 401,
      "exceeds the 3600s limit"),
     ("wrong scope", lambda: bearer(token(scope="classify")), "feedback", 403,
      "token lacks scope 'feedback' (has: classify)"),

@@ -271,7 +271,7 @@ def test_few_shot_is_capped_and_ordered():
 
 
 def test_cascade_asks_the_llm_for_a_batch_concurrently(fake, stage_for, tmp_path):
-    from cca.cascade import Cascade, _Work
+    from cca.cascade import Cascade, Work
 
     fake.delay_s = 0.3
     settings = make_settings(tmp_path, fake.base_url, llm_max_concurrency=4)
@@ -283,7 +283,7 @@ def test_cascade_asks_the_llm_for_a_batch_concurrently(fake, stage_for, tmp_path
     cascade.threshold, cascade.version = 0.95, "test"
     cascade.sanitizer = Sanitizer(b"k" * 32, ner=False)
     raw = "Refund please, write to john.smith@example.org"
-    work = [_Work(ticket=Ticket(id=f"c{i}", body=raw), timings={},
+    work = [Work(ticket=Ticket(id=f"c{i}", body=raw), timings={},
                   top_classes=[("billing_question", 0.5)]) for i in range(4)]
     cascade._redact(work)
     t0 = time.perf_counter()
