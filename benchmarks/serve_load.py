@@ -319,6 +319,7 @@ class Tally:
         self.n = 0  # requests sent (answered or not)
         self.ok = 0
         self.errors: dict[str, int] = {}
+        self.examples: dict[str, str] = {}  # the first message of each error kind
         self.replayed = 0
 
     def error(self, kind: str) -> None:
@@ -339,7 +340,9 @@ async def _post(session: aiohttp.ClientSession, url: str, body: bytes,
             payload = await r.read()
             status = r.status
     except (aiohttp.ClientError, TimeoutError) as exc:
-        tally.error(type(exc).__name__)
+        kind = type(exc).__name__
+        tally.error(kind)
+        tally.examples.setdefault(kind, str(exc)[:200])
         return
     if status != 200:
         tally.error(f"http_{status}")
@@ -574,14 +577,25 @@ class Bench:
                 tally.replayed += t.replayed
                 for k, v in t.errors.items():
                     tally.errors[k] = tally.errors.get(k, 0) + v
+                for k, v in t.examples.items():
+                    tally.examples.setdefault(k, v)
             if t.ok:
                 service_ms.append((time.perf_counter() - sent) * 1000)
 
         async def sample_rss(t0: float, stop: asyncio.Event) -> None:
+            last = None
             while True:
                 s = self.server.tree.sample()
-                rss.append({"t_s": round(time.perf_counter() - t0, 1), "rss_mb": s["rss_mb"],
-                            "processes": s["processes"], "loadavg": _loadavg()})
+                now, busy = time.perf_counter(), _machine_busy_s()
+                row = {"t_s": round(now - t0, 1), "rss_mb": s["rss_mb"],
+                       "processes": s["processes"], "loadavg": _loadavg()}
+                if last is not None:  # CPU over the interval: is a slow spell ours or not?
+                    dt = now - last[0]
+                    row["server_cpu_cores"] = round((s["cpu_s"] - last[1]) / dt, 3)
+                    row["machine_busy_cores"] = round((busy - last[2]) / dt, 3)
+                    row["done_per_s"] = round((overall.n - last[3]) / dt, 1)
+                last = (now, s["cpu_s"], busy, overall.n)
+                rss.append(row)
                 try:
                     await asyncio.wait_for(stop.wait(), self.args.rss_every)
                     return
@@ -625,6 +639,14 @@ class Bench:
         def window(m: int) -> list[float]:
             return [r["rss_mb"] for r in rss if m * 60 <= r["t_s"] < (m + 1) * 60]
 
+        def cpu_in(m: int) -> dict[str, float]:
+            rows = [r for r in rss
+                    if m * 60 < r["t_s"] <= (m + 1) * 60 and "server_cpu_cores" in r]
+            if not rows:
+                return {}
+            return {k: round(float(np.mean([r[k] for r in rows])), 2)
+                    for k in ("server_cpu_cores", "machine_busy_cores")}
+
         first, last = window(0), window(len(per_minute) - 1)
         rss_first = round(float(np.mean(first)), 1) if first else None
         rss_last = round(float(np.mean(last)), 1) if last else None
@@ -635,11 +657,12 @@ class Bench:
             "achieved_req_per_s": round(overall.n / u.wall, 1),
             "answered_2xx_per_s": round(overall.ok / u.wall, 1),
             "errors": overall.n_errors, "error_kinds": overall.errors,
+            "error_examples": overall.examples,
             "replayed": overall.replayed,
             "latency_ms_from_schedule": _pcts(overall.ms),
             "latency_ms_from_send": _pcts(service_ms),
             "per_minute": [{"minute": m + 1, "requests": t.n,
-                            "errors": t.n_errors, **_pcts(t.ms)}
+                            "errors": t.n_errors, **_pcts(t.ms), **cpu_in(m)}
                            for m, t in enumerate(per_minute)],
             "rss_mb_minute_1_mean": rss_first, "rss_mb_last_minute_mean": rss_last,
             "rss_growth_pct": growth,
@@ -727,7 +750,9 @@ async def _run(args: argparse.Namespace, report: dict[str, Any], settings) -> No
             p = report["soak"] = await bench.soak()
             for m in p["per_minute"]:
                 print(f"  minute {m['minute']}: {m['requests']} req, p50 {m['p50']} / p95 "
-                      f"{m['p95']} / p99 {m['p99']} ms, errors {m['errors']}", flush=True)
+                      f"{m['p95']} / p99 {m['p99']} ms, errors {m['errors']}; server "
+                      f"{m.get('server_cpu_cores')} cores, machine {m.get('machine_busy_cores')} "
+                      "cores busy", flush=True)
             print(f"4 soak: errors {p['errors']}, RSS minute 1 {p['rss_mb_minute_1_mean']} MB"
                   f" -> last minute {p['rss_mb_last_minute_mean']} MB "
                   f"({p['rss_growth_pct']}%); generator {p['usage']['generator_cpu_cores']} "
