@@ -62,6 +62,9 @@ class OnnxMiniLM:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
+        # Idle intra-op threads spin by default: in the service that burns the core the
+        # event loop and the audit need, for no gain on the short batches it embeds.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(
             str(model_file), sess_options=opts, providers=["CPUExecutionProvider"]
         )

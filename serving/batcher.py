@@ -2,8 +2,9 @@
 
 The cascade embeds, searches pgvector and runs the classifier once per batch, so 20 clients
 each sending one ticket cost about as much as one request of 20 tickets. There is no fixed
-wait at low load: when the worker is idle a request starts at once, and whatever arrives while
-it is busy forms the next batch (up to ``max_size`` tickets, after at most ``max_wait_s``).
+wait by default: when the worker is idle a request starts at once, and whatever arrives while
+it is busy forms the next batch (up to ``max_size`` tickets). ``max_wait_s`` > 0 trades that
+latency for fuller batches.
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ class MicroBatcher(Generic[In, Out]):
         while True:
             group = [await self._queue.get()]
             size = len(group[0][0])
+            # What queued up while the last batch ran joins this one at once: an idle worker
+            # never waits. Only a non-zero max_wait_s holds a partial batch back for more.
             deadline = loop.time() + self.max_wait_s
             while size < self.max_size:
                 try:
@@ -55,7 +58,7 @@ class MicroBatcher(Generic[In, Out]):
                         nxt = await asyncio.wait_for(self._queue.get(), remaining)
                     except TimeoutError:
                         break
-                if size + len(nxt[0]) > self.max_size and size > 0:
+                if size + len(nxt[0]) > self.max_size:
                     await self._run_group(loop, group)
                     group, size = [nxt], len(nxt[0])
                     deadline = loop.time() + self.max_wait_s

@@ -25,7 +25,7 @@ from cca.cascade import Cascade, Work
 from cca.errors import StateError
 from cca.settings import Settings
 from cca.store import Database
-from cca.store.served import erase_customer, record_served, served_decision
+from cca.store.served import erase_customer, record_served, served_decisions
 from cca.tickets import Decision, Ticket
 from pipelines.pii.sanitizer import canonical_customer, load_or_create_key
 from serving.audit_spool import AuditSpool
@@ -79,6 +79,7 @@ class Engine:
         self.database_up = True
         self.on_state: Callable[[], None] | None = None
         self._llm_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="cca-llm-batch")
+        self._lookups = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cca-idem-db")
 
     def start(self) -> None:
         self.spool.start()
@@ -87,8 +88,10 @@ class Engine:
 
     def close(self) -> None:
         self._llm_pool.shutdown(wait=True)
+        self._lookups.shutdown(wait=True)
         if self.shadow is not None:
             self.shadow.close()
+        self.idempotency.close()
         self.spool.close()
 
     # -- the request path -------------------------------------------------------------
@@ -107,26 +110,36 @@ class Engine:
         """
         t0 = time.perf_counter()
         hashes = [self.request_hash(j.ticket) for j in jobs]
-        stored = self.idempotency.get_many([(j.ticket.id, h)
-                                            for j, h in zip(jobs, hashes, strict=True)])
-        out: list[Served | Pending | None] = [
-            Served(Decision.model_validate(s), True) if s is not None else None for s in stored]
+        pairs = [(j.ticket.id, h) for j, h in zip(jobs, hashes, strict=True)]
+        stored, misses = self.idempotency.get_cached(pairs)
+        # Redis misses may still be replays PostgreSQL knows (Redis restarted, or the entry
+        # expired): that query runs while the cascade classifies them, and a ticket it finds
+        # is replayed, its fresh decision dropped unseen. The batch never waits for both.
+        in_db = (self._lookups.submit(self.idempotency.fill_from_db, pairs, misses, stored)
+                 if misses else None)
         # The same ticket twice in one batch is classified once (the second is a replay).
         first: dict[tuple[str, str], int] = {}
         todo: list[int] = []
-        for i, (j, h) in enumerate(zip(jobs, hashes, strict=True)):
-            if out[i] is None and (j.ticket.id, h) not in first:
-                first[(j.ticket.id, h)] = i
+        for i in misses:
+            if pairs[i] not in first:
+                first[pairs[i]] = i
                 todo.append(i)
-        if todo:
-            self.metrics.batch_size.observe(len(todo))
-            work, waiting = self.cascade.start_batch([jobs[i].ticket for i in todo])
-            if waiting and not self.cascade.llm_can_answer:
-                self.cascade.finish_batch(waiting)  # review at once: no call will be made
-                waiting = []
+        work, waiting = (self.cascade.start_batch([jobs[i].ticket for i in todo]) if todo
+                         else ([], []))
+        if in_db is not None:
+            in_db.result()
+        out: list[Served | Pending | None] = [
+            Served(Decision.model_validate(s), True) if s is not None else None for s in stored]
+        fresh = [(i, w) for i, w in zip(todo, work, strict=True) if stored[i] is None]
+        if fresh:
+            self.metrics.batch_size.observe(len(fresh))
             later_ids = {id(w) for w in waiting}
-            done = [(i, w) for i, w in zip(todo, work, strict=True) if id(w) not in later_ids]
-            later = [(i, w) for i, w in zip(todo, work, strict=True) if id(w) in later_ids]
+            if later_ids and not self.cascade.llm_can_answer:
+                # Review at once: no call will be made.
+                self.cascade.finish_batch([w for _, w in fresh if id(w) in later_ids])
+                later_ids = set()
+            done = [(i, w) for i, w in fresh if id(w) not in later_ids]
+            later = [(i, w) for i, w in fresh if id(w) in later_ids]
             served = self._record([(jobs[i], hashes[i], w.decision) for i, w in done])
             for (i, _), s in zip(done, served, strict=True):
                 out[i] = s
@@ -136,9 +149,9 @@ class Engine:
                     [w for _, w in later])
                 for k, (i, _) in enumerate(later):
                     out[i] = Pending(future, k)
-        for i, (j, h) in enumerate(zip(jobs, hashes, strict=True)):
+        for i, pair in enumerate(pairs):
             if out[i] is None:  # a repeat within this batch
-                src = out[first[(j.ticket.id, h)]]
+                src = out[first[pair]]
                 out[i] = (Pending(src.future, src.index, True) if isinstance(src, Pending)
                           else Served(src.decision, True))  # type: ignore[union-attr]
         replays = sum(1 for s in out if s is not None and s.replayed)
@@ -163,8 +176,10 @@ class Engine:
                 "request_hash": h, "decision": d.model_dump(mode="json"),
                 "caller": j.caller, "request_id": j.request_id, "endpoint": j.endpoint})
         self.spool.append(records)  # durable before anyone can replay it
+        # Sent to Redis off the request path; this process replays it from memory until then.
         self.idempotency.put_many([(j.ticket.id, h, r["decision"])
-                                   for (j, h, _), r in zip(items, records, strict=True)])
+                                   for (j, h, _), r in zip(items, records, strict=True)],
+                                  wait=False)
         decisions = [d for _, _, d in items if d is not None]
         self.metrics.observe_decisions(decisions)
         if self.shadow is not None:
@@ -220,9 +235,9 @@ class Engine:
             self.database_up = False
             self.state_changed()
 
-    def _replay_from_db(self, ticket_id: str, request_hash: str) -> dict | None:
+    def _replay_from_db(self, items: list[tuple[str, str]]) -> list[dict | None]:
         with self.db.begin() as conn:
-            return served_decision(conn, ticket_id, request_hash)
+            return served_decisions(conn, items)
 
     # -- right to deletion ------------------------------------------------------------
     def erase(self, customer_ref: str, actor: str) -> dict[str, int]:

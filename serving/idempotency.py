@@ -14,12 +14,14 @@ import json
 import logging
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 from serving.redis_guard import RedisGuard, RedisUnavailable
 
 log = logging.getLogger("cca.serving.idempotency")
 
-DbLookup = Callable[[str, str], "dict | None"]
+# (ticket id, request hash) pairs -> the stored decision of each, or None
+DbLookup = Callable[[list[tuple[str, str]]], "list[dict | None]"]
 
 _FORGET_CHUNK = 1000
 
@@ -53,6 +55,9 @@ class IdempotencyStore:
             cooldown_s=cooldown_s, logger=log,
         )
         self._lock = threading.Lock()
+        # key -> encoded entry accepted by put_many(wait=False) and not yet sent to Redis
+        self._inflight: dict[str, str] = {}
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cca-idem-put")
         self._db_up = True
         self.hits_redis = 0
         self.hits_db = 0
@@ -77,8 +82,16 @@ class IdempotencyStore:
 
     def get_many(self, items: list[tuple[str, str]]) -> list[dict | None]:
         """One MGET for the batch; misses go to ``db_lookup`` and DB hits re-warm Redis."""
+        out, misses = self.get_cached(items)
+        if misses:
+            self.fill_from_db(items, misses, out)
+        return out
+
+    def get_cached(self, items: list[tuple[str, str]]) -> tuple[list[dict | None], list[int]]:
+        """Decisions from this process' unsent writes and one Redis MGET, and the indices of
+        the misses (for ``fill_from_db``, which the service runs while it classifies them)."""
         if not items:
-            return []
+            return [], []
         keys = [self.key(tid) for tid, _ in items]
         try:
             raws = self._guard.run(lambda r: r.mget(keys))
@@ -87,20 +100,20 @@ class IdempotencyStore:
         out: list[dict | None] = []
         redis_hits = 0
         misses: list[int] = []
+        with self._lock:
+            inflight = [self._inflight.get(k) for k in keys] if self._inflight else None
         for i, ((_, h), raw) in enumerate(zip(items, raws, strict=True)):
-            decision = self._decode(raw, h)
+            decision = self._decode(inflight[i] if inflight and inflight[i] else raw, h)
             if decision is None:
                 misses.append(i)
             else:
                 redis_hits += 1
             out.append(decision)
-        if misses:
-            self._fill_from_db(items, keys, misses, out)
         with self._lock:
             self.hits_redis += redis_hits
-        return out
+        return out, misses
 
-    def _decode(self, raw: bytes | None, request_hash: str) -> dict | None:
+    def _decode(self, raw: bytes | str | None, request_hash: str) -> dict | None:
         if raw is None:
             return None
         try:
@@ -113,26 +126,26 @@ class IdempotencyStore:
         # may still hold this exact content from an earlier round, so it is asked next.)
         return decision if stored_hash == request_hash else None
 
-    def _fill_from_db(
-        self, items: list[tuple[str, str]], keys: list[str], misses: list[int],
-        out: list[dict | None],
-    ) -> None:
+    def fill_from_db(self, items: list[tuple[str, str]], misses: list[int],
+                     out: list[dict | None]) -> None:
+        """Fill ``out[i]`` for the ``misses`` that PostgreSQL knows (one query), re-warming
+        Redis with them."""
+        keys = {i: self.key(items[i][0]) for i in misses}
         warm: list[tuple[str, str]] = []
         db_hits = db_errors = 0
-        for i in misses:
-            tid, h = items[i]
-            try:
-                decision = self._db_lookup(tid, h)
-            except Exception as exc:  # any DB failure means "not seen before"
-                db_errors += 1
-                self._db_failed(exc)
-                # Don't pay a DB timeout per item: the rest of the batch is classified anew.
-                break
+        try:
+            found = self._db_lookup([items[i] for i in misses])  # one query for the batch
+        except Exception as exc:  # any DB failure means "not seen before"
+            db_errors += 1
+            self._db_failed(exc)
+            found = [None] * len(misses)
+        else:
             self._db_ok()
+        for i, decision in zip(misses, found, strict=True):
             if decision is not None:
                 out[i] = decision
                 db_hits += 1
-                warm.append((keys[i], self._encode(h, decision)))
+                warm.append((keys[i], self._encode(items[i][1], decision)))
         with self._lock:
             self.hits_db += db_hits
             self.db_errors += db_errors
@@ -175,12 +188,23 @@ class IdempotencyStore:
         """Remember a decision in Redis for ``ttl_s``; skipped (never raises) if Redis is down."""
         self.put_many([(ticket_id, request_hash, decision)])
 
-    def put_many(self, items: list[tuple[str, str, dict]]) -> None:
-        """One pipelined round trip for the batch; skipped if Redis is down."""
+    def put_many(self, items: list[tuple[str, str, dict]], *, wait: bool = True) -> None:
+        """One pipelined round trip for the batch; skipped if Redis is down.
+
+        ``wait=False`` sends it from a background thread (in order), so the request path does
+        not wait on Redis; until it is sent, this process' reads see the entries anyway.
+        """
         if not items:
             return
         entries = [(self.key(tid), self._encode(h, d)) for tid, h, d in items]
+        if wait:
+            self._send(entries)
+            return
+        with self._lock:
+            self._inflight.update(entries)
+        self._writer.submit(self._send, entries, True)
 
+    def _send(self, entries: list[tuple[str, str]], release: bool = False) -> None:
         def op(r):
             pipe = r.pipeline(transaction=False)
             for key, value in entries:
@@ -191,7 +215,13 @@ class IdempotencyStore:
             self._guard.run(op)
         except RedisUnavailable:
             with self._lock:
-                self.puts_skipped += len(items)
+                self.puts_skipped += len(entries)
+        finally:
+            if release:
+                with self._lock:
+                    for key, value in entries:
+                        if self._inflight.get(key) == value:  # not replaced by a newer one
+                            del self._inflight[key]
 
     def forget(self, ticket_ids: list[str]) -> int:
         """Right to deletion: drop these ids' entries; returns how many existed.
@@ -223,4 +253,5 @@ class IdempotencyStore:
         }
 
     def close(self) -> None:
+        self._writer.shutdown(wait=True)  # what was accepted is sent (or counted skipped)
         self._guard.close()

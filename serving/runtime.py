@@ -5,6 +5,7 @@ the engine with its spool, the rate limiter; built once per worker at start.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,6 +61,9 @@ class Runtime:
 
     @classmethod
     def start(cls, settings: Settings, metrics: ServiceMetrics) -> Runtime:
+        threads = settings.serve_embedding_threads or max(
+            1, (os.cpu_count() or 1) // settings.serve_workers)
+        settings = settings.model_copy(update={"embedding_threads": threads})
         db = open_database(settings)
         champion = resolve(settings, "champion")
         assert champion is not None

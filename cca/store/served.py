@@ -103,12 +103,16 @@ def record_served(conn: Connection, records: Sequence[dict[str, Any]]) -> None:
             conn.execute(_SHADOW, [{**r, "decided_at": r.pop("at")} for r in rows])
 
 
-def served_decision(conn: Connection, ticket_id: str, request_hash: str) -> dict | None:
-    """The decision served for this ticket id and content, if any (the idempotency fallback)."""
-    row = conn.execute(
-        sa.text("SELECT decision FROM served_decisions WHERE ticket_id = :t "
-                "AND request_hash = :h"), {"t": ticket_id, "h": request_hash}).first()
-    return dict(row[0]) if row else None
+def served_decisions(conn: Connection, items: Sequence[tuple[str, str]]) -> list[dict | None]:
+    """For each (ticket id, request hash), the decision served for that id and content, if
+    any (the idempotency fallback); one query for the whole batch."""
+    if not items:
+        return []
+    rows = conn.execute(
+        sa.text("SELECT ticket_id, request_hash, decision FROM served_decisions "
+                "WHERE ticket_id = ANY(:ids)"), {"ids": list({t for t, _ in items})})
+    found = {(t, h): d for t, h, d in rows}
+    return [dict(found[key]) if key in found else None for key in items]
 
 
 @dataclass

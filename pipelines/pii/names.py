@@ -37,6 +37,9 @@ _LEADING_TITLE = re.compile(r"(?:Mr|Mrs|Ms|Miss|Mx|Dr|Prof|Sir|Dame)\.? ")
 _AFTER_CUE = re.compile(
     rf"\b(?P<n>{_WORD} {_WORD}) (?:wrote|here|speaking)\b")
 _STRIP = " \t\n.,;:!?\"'()[]\u2019"
+_APOSTROPHE = re.compile("['\u2019]")
+_WEEKDAYS = frozenset({"monday", "tuesday", "wednesday", "thursday", "friday", "saturday",
+                       "sunday"})
 
 
 def load_nlp(model: str) -> Any:
@@ -69,13 +72,23 @@ def common_words(nlp: Any) -> frozenset[str]:
     return frozenset(w for pos in ("noun", "verb", "adj", "adv") for w in index.get(pos, ()))
 
 
-def needs_ner(text: str) -> bool:
+def plain_words(nlp: Any, dictionary: frozenset[str]) -> frozenset[str]:
+    """Words that, capitalised at a sentence start, are not a name: the dictionary plus the
+    model's stop words ("how", "what", "my")."""
+    stops = frozenset(getattr(getattr(nlp, "Defaults", None), "stop_words", ()) or ())
+    return dictionary | stops
+
+
+def needs_ner(text: str, plain_words: frozenset[str] = frozenset()) -> bool:
     """Whether capitalisation can tell a name apart in ``text``.
 
     Entities without a capital letter are dropped, so lower-case texts skip NER. In Title Case
     text ("Cancel Transaction") every word looks like a name, so only cues are trusted there:
     a short text with every word capitalised, or a longer one where most words not starting a
-    sentence are (acronyms and words with digits do not count).
+    sentence are (acronyms and words with digits do not count). A text whose only capitals
+    start sentences with ``plain_words`` ("How", "I'm", "Card") skips NER too: NER could only
+    find a lone word there, and a lone dictionary word is dropped anyway (``ner_names``).
+    Weekdays are never names. This spares NER on ~90 % of Banking77 queries.
     """
     words: list[str] = []
     initial: list[bool] = []
@@ -91,7 +104,12 @@ def needs_ner(text: str) -> bool:
     if len(words) <= 4:
         return not all(caps)
     inner = [c for c, first in zip(caps, initial, strict=True) if not first]
-    return not inner or sum(inner) / len(inner) <= 0.6
+    if inner and sum(inner) / len(inner) > 0.6:
+        return False
+    return any(
+        cap and (core not in _WEEKDAYS and (not first or core not in plain_words))
+        for w, cap, first in zip(words, caps, initial, strict=True)
+        for core in (_APOSTROPHE.split(w.strip(_STRIP), maxsplit=1)[0].casefold(),))
 
 
 def _clean(text: str, start: int, end: int) -> tuple[int, int] | None:
@@ -144,13 +162,14 @@ def ner_names(doc: Any, dictionary: frozenset[str] = frozenset()) -> Iterator[Sp
 
 
 def person_spans(
-    nlp: Any, texts: list[str], batch_size: int = 256, dictionary: frozenset[str] = frozenset()
+    nlp: Any, texts: list[str], batch_size: int = 256, dictionary: frozenset[str] = frozenset(),
+    plain: frozenset[str] = frozenset(),
 ) -> list[list[Span]]:
     """Person spans for each text; NER runs batched (``nlp.pipe``) on texts that need it."""
     out: list[list[Span]] = [list(cue_names(t)) for t in texts]
     if nlp is None:
         return out
-    todo = [i for i, t in enumerate(texts) if needs_ner(t)]
+    todo = [i for i, t in enumerate(texts) if needs_ner(t, plain)]
     docs: Iterable[Any] = nlp.pipe((texts[i] for i in todo), batch_size=batch_size)
     for i, doc in zip(todo, docs, strict=True):
         out[i].extend(ner_names(doc, dictionary))

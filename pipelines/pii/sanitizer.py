@@ -29,7 +29,7 @@ from pipelines.pii.detectors import (
     detect_rules,
     resolve_overlaps,
 )
-from pipelines.pii.names import common_words, load_nlp, person_spans
+from pipelines.pii.names import common_words, load_nlp, person_spans, plain_words
 
 if TYPE_CHECKING:
     from cca.settings import Settings
@@ -100,6 +100,7 @@ class Sanitizer:
         self._customer = customer_detector(customer_patterns)
         self._nlp: Any = None
         self._dictionary: frozenset[str] = frozenset()
+        self._plain: frozenset[str] = frozenset()
         self._lock = threading.Lock()
 
     @classmethod
@@ -119,6 +120,7 @@ class Sanitizer:
                 if self._nlp is None:
                     nlp = load_nlp(self.spacy_model)
                     self._dictionary = common_words(nlp)
+                    self._plain = plain_words(nlp, self._dictionary)
                     self._nlp = nlp
         return self._nlp
 
@@ -155,5 +157,5 @@ class Sanitizer:
     def redact_many(self, texts: Sequence[str], batch_size: int = 256) -> list[Redacted]:
         """Normalise and redact many texts; NER runs batched through ``nlp.pipe``."""
         norm = [normalise(t) for t in texts]
-        names = person_spans(self.nlp, norm, batch_size, self._dictionary)
+        names = person_spans(self.nlp, norm, batch_size, self._dictionary, self._plain)
         return [self._apply(t, self.detect(t, n)) for t, n in zip(norm, names, strict=True)]

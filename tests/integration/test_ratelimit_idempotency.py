@@ -195,12 +195,14 @@ class FakeDb:
     rows: dict[tuple[str, str], dict] = field(default_factory=dict)
     fail: bool = False
     calls: list[tuple[str, str]] = field(default_factory=list)
+    batches: int = 0
 
-    def __call__(self, ticket_id: str, request_hash: str) -> dict | None:
-        self.calls.append((ticket_id, request_hash))
+    def __call__(self, items: list[tuple[str, str]]) -> list[dict | None]:
+        self.calls.extend(items)
+        self.batches += 1
         if self.fail:
             raise OSError("connection to PostgreSQL refused")
-        return self.rows.get((ticket_id, request_hash))
+        return [self.rows.get(item) for item in items]
 
 
 DECISION = {"label": "card_arrival", "department": "cards", "confidence": 0.97, "stage": "rules"}
@@ -241,7 +243,7 @@ def test_db_lookup_raising_means_not_seen(prefix: str, caplog: pytest.LogCapture
     with caplog.at_level(logging.WARNING, logger="cca.serving.idempotency"):
         assert store.get("T4", "h") is None
         assert store.get_many([("T5", "h"), ("T6", "h")]) == [None, None]
-    assert len(db.calls) == 2  # the batch stops asking after the first failure
+    assert db.batches == 2  # one query per batch, failed or not
     assert store.db_errors == 2 and store.misses == 3
     assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 1
 
@@ -291,6 +293,7 @@ def test_batches_take_one_round_trip(prefix: str) -> None:
         assert trips.call_count == 1
         got = store.get_many([("B1", "h"), ("B2", "x"), ("B3", "h"), ("B1", "h"), ("B4", "h")])
         assert got == [{"n": 1}, None, DECISION, {"n": 1}, None]
+        assert db.batches == 1 and len(db.calls) == 3  # the three misses: one DB query
         assert trips.call_count == 3  # one MGET, one pipelined re-warm for the DB hit
         assert store.get_many([]) == [] and trips.call_count == 3
         assert store.get_many([("B3", "h"), ("B2", "h")]) == [DECISION, {"n": 2}]

@@ -270,3 +270,26 @@ def test_rs256_mode_refuses_key_confusion(rs_auth: Authenticator) -> None:
 def test_rs256_token_needs_kid(rs_auth: Authenticator) -> None:
     with pytest.raises(AuthError, match=r"no key id \('kid'\)"):
         rs_auth.authenticate(bearer(token(RSA_KEY, "RS256")), "classify")
+
+
+def test_a_verified_token_is_remembered_until_it_expires(
+        auth: Authenticator, monkeypatch: pytest.MonkeyPatch) -> None:
+    tok = token(exp=int(time.time()) + 5)
+    assert auth.cached(bearer(tok), "classify") is None  # never verified: the caller must
+    decodes: list[str] = []
+    real = jwt.decode
+    monkeypatch.setattr(jwt, "decode", lambda *a, **kw: decodes.append("x") or real(*a, **kw))
+    first = auth.authenticate(bearer(tok), "classify")
+    assert auth.cached(bearer(tok), "classify") == first
+    assert auth.authenticate(bearer(tok), "classify") == first and len(decodes) == 1
+    with pytest.raises(AuthError) as refused:  # the scope is still checked on a cached token
+        auth.cached(bearer(tok), "admin")
+    assert refused.value.status_code == 403
+    with pytest.raises(AuthError):  # and the scheme
+        auth.authenticate(f"Basic {tok}", "classify")
+    later = time.time() + 40  # past the expiry and the 30 s leeway
+    monkeypatch.setattr(time, "time", lambda: later)
+    assert auth.cached(bearer(tok), "classify") is None
+    # Past its expiry the token is verified afresh (PyJWT reads its own clock, not time.time).
+    auth.authenticate(bearer(tok), "classify")
+    assert len(decodes) == 2

@@ -90,3 +90,31 @@ def test_work_runs_on_one_thread_off_the_event_loop():
 
     asyncio.run(main())
     assert len(seen) == 1 and next(iter(seen)).startswith("cca-cascade")
+
+
+def test_without_a_wait_an_idle_worker_starts_at_once_and_a_busy_one_groups_what_queues():
+    batches: list[list[int]] = []
+    started = threading.Event()
+
+    def handle(items: list[int]) -> list[int]:
+        batches.append(list(items))
+        started.set()
+        time.sleep(0.05)
+        return items
+
+    async def main() -> float:
+        b = MicroBatcher(handle, max_size=64, max_wait_s=0)
+        try:
+            t0 = time.perf_counter()
+            first = asyncio.ensure_future(b.submit([0]))
+            await asyncio.to_thread(started.wait, 1)
+            waited = time.perf_counter() - t0
+            # These arrive while the first batch runs: they must form one batch, not ten.
+            await asyncio.gather(first, *(b.submit([i]) for i in range(1, 11)))
+            return waited
+        finally:
+            await b.aclose()
+
+    waited = asyncio.run(main())
+    assert waited < 0.04  # no fixed wait before an idle worker starts
+    assert batches == [[0], list(range(1, 11))]

@@ -189,3 +189,18 @@ def test_sanitize_file_rejects_bad_lines_and_writes_nothing(san: Sanitizer, tmp_
     with pytest.raises(InputError, match="line 2"):
         sanitize_file(src, tmp_path / "out.jsonl", san)
     assert not list(tmp_path.glob("*out.jsonl*"))
+
+
+@pytest.mark.parametrize(("text", "needed"), [
+    ("How do I top up my card?", False),  # capitals only on sentence-initial plain words
+    ("I'm still waiting. Why is it taking so long?", False),
+    ("My transfer from Monday has not arrived", False),  # weekdays are never names
+    ("Sarah needs a new card", True),  # a sentence-initial word that is no plain word
+    ("How do I pay Jo Bloggs back?", True),  # a capital inside a sentence
+    ("i lost my card", False),
+])
+def test_ner_runs_only_where_capitals_can_mark_a_name(text: str, needed: bool) -> None:
+    from pipelines.pii.names import needs_ner
+
+    plain = frozenset({"how", "i", "i'm", "my", "why", "do", "is", "still", "new", "card"})
+    assert needs_ner(text, plain) is needed
