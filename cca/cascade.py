@@ -19,9 +19,11 @@ from threadpoolctl import threadpool_limits
 from cca.bundle import ModelBundle, load_bundle
 from cca.embeddings import Embedder, get_deep_embedder, get_embedder
 from cca.errors import StateError
+from cca.llm_prompt import Example, describe
 from cca.llm_stage import DisabledLLMStage, LLMAnswer, LLMStage, get_llm_stage
 from cca.settings import Settings
 from cca.store import Database
+from cca.store.tickets_repo import redacted_texts
 from cca.store.vectors import nearest, track_records
 from cca.tickets import Decision, Neighbour, Ticket
 from cca.vector_cache import CachePolicy, decide
@@ -40,6 +42,7 @@ class Work:
     neighbours: list[Neighbour] = field(default_factory=list)
     vector: np.ndarray | None = None
     top_classes: list[tuple[str, float]] = field(default_factory=list)
+    ranked: list[str] = field(default_factory=list)  # the classifier's labels, best first
     decision: Decision | None = None
     text_hash: str | None = None
     embed_cost: float = 0.0
@@ -77,6 +80,8 @@ class Cascade:
         self.version = (
             f"{bundle.info.version}+rules.{rules.version}+{embedder.model_id}"
         )
+        self.descriptions = {label: describe(label, bundle.info.departments.get(label))
+                             for label in bundle.info.labels}
         self.refresh_track_records()
         # scikit-learn's BLAS threads spin after each call and starve onnxruntime's threads on
         # a small machine (measured 245 -> 317 tickets/s on 2 cores); one BLAS thread is
@@ -148,9 +153,11 @@ class Cascade:
 
     @property
     def llm_can_answer(self) -> bool:
-        """False when the LLM stage makes no call (disabled, or its circuit breaker open)."""
+        """False when the LLM stage makes no call (disabled, circuit breaker open, or the
+        day's budget spent)."""
         return not (isinstance(self.llm, DisabledLLMStage)
-                    or getattr(self.llm, "state", "") == "open")
+                    or getattr(self.llm, "state", "") == "open"
+                    or getattr(self.llm, "budget_exhausted", False))
 
     @staticmethod
     def _finalize(w: Work) -> None:
@@ -234,7 +241,9 @@ class Cascade:
             w.timings["classifier"] = ms
             if deep:
                 w.timings["deep_embed"] = deep_ms / n_deep
-            top = np.argsort(-p)[:3]
+            order = np.argsort(-p)[:max(3, self.settings.llm_max_candidates)]
+            top = order[:3]
+            w.ranked = [labels[i] for i in order]
             w.top_classes = [(labels[i], round(float(p[i]), 4)) for i in top]
             if p[top[0]] >= self.threshold:
                 w.decision = self._decision(
@@ -242,13 +251,31 @@ class Cascade:
                     reason=f"calibrated probability {p[top[0]]:.3f} >= {self.threshold:.3f}",
                 )
 
+    def _examples(self, todo: list[Work]) -> dict[str, str]:
+        """Redacted texts of the tickets' nearest neighbours, for the LLM's few-shot."""
+        k = self.settings.llm_max_few_shot
+        ids = [n.ticket_id for w in todo
+               for n in sorted(w.neighbours, key=lambda n: -n.similarity)[:k]]
+        if not ids or not self.llm_can_answer:
+            return {}
+        try:
+            with self.db.begin() as conn:
+                return redacted_texts(conn, ids)
+        except sa.exc.OperationalError:  # PostgreSQL down: the LLM goes without examples
+            return {}
+
     def _llm_answers(self, todo: list[Work], labels: list[str]) -> list[LLMAnswer | None]:
         """Ask the LLM about the batch's tickets concurrently (at most llm_max_concurrency at
         once), so a batch waits about one LLM round trip rather than one per ticket."""
+        texts = self._examples(todo)
 
         def ask(w: Work) -> LLMAnswer | None:
             t0 = time.perf_counter()
-            answer = self.llm.classify(w.ticket, w.neighbours or [], labels)
+            shots = [Example(texts[n.ticket_id], n.label)
+                     for n in sorted(w.neighbours, key=lambda n: -n.similarity)
+                     if n.ticket_id in texts]
+            answer = self.llm.classify(w.ticket, w.neighbours or [], labels, ranked=w.ranked,
+                                       examples=shots, descriptions=self.descriptions)
             w.timings["llm"] = (time.perf_counter() - t0) * 1000
             return answer
 

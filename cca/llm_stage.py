@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
+from cca.llm_prompt import Example
 from cca.tickets import Neighbour, Ticket
 
 if TYPE_CHECKING:
@@ -27,9 +28,18 @@ class LLMStage(Protocol):
     name: str
 
     def classify(
-        self, ticket: Ticket, neighbours: list[Neighbour], labels: list[str]
+        self, ticket: Ticket, neighbours: list[Neighbour], labels: list[str],
+        ranked: list[str] | None = None, examples: list[Example] | None = None,
+        descriptions: dict[str, str] | None = None,
     ) -> LLMAnswer | None:
-        """A label from ``labels`` with a confidence and an explanation, or None to abstain."""
+        """A label from ``labels`` with a confidence and an explanation, or None to abstain.
+
+        ``ranked``: labels the earlier stages found likely, best first; ``examples``: the
+        nearest labelled tickets' redacted texts (retrieval-augmented few-shot)."""
+        ...
+
+    def explain(self, text: str, label: str, evidence: str) -> LLMAnswer | None:
+        """Why a decision already made fits ``text`` (redacted), or None."""
         ...
 
 
@@ -39,8 +49,13 @@ class DisabledLLMStage:
     name = "disabled"
 
     def classify(
-        self, ticket: Ticket, neighbours: list[Neighbour], labels: list[str]
+        self, ticket: Ticket, neighbours: list[Neighbour], labels: list[str],
+        ranked: list[str] | None = None, examples: list[Example] | None = None,
+        descriptions: dict[str, str] | None = None,
     ) -> LLMAnswer | None:
+        return None
+
+    def explain(self, text: str, label: str, evidence: str) -> LLMAnswer | None:
         return None
 
 

@@ -119,12 +119,27 @@ class Settings(BaseSettings):
     # A slow or failing LLM must not hold up the earlier stages' answers: short deadline,
     # no client retries, and a circuit breaker that skips the LLM while it is failing.
     llm_timeout_s: float = Field(default=2.0, gt=0)
+    # All attempts for one ticket (429/5xx are retried with backoff while this allows).
+    llm_deadline_s: float = Field(default=6.0, gt=0)
+    llm_max_attempts: int = Field(default=3, ge=1)
+    # Structured output: OpenAI/vLLM "json_schema"; llama.cpp also "json_object_schema";
+    # a server refusing one is asked with the next weaker one automatically.
+    llm_response_format: Literal["json_schema", "json_object_schema", "json_object"] = (
+        "json_schema")
+    llm_max_candidates: int = Field(default=8, ge=1, description="Labels offered to the LLM.")
+    llm_daily_budget_usd: float | None = Field(default=None, ge=0)
+    llm_azure_api_version: str | None = None
     llm_max_concurrency: int = Field(default=4, ge=1)
     llm_breaker_failures: int = Field(default=3, ge=1)
     llm_breaker_cooldown_s: float = Field(default=30.0, gt=0)
     llm_max_few_shot: int = Field(default=5, ge=0)
     llm_price_in_per_1k_usd: float = 0.0
     llm_price_out_per_1k_usd: float = 0.0
+    # The local llama.cpp server (`cca llm serve`): where it listens, CPU threads, context.
+    llm_local_host: str = "127.0.0.1"
+    llm_local_port: int = Field(default=8088, ge=1, le=65535)
+    llm_local_threads: int | None = Field(default=None, ge=1)
+    llm_local_ctx: int = Field(default=4096, ge=512)
 
     # Serving (BentoML): `cca serve`
     serve_host: str = "127.0.0.1"

@@ -17,6 +17,10 @@ _LATENCY = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
 _STAGE = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 2.5)
 
 
+LLM_OUTCOMES = ("ok", "invalid", "failures", "rate_limited", "rejected", "skipped", "budget",
+                "retries")
+
+
 class ServiceMetrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry(auto_describe=True)
@@ -51,6 +55,16 @@ class ServiceMetrics:
                                  registry=r, multiprocess_mode="livemin")
         self.redis_up = Gauge("cca_redis_up", "1 while Redis answers.", registry=r,
                               multiprocess_mode="livemin")
+        self.llm_calls = Counter("cca_llm_calls", "LLM stage outcomes: ok, invalid (no "
+                                 "candidate label in JSON), failures, rate_limited, rejected, "
+                                 "skipped (breaker open), budget (daily cap), retries.",
+                                 ["outcome"], registry=r)
+        self.llm_spend_today = Gauge("cca_llm_spend_today_usd", "LLM spend so far this UTC "
+                                     "day (shared across workers through Redis).", registry=r,
+                                     multiprocess_mode="livemax")
+        self.llm_budget_exhausted = Gauge("cca_llm_budget_exhausted", "1 once the day's LLM "
+                                          "budget is spent: the stage is skipped (alert on "
+                                          "it).", registry=r, multiprocess_mode="livemax")
         self.llm_breaker_open = Gauge("cca_llm_circuit_open", "1 while the LLM stage is "
                                       "skipped after failures.", registry=r,
                                       multiprocess_mode="livemax")

@@ -22,7 +22,8 @@ from cca.store import Database, open_database
 from cca.tickets import Ticket
 from rules import load_rules
 from serving.engine import Engine
-from serving.metrics import ServiceMetrics
+from serving.explainer import Explainer
+from serving.metrics import LLM_OUTCOMES, ServiceMetrics
 from serving.model_source import ModelChoice, resolve
 from serving.ratelimit import RateLimiter
 from serving.shadow import ShadowRunner
@@ -55,6 +56,7 @@ class Runtime:
     cascade: Cascade
     engine: Engine
     limiter: RateLimiter
+    explainer: Explainer
     challenger: ModelChoice | None = None
     ready: bool = False
     _llm_seen: dict[str, int] = field(default_factory=dict)
@@ -90,8 +92,10 @@ class Runtime:
         # start_batch only: the warm-up must not cost an LLM call.
         cascade.start_batch([Ticket(id="warm-up", body="warm up the models")])
         log.info("serving", extra={"model": cascade.version, "source": champion.source})
-        runtime = cls(settings, db, metrics, champion, cascade, engine, limiter, challenger,
-                      ready=True)
+        explainer = Explainer(cascade.llm, cascade.sanitizer, engine.spool.append)
+        explainer.start()
+        runtime = cls(settings, db, metrics, champion, cascade, engine, limiter, explainer,
+                      challenger, ready=True)
         engine.on_state = runtime.refresh_gauges
         runtime.refresh_gauges()
         return runtime
@@ -113,6 +117,23 @@ class Runtime:
                              "later") from exc
         return message
 
+    def explanations(self, ticket_id: str) -> list[dict[str, Any]]:
+        """Stored LLM explanations of a ticket, newest first (and one not yet delivered)."""
+        from cca.store.served import explanations
+
+        try:
+            with self.db.begin() as conn:
+                rows = explanations(conn, ticket_id)
+        except sa.exc.OperationalError:
+            rows = []
+        recent = self.explainer.recent(ticket_id)
+        if recent is not None and not any(r["explanation"] == recent["explanation"]
+                                          for r in rows):
+            rows.insert(0, {k: recent[k] for k in (
+                "ticket_id", "text_hash", "label", "explanation", "model", "prompt_tokens",
+                "completion_tokens", "cost_usd")} | {"created_at": recent["at"]})
+        return rows
+
     def refresh_gauges(self) -> None:
         m = self.metrics
         m.spool_pending.set(self.engine.spool.pending)
@@ -121,12 +142,21 @@ class Runtime:
         llm = self.cascade.llm
         state = getattr(llm, "state", "closed")
         m.llm_breaker_open.set(1 if state == "open" else 0)
-        for kind in ("prompt", "completion"):
-            total = int(getattr(llm, f"{kind}_tokens", 0) or 0)
-            delta = total - self._llm_seen.get(kind, 0)
+        stats = llm.stats() if hasattr(llm, "stats") else {}
+        budget = getattr(llm, "budget", None)
+        if budget is not None and budget.limit_usd is not None:
+            spent = budget.spent_today()
+            m.llm_spend_today.set(spent)
+            m.llm_budget_exhausted.set(1 if spent >= budget.limit_usd else 0)
+        # The stage counts since start; the counters get what is new since the last look.
+        for key, counter in (("prompt_tokens", m.llm_tokens.labels("prompt")),
+                             ("completion_tokens", m.llm_tokens.labels("completion")),
+                             *((k, m.llm_calls.labels(k)) for k in LLM_OUTCOMES)):
+            total = int(stats.get(key, 0) or 0)
+            delta = total - self._llm_seen.get(key, 0)
             if delta > 0:
-                m.llm_tokens.labels(kind).inc(delta)
-                self._llm_seen[kind] = total
+                counter.inc(delta)
+                self._llm_seen[key] = total
 
     def status(self) -> dict[str, Any]:
         self.refresh_gauges()
@@ -142,5 +172,6 @@ class Runtime:
 
     def close(self) -> None:
         self.ready = False
+        self.explainer.close()
         self.engine.close()
         self.db.dispose()

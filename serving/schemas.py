@@ -83,6 +83,12 @@ class ClassifyRequest(BaseModel):
     ticket: TicketIn
 
 
+class ExplainRequest(ClassifyRequest):
+    llm_explanation: bool = Field(default=False, description="Also have the LLM explain the "
+                                  "decision, after the answer: read it later from "
+                                  "GET /explanations/{ticket_id}.")
+
+
 class BatchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     tickets: list[TicketIn] = Field(min_length=1)
@@ -131,6 +137,12 @@ class ExplanationOut(DecisionOut):
     top_classes: list[tuple[str, float]] = Field(description="Classifier's best classes with "
                                                              "calibrated probabilities.")
     llm_explanation: str | None
+    llm_explanation_status: Literal["included", "pending", "not_requested", "unavailable",
+                                    "busy", "not_routed"] = Field(
+        default="not_requested", description="included: the LLM answered the ticket; "
+        "pending: being written, see GET /explanations/{ticket_id}; unavailable: no LLM, its "
+        "breaker is open or the day's budget is spent; busy: queue full, ask again; "
+        "not_routed: the ticket went to review.")
     timings_ms: dict[str, float]
 
     @classmethod
@@ -140,6 +152,7 @@ class ExplanationOut(DecisionOut):
                    neighbours=[NeighbourOut(**n.model_dump()) for n in d.neighbours],
                    top_classes=d.top_classes,
                    llm_explanation=d.reason if d.stage == "llm" else None,
+                   llm_explanation_status="included" if d.stage == "llm" else "not_requested",
                    timings_ms={k: round(v, 3) for k, v in d.timings_ms.items()})
 
 
@@ -155,6 +168,24 @@ class BatchResponse(BaseModel):
 
 class ExplainResponse(BaseModel):
     explanation: ExplanationOut
+    request_id: str
+
+
+class ExplanationRow(BaseModel):
+    ticket_id: str
+    text_hash: str = Field(description="Hash of the redacted text the decision was made on.")
+    label: str
+    explanation: str
+    model: str
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd: float
+    created_at: datetime | str
+
+
+class ExplanationsResponse(BaseModel):
+    ticket_id: str
+    explanations: list[ExplanationRow]
     request_id: str
 
 

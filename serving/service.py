@@ -36,8 +36,10 @@ from serving.schemas import (
     ClassifyResponse,
     ErasureResponse,
     ErrorOut,
+    ExplainRequest,
     ExplainResponse,
     ExplanationOut,
+    ExplanationsResponse,
     FeedbackRequest,
     FeedbackResponse,
 )
@@ -141,15 +143,29 @@ async def batch_classify(body: BatchRequest,
 
 @app.post("/explain", response_model=ExplainResponse, tags=["classify"],
           summary="Route one ticket and say why (scope: classify)")
-async def explain(body: ClassifyRequest,
+async def explain(body: ExplainRequest,
                   caller: Annotated[Caller, Depends(_caller("classify"))]
                   ) -> ExplainResponse:
     """The stage that answered and its evidence: the rule, the neighbours from the vector
-    cache, the classifier's top classes with probabilities, the LLM's explanation."""
+    cache, the classifier's top classes with probabilities, the LLM's explanation. With
+    ``llm_explanation: true`` the LLM also explains a decision an earlier stage made, after
+    the answer (``GET /explanations/{ticket_id}``)."""
     (served,) = await _serve([body.ticket], caller, "explain")
-    return ExplainResponse(explanation=ExplanationOut.explain(served.decision,
-                                                              served.replayed),
-                           request_id=request_id.get())
+    out = ExplanationOut.explain(served.decision, served.replayed)
+    if body.llm_explanation and out.llm_explanation_status != "included":
+        out.llm_explanation_status = _service().runtime.explainer.submit(
+            body.ticket.to_ticket(), served.decision)
+    return ExplainResponse(explanation=out, request_id=request_id.get())
+
+
+@app.get("/explanations/{ticket_id}", response_model=ExplanationsResponse, tags=["classify"],
+         summary="LLM explanations written after the answer (scope: classify)")
+async def explanations(ticket_id: Annotated[str, Path(min_length=1, max_length=200)],
+                       caller: Annotated[Caller, Depends(_caller("classify"))]
+                       ) -> ExplanationsResponse:
+    rows = await asyncio.to_thread(_service().runtime.explanations, ticket_id)
+    return ExplanationsResponse(ticket_id=ticket_id, explanations=rows,
+                                request_id=request_id.get())
 
 
 @app.post("/feedback", response_model=FeedbackResponse, tags=["learn"],

@@ -17,13 +17,15 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal
 
-Mode = Literal["json", "prose", "rate_limit", "error", "reject_response_format"]
+Mode = Literal["json", "prose", "rate_limit", "error", "reject_response_format",
+               "fail_then_json"]
 
 
 class FakeOpenAI:
     """modes: json (content = ``reply`` as JSON), prose (content = ``prose``), rate_limit (429,
     Retry-After = ``retry_after`` when set), error (500), reject_response_format (400 when the
-    request asks for json_object, else like json). ``delay_s`` sleeps before any answer."""
+    request has a response_format, else like json), fail_then_json (``fail_status`` for the
+    next ``failures_left`` requests, then like json). ``delay_s`` sleeps before any answer."""
 
     def __init__(self) -> None:
         self.mode: Mode = "json"
@@ -32,6 +34,7 @@ class FakeOpenAI:
         self.prose = "I think this ticket is about billing, probably."
         self.delay_s = 0.0
         self.retry_after: str | None = None
+        self.fail_status, self.failures_left = 429, 0
         self.prompt_tokens, self.completion_tokens = 120, 30
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
@@ -76,8 +79,15 @@ class FakeOpenAI:
         if self.mode == "error":
             return 500, {}, _error("The server had an error", "server_error")
         if self.mode == "reject_response_format" and "response_format" in body:
-            return 400, {}, _error("'response_format' of type 'json_object' is not supported "
+            kind = body["response_format"].get("type")
+            return 400, {}, _error(f"'response_format' of type '{kind}' is not supported "
                                    "with this model.", "invalid_request_error")
+        if self.mode == "fail_then_json" and self.failures_left > 0:
+            self.failures_left -= 1
+            headers = {"Retry-After": self.retry_after} if self.retry_after else {}
+            status = self.fail_status
+            return status, headers, _error("try again", "rate_limit_exceeded"
+                                           if status == 429 else "server_error")
         content = self.prose if self.mode == "prose" else json.dumps(self.reply)
         return 200, {}, {
             "id": f"chatcmpl-fake{len(self.requests)}",

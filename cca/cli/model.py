@@ -129,10 +129,31 @@ def evaluate_cmd(
     label_col: LabelCol = "label",
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the report here.")] = None,
     predictions: Annotated[Path | None, typer.Option(help="Write per-ticket JSONL here.")] = None,
+    llm: Annotated[bool, typer.Option("--llm", help="Compare the cascade with and without "
+                                      "the LLM stage, and the LLM alone (local server if "
+                                      "CCA_LLM_BASE_URL is unset).")] = False,
+    limit: Annotated[int | None, typer.Option(min=1, help="--llm: tickets, spread over the "
+                                              "file.")] = None,
+    llm_sample: Annotated[int, typer.Option(min=1, help="--llm: tickets for the LLM-only "
+                                            "run.")] = 100,
+    price_in_per_m: Annotated[float, typer.Option(min=0, help="--llm: USD per million input "
+                                                  "tokens.")] = 0.15,
+    price_out_per_m: Annotated[float, typer.Option(min=0, help="--llm: USD per million "
+                                                   "output tokens.")] = 0.60,
 ) -> None:
     """Run the cascade on labelled tickets and report accuracy, coverage, speed and cost."""
     if not label_col:
         raise InputError("--label-col is required for evaluation")
+    if llm:
+        from cca.cli import evaluate_llm_cmd
+
+        with database() as db:
+            report = evaluate_llm_cmd.run(
+                db, data, Columns(text=text_col, label=label_col), limit=limit,
+                llm_sample=llm_sample, price_in_per_m=price_in_per_m,
+                price_out_per_m=price_out_per_m, json_out=json_out)
+        print_json(report)
+        return
     with database() as db:
         report = do_evaluate(db, data, Columns(text=text_col, label=label_col), json_out,
                              predictions)

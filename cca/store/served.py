@@ -55,6 +55,26 @@ _SHADOW = sa.text(
 )
 
 
+_EXPLANATION = sa.text(
+    """
+    INSERT INTO decision_explanations (record_id, ticket_id, text_hash, label, explanation,
+        model, prompt_tokens, completion_tokens, cost_usd, created_at)
+    VALUES (CAST(:record_id AS uuid), :ticket_id, :text_hash, :label, :explanation, :model,
+        :prompt_tokens, :completion_tokens, :cost_usd, :at)
+    ON CONFLICT (record_id) DO NOTHING
+    """
+)
+
+
+def explanations(conn: Connection, ticket_id: str, limit: int = 5) -> list[dict[str, Any]]:
+    """The newest LLM explanations of a ticket's decisions."""
+    rows = conn.execute(sa.text(
+        "SELECT ticket_id, text_hash, label, explanation, model, prompt_tokens, "
+        "completion_tokens, cost_usd, created_at FROM decision_explanations "
+        "WHERE ticket_id = :t ORDER BY created_at DESC LIMIT :n"), {"t": ticket_id, "n": limit})
+    return [dict(r._mapping) for r in rows]
+
+
 def decision_row(record: dict[str, Any]) -> dict[str, Any]:
     """The audit row of one served decision; only a hash of the redacted text, never text."""
     d = Decision.model_validate(record["decision"])
@@ -82,6 +102,7 @@ def record_served(conn: Connection, records: Sequence[dict[str, Any]]) -> None:
     """
     decisions = [r for r in records if r["kind"] == "decision"]
     shadows = [r for r in records if r["kind"] == "shadow"]
+    explanations = [r for r in records if r["kind"] == "explanation"]
     if decisions:
         # The last version of a ticket in the batch wins, as it did on the request path.
         latest: dict[str, Ticket] = {}
@@ -101,6 +122,14 @@ def record_served(conn: Connection, records: Sequence[dict[str, Any]]) -> None:
                 if r["ticket_id"] in known]  # an erased ticket's late shadow run is dropped
         if rows:
             conn.execute(_SHADOW, [{**r, "decided_at": r.pop("at")} for r in rows])
+    if explanations:
+        known = {row[0] for row in conn.execute(
+            sa.text("SELECT id FROM tickets WHERE id = ANY(:ids)"),
+            {"ids": [r["ticket_id"] for r in explanations]})}
+        rows = [{k: v for k, v in r.items() if k not in ("kind", "at")} | {"at": r["at"]}
+                for r in explanations if r["ticket_id"] in known]
+        if rows:
+            conn.execute(_EXPLANATION, rows)
 
 
 def served_decisions(conn: Connection, items: Sequence[tuple[str, str]]) -> list[dict | None]:
@@ -136,7 +165,8 @@ def erase_customer(conn: Connection, refs: Sequence[str], subject_hash: str,
     if ids:
         for table, column in (("ticket_embeddings", "ticket_id"), ("ticket_labels", "ticket_id"),
                               ("served_decisions", "ticket_id"),
-                              ("shadow_decisions", "ticket_id")):
+                              ("shadow_decisions", "ticket_id"),
+                              ("decision_explanations", "ticket_id")):
             counts[table] = conn.execute(
                 sa.text(f"SELECT count(*) FROM {table} WHERE {column} = ANY(:ids)"),
                 {"ids": ids}).scalar_one()

@@ -186,3 +186,15 @@ def get_prepared_ticket(conn: Connection, ticket_id: str) -> Ticket | None:
         {"id": ticket_id},
     ).mappings().first()
     return Ticket(**row) if row else None
+
+
+def redacted_texts(conn: Connection, ids: list[str]) -> dict[str, str]:
+    """The redacted text of each ticket that has one for its current content (what may be
+    shown to an LLM); tickets not yet sanitized, or changed since, are left out."""
+    if not ids:
+        return {}
+    rows = conn.execute(
+        sa.text("SELECT id, clean_subject, clean_body FROM tickets WHERE id = ANY(:ids) "
+                "AND clean_body IS NOT NULL AND sanitized_for = content_hash"),
+        {"ids": list(dict.fromkeys(ids))})
+    return {tid: "\n".join(p for p in (subject, body) if p) for tid, subject, body in rows}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import re
 import shutil
 import socket
@@ -128,7 +129,10 @@ def _check_sure_tickets(client, auth: dict[str, str]) -> None:
 # -- LLM endpoint faults ------------------------------------------------------------------
 
 def _llm_env(base_url: str) -> dict[str, str]:
+    # One attempt per ticket: these tests count the breaker's calls (retries of 429/5xx are
+    # tested against the same fake in tests/unit/test_llm_openai.py).
     return {"CCA_LLM_BASE_URL": base_url, "CCA_LLM_TIMEOUT_S": str(LLM_TIMEOUT_S),
+            "CCA_LLM_MAX_ATTEMPTS": "1",
             "CCA_LLM_BREAKER_FAILURES": str(BREAKER_FAILURES),
             "CCA_LLM_BREAKER_COOLDOWN_S": str(COOLDOWN_S), "CCA_LLM_MIN_CONFIDENCE": "0.7"}
 
@@ -206,6 +210,49 @@ class TestLLMFaults:
         wanted = RETRY_AFTER_S if fault == "rate_limit_429" else COOLDOWN_S
         assert waited >= wanted - 0.2, (waited, wanted)
         assert _gauge(client, "cca_llm_circuit_open") == 0.0
+
+    def test_an_llm_explanation_is_written_after_the_answer(self, llm, auth):
+        client, fake = llm
+        _heal(client, fake, auth, timeout_s=RETRY_AFTER_S + 5)
+        before = fake.hits
+        body = ticket(PARCEL + ", mail jane.doe@example.com")
+        body["llm_explanation"] = True
+        e, seconds = _classify(client, body, auth, "/explain")
+        assert e["stage"] in ("cache", "classifier") and e["label"] == "delivery_delay"
+        assert e["llm_explanation_status"] == "pending" and e["llm_explanation"] is None
+        assert seconds < FAST_S  # the answer did not wait for the LLM
+        tid = body["ticket"]["id"]
+        deadline = time.perf_counter() + 10
+        while True:
+            r = client.get(f"/explanations/{tid}", headers=auth)
+            assert r.status_code == 200, r.text
+            rows = r.json()["explanations"]
+            if rows:
+                break
+            assert time.perf_counter() < deadline, "no explanation within 10 s"
+            time.sleep(0.05)
+        assert rows[0]["label"] == "delivery_delay" and rows[0]["explanation"]
+        assert rows[0]["model"] == "fake-model" or rows[0]["model"]
+        sent = fake.requests[before:]
+        assert len(sent) == 1 and "response_format" not in sent[0]
+        prompt = json.dumps(sent[0]["messages"])
+        assert "jane.doe@example.com" not in prompt and "<EMAIL>" in prompt
+        assert "delivery_delay" in prompt
+        # Not asked: not written. A review (no label) is not explained.
+        e, _ = _classify(client, ticket(PARCEL), auth, "/explain")
+        assert e["llm_explanation_status"] == "not_requested"
+        body = ticket(UNSURE)
+        body["llm_explanation"] = True
+        fake.reply = {"label": "billing_question", "confidence": 0.1, "explanation": "?"}
+        try:
+            e, _ = _classify(client, body, auth, "/explain")
+        finally:
+            fake.reply = {"label": "billing_question", "confidence": 0.9,
+                          "explanation": "asks about a charge"}
+        assert e["needs_review"] and e["llm_explanation_status"] == "not_routed"
+        # Once delivered, the explanation is in PostgreSQL beside the audited decision.
+        assert client.get(f"/explanations/{tid}", headers=auth).json()["explanations"]
+        assert client.get("/explanations/nope", headers=auth).json()["explanations"] == []
 
     def test_a_slow_llm_call_does_not_hold_up_concurrent_sure_tickets(self, llm, auth):
         """While one unsure ticket waits for a slow LLM, tickets the rules or the classifier

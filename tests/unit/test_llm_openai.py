@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 
 from cca.circuit_breaker import CircuitBreaker, retry_after_s
-from cca.llm_openai import OpenAICompatibleStage, build_messages, parse_answer
+from cca.llm_openai import OpenAICompatibleStage
+from cca.llm_prompt import Example, build_messages, candidate_labels, parse_answer
 from cca.llm_stage import DisabledLLMStage, get_llm_stage
 from cca.settings import Settings
 from cca.tickets import Neighbour, Ticket
@@ -68,15 +69,35 @@ def test_good_answer_is_accepted_with_tokens_and_cost(fake, stage_for):
     assert answer.cost_usd == pytest.approx(120 / 1000 * 0.5 + 30 / 1000 * 1.5)
     body = fake.requests[0]
     assert body["model"] == "fake-model"
-    assert body["response_format"] == {"type": "json_object"}
+    schema = body["response_format"]["json_schema"]["schema"]
+    assert body["response_format"]["type"] == "json_schema"
+    assert schema["properties"]["label"]["enum"] == ["billing_question"]  # the evidence
     assert fake.headers[0]["authorization"] == "Bearer not-needed"
     prompt = "\n".join(m["content"] for m in body["messages"])
-    assert all(json.dumps(label) in prompt for label in LABELS)
-    assert "labelled \"billing_question\" (similarity 0.81)" in prompt
+    assert '- "billing_question": billing question' in prompt
     assert "not_a_label" not in prompt and "t-7" not in prompt  # no foreign labels, no ids
     stats = stage.stats()
     assert (stats["calls"], stats["ok"], stats["prompt_tokens"], stats["state"]) == (
         1, 1, 120, "closed")
+
+
+def test_candidates_and_examples_make_the_prompt(fake, stage_for):
+    stage = stage_for(fake.base_url, llm_max_candidates=2)
+    shots = [Example("card charged twice <CARD>", "billing_question"),
+             Example("parcel late", "delivery_delay"),  # not a candidate: left out
+             Example("x" * 1000, "cancel_subscription")]
+    answer = stage.classify(TICKET, NEIGHBOURS, LABELS,
+                            ranked=["cancel_subscription", "nope", "billing_question"],
+                            examples=shots, descriptions={"billing_question": "money asks"})
+    assert answer is not None
+    body = fake.requests[0]
+    assert body["response_format"]["json_schema"]["schema"]["properties"]["label"]["enum"] == [
+        "cancel_subscription", "billing_question"]
+    user = body["messages"][1]["content"]
+    assert '"card charged twice <CARD>" -> "billing_question"' in user
+    assert "parcel late" not in user and "x" * 301 not in user and "[truncated]" in user
+    assert '- "billing_question": money asks' in user
+    assert candidate_labels(LABELS, [], 3) == LABELS  # no evidence: the whole label set
 
 
 def test_the_prompt_holds_only_redacted_text_between_unforgeable_markers(fake, stage_for):
@@ -149,7 +170,7 @@ def test_slow_endpoint_abstains_within_the_deadline(fake, stage_for):
 def test_breaker_opens_after_n_failures_then_skips_without_network(fake, stage_for):
     fake.mode = "error"
     events: list[str] = []
-    stage = stage_for(fake.base_url)
+    stage = stage_for(fake.base_url, llm_max_attempts=1)  # the breaker's part alone
     stage.on_event = lambda outcome, _s: events.append(outcome)
     for _ in range(3):
         assert stage.classify(TICKET, [], LABELS) is None
@@ -174,7 +195,8 @@ def test_endpoint_down_abstains_fast_and_opens_the_breaker(stage_for):
 
 def test_429_opens_at_once_for_retry_after_then_a_trial_goes_through(fake, stage_for):
     fake.mode, fake.retry_after = "rate_limit", "1"
-    stage = stage_for(fake.base_url)  # cooldown 30 s: Retry-After must win
+    # one attempt: the breaker's part alone (cooldown 30 s: Retry-After must win)
+    stage = stage_for(fake.base_url, llm_max_attempts=1)
     assert stage.classify(TICKET, [], LABELS) is None
     assert stage.state == "open" and 0.5 < stage.breaker.retry_in_s <= 1.0
     assert stage.classify(TICKET, [], LABELS) is None and fake.hits == 1
@@ -188,14 +210,15 @@ def test_429_opens_at_once_for_retry_after_then_a_trial_goes_through(fake, stage
 
 def test_429_without_retry_after_opens_for_the_cooldown(fake, stage_for):
     fake.mode = "rate_limit"
-    stage = stage_for(fake.base_url, llm_breaker_cooldown_s=12.0)
+    stage = stage_for(fake.base_url, llm_breaker_cooldown_s=12.0, llm_max_attempts=1)
     assert stage.classify(TICKET, [], LABELS) is None
     assert stage.state == "open" and 11 < stage.breaker.retry_in_s <= 12
 
 
 def test_half_open_recovers_or_reopens_and_lets_one_trial_through(fake, stage_for):
     fake.mode = "error"
-    stage = stage_for(fake.base_url, llm_breaker_failures=2, llm_breaker_cooldown_s=0.2)
+    stage = stage_for(fake.base_url, llm_breaker_failures=2, llm_breaker_cooldown_s=0.2,
+                      llm_max_attempts=1)
     for _ in range(2):
         stage.classify(TICKET, [], LABELS)
     assert stage.state == "open"
@@ -234,13 +257,51 @@ def test_breaker_is_thread_safe_under_contention():
     assert not breaker.allow()
 
 
-def test_a_server_rejecting_json_mode_is_asked_again_without_it(fake, stage_for):
+def test_a_server_rejecting_structured_output_is_asked_with_weaker_forms(fake, stage_for):
     fake.mode = "reject_response_format"
     stage = stage_for(fake.base_url)
     assert stage.classify(TICKET, [], LABELS) is not None
     assert stage.classify(TICKET, [], LABELS) is not None
-    assert ["response_format" in r for r in fake.requests] == [True, False, False]
+    kinds = [(r.get("response_format") or {}).get("type") for r in fake.requests]
+    assert kinds == ["json_schema", "json_object", "json_object", None, None]
+    assert "schema" in fake.requests[1]["response_format"]  # llama.cpp's form
     assert stage.state == "closed"
+
+
+@pytest.mark.parametrize(("status", "retry_after"), [(429, "0.3"), (503, None), (500, None)])
+def test_429_and_5xx_are_retried_within_the_deadline(fake, stage_for, status, retry_after):
+    fake.mode, fake.fail_status, fake.failures_left = "fail_then_json", status, 2
+    fake.retry_after = retry_after
+    stage = stage_for(fake.base_url, llm_max_attempts=3, llm_deadline_s=5.0)
+    answer, elapsed = timed(stage)
+    assert answer is not None and fake.hits == 3
+    assert stage.stats()["retries"] == 2 and stage.state == "closed"
+    if retry_after:
+        assert elapsed >= 0.6  # Retry-After was honoured twice
+    assert elapsed < 4.5
+
+
+def test_a_retry_after_past_the_deadline_is_not_waited_for(fake, stage_for):
+    fake.mode, fake.fail_status, fake.failures_left, fake.retry_after = (
+        "fail_then_json", 429, 5, "20")
+    stage = stage_for(fake.base_url, llm_max_attempts=3, llm_deadline_s=2.0)
+    answer, elapsed = timed(stage)
+    assert answer is None and fake.hits == 1 and elapsed < 0.5
+    assert stage.state == "open" and 19 < stage.breaker.retry_in_s <= 20
+    assert stage.stats()["rate_limited"] == 1
+
+
+def test_the_daily_budget_stops_the_stage(fake, stage_for, tmp_path):
+    # 120 prompt + 30 completion tokens at 0.5 / 1.5 per 1k = 0.105 a call; no Redis here.
+    stage = stage_for(fake.base_url, llm_daily_budget_usd=0.2, redis_url="redis://127.0.0.1:1/0")
+    events: list[str] = []
+    stage.on_event = lambda outcome, _s: events.append(outcome)
+    assert stage.classify(TICKET, [], LABELS) is not None
+    assert not stage.budget_exhausted
+    assert stage.classify(TICKET, [], LABELS) is not None
+    assert stage.budget_exhausted  # 0.21 spent
+    assert stage.classify(TICKET, [], LABELS) is None and fake.hits == 2
+    assert events == ["ok", "ok", "budget"] and stage.stats()["budget"] == 1
 
 
 def test_any_client_exception_abstains(tmp_path):
@@ -262,12 +323,22 @@ def test_get_llm_stage_follows_the_base_url(tmp_path, fake):
     stage.close()
 
 
-def test_few_shot_is_capped_and_ordered():
+def test_few_shot_is_capped_and_candidates_follow_the_evidence(fake, stage_for):
     many = [Neighbour(ticket_id=f"n{i}", label=LABELS[i % 4], similarity=i / 10)
             for i in range(10)]
-    user = build_messages("text", many, LABELS, max_few_shot=3, token="t")[1]["content"]
-    sims = [line.split("similarity ")[1] for line in user.splitlines() if "similarity" in line]
-    assert sims == ["0.90)", "0.80)", "0.70)"]
+    stage = stage_for(fake.base_url, llm_max_few_shot=2, llm_max_candidates=3)
+    shots = [Example(f"past ticket {i}", LABELS[i % 4]) for i in range(6)]
+    stage.classify(TICKET, many, LABELS, examples=shots)
+    body = fake.requests[0]
+    user = body["messages"][1]["content"]
+    assert [line for line in user.splitlines() if line.startswith("- \"past")] == [
+        '- "past ticket 0" -> "billing_question"', '- "past ticket 1" -> "cancel_subscription"']
+    # neighbours by similarity: n9 (cancel_subscription), n8 (billing_question), n7, ...
+    enum = body["response_format"]["json_schema"]["schema"]["properties"]["label"]["enum"]
+    assert enum == ["cancel_subscription", "billing_question", "password_reset"]
+    token_lines = [x for x in build_messages("t", enum, [], token="tok")[1]["content"]
+                   .splitlines() if "tok" in x]
+    assert token_lines == ["<<<TICKET tok>>>", "<<<END TICKET tok>>>"]
 
 
 def test_cascade_asks_the_llm_for_a_batch_concurrently(fake, stage_for, tmp_path):
@@ -280,7 +351,7 @@ def test_cascade_asks_the_llm_for_a_batch_concurrently(fake, stage_for, tmp_path
     cascade = Cascade.__new__(Cascade)
     cascade.settings, cascade.llm = settings, stage
     cascade.bundle = SimpleNamespace(info=SimpleNamespace(labels=LABELS, departments={}))
-    cascade.threshold, cascade.version = 0.95, "test"
+    cascade.threshold, cascade.version, cascade.descriptions = 0.95, "test", {}
     cascade.sanitizer = Sanitizer(b"k" * 32, ner=False)
     raw = "Refund please, write to john.smith@example.org"
     work = [Work(ticket=Ticket(id=f"c{i}", body=raw), timings={},
