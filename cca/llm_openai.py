@@ -29,7 +29,6 @@ from openai import (
     APIConnectionError,
     APIStatusError,
     APITimeoutError,
-    BadRequestError,
     OpenAI,
     RateLimitError,
 )
@@ -43,6 +42,7 @@ from cca.llm_prompt import (
     build_messages,
     candidate_labels,
     explain_messages,
+    leaks_prompt,
     parse_answer,
     response_format,
 )
@@ -74,6 +74,7 @@ class LLMStats:
     skipped: int = 0  # classify calls refused by the open breaker, no network
     budget: int = 0  # classify calls refused because the daily budget is spent
     retries: int = 0  # extra attempts after a 429 or 5xx
+    prompt_echoes: int = 0  # explanations withheld for repeating the instructions
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost_usd: float = 0.0
@@ -183,6 +184,10 @@ class OpenAICompatibleStage:
         prompt, completion, cost = self._usage(response)
         if not content or not content.strip():
             return None
+        if leaks_prompt(content):
+            with self._lock:
+                self._stats.prompt_echoes += 1
+            return None
         return LLMAnswer(label=label, confidence=1.0,
                          explanation=" ".join(content.split())[:MAX_EXPLANATION_CHARS],
                          cost_usd=cost, prompt_tokens=prompt, completion_tokens=completion,
@@ -216,7 +221,7 @@ class OpenAICompatibleStage:
 
     def _create(self, messages: list[dict[str, str]], candidates: list[str] | None,
                 timeout_s: float) -> Any:
-        """One request. A 400 saying the structured-output option is unsupported moves to the
+        """One request. An error naming the structured-output option moves to the
         next weaker format for good (json_schema -> json_object + schema -> json_object ->
         none) and asks again at once."""
         while True:
@@ -229,10 +234,12 @@ class OpenAICompatibleStage:
             try:
                 return self.client.with_options(timeout=timeout_s).chat.completions.create(
                     model=self.model, messages=messages, **params)  # type: ignore[arg-type]
-            except BadRequestError as exc:
+            except APIStatusError as exc:
+                # llama-cpp-python answers an unknown response_format with a 500 whose body
+                # names it; others with a 400 or 422.
                 text = f"{exc.message} {exc.body}".lower()
-                if "response_format" not in params or not (
-                        "support" in text or "response_format" in text or "schema" in text):
+                if ("response_format" not in params or exc.status_code not in (400, 422, 500)
+                        or "response_format" not in text):
                     raise
                 nxt = _FORMATS[_FORMATS.index(fmt) + 1]
                 log.warning("LLM endpoint rejects response_format %s; using %s from now on",
@@ -281,6 +288,10 @@ class OpenAICompatibleStage:
                      len(content or ""))
             return None, "invalid"
         label, confidence, explanation = parsed
+        if leaks_prompt(explanation):
+            with self._lock:
+                self._stats.prompt_echoes += 1
+            explanation = f"chosen by the LLM among {len(labels)} candidate labels"
         return LLMAnswer(label=label, confidence=confidence, explanation=explanation,
                          cost_usd=cost, prompt_tokens=prompt, completion_tokens=completion,
                          model=str(getattr(response, "model", "") or self.model)), "ok"

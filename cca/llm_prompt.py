@@ -124,6 +124,20 @@ def explain_messages(text: str, label: str, evidence: str,
     return [{"role": "system", "content": EXPLAIN_PROMPT}, {"role": "user", "content": user}]
 
 
+def _shingles(text: str, n: int = 5) -> set[tuple[str, ...]]:
+    words = "".join(c.lower() if c.isalnum() else " " for c in text).split()
+    return {tuple(words[i:i + n]) for i in range(len(words) - n + 1)}
+
+
+_PROMPT_SHINGLES = _shingles(SYSTEM_PROMPT) | _shingles(EXPLAIN_PROMPT)
+
+
+def leaks_prompt(text: str) -> bool:
+    """Whether ``text`` repeats five words in a row of the instructions: an explanation that
+    does is not shown (a hostile ticket may ask the model to recite its prompt)."""
+    return not _shingles(text).isdisjoint(_PROMPT_SHINGLES)
+
+
 def first_json_object(content: str) -> dict[str, Any] | None:
     """The reply as JSON, or the first JSON object inside prose or a code fence."""
     try:

@@ -7,6 +7,7 @@ import typer
 from cca.cli import (
     data,
     lifecycle_cmd,
+    llm_cmd,
     main_job,
     model,
     registry_cmd,
@@ -45,6 +46,7 @@ app.command("serve")(serve_cmd.serve_cmd)
 app.command("token")(token_cmd.token_cmd)
 app.add_typer(serve_cmd.shadow_app, name="shadow")
 app.add_typer(rules_cmd.app, name="rules")
+app.add_typer(llm_cmd.app, name="llm")
 app.add_typer(db_app, name="db")
 
 

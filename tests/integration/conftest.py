@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from cca.llm_local import LocalLLMServer
 from cca.settings import Settings
 from cca.store import Database, open_database
 from tests.conftest import FIXTURES, ROOT
@@ -73,3 +74,13 @@ def service_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tests.integration.service_harness import prepare_home
 
     return prepare_home(tmp_path_factory.mktemp("svc")).home
+
+
+@pytest.fixture(scope="session")
+def llm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalLLMServer]:
+    """The local llama.cpp server (Qwen2.5-Coder-0.5B) on a free port under its own home,
+    shared by the session; ``base_url`` and ``model_name`` point an OpenAI client at it."""
+    from tests.integration.llm_server import local_llm_server
+
+    with local_llm_server(tmp_path_factory.mktemp("llm")) as server:
+        yield server
