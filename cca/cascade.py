@@ -138,6 +138,7 @@ class Cascade:
             rest = [w for w in pending if w.decision is None]
             if rest:
                 self._classifier(rest)
+                self._review_without_llm([w for w in rest if w.decision is None])
         waiting = [w for w in work if w.decision is None]
         for w in work:
             if w.decision is not None:
@@ -286,6 +287,19 @@ class Cascade:
             return [ask(w) for w in todo]
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cca-llm") as pool:
             return list(pool.map(ask, todo))
+
+    def _review_without_llm(self, todo: list[Work]) -> None:
+        """Review at once when even the classifier's best class is unlikely: the candidates
+        would not hold the answer, so an LLM call would cost without helping (and it keeps
+        the LLM's share of tickets down)."""
+        floor = self.settings.llm_min_top_probability
+        for w in todo:
+            best = w.top_classes[0][1] if w.top_classes else 0.0
+            if best < floor:
+                w.decision = self._decision(
+                    w, "review", None, best, top_classes=w.top_classes,
+                    reason=f"no stage confident enough (classifier {best:.3f} < "
+                    f"{self.threshold:.3f}); below {floor:.2f}, not sent to the LLM")
 
     def _llm_or_review(self, todo: list[Work]) -> None:
         labels = self.bundle.info.labels

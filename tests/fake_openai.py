@@ -38,6 +38,7 @@ class FakeOpenAI:
         self.prompt_tokens, self.completion_tokens = 120, 30
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
+        self.paths: list[str] = []
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
@@ -114,7 +115,10 @@ class FakeOpenAI:
                 with fake._lock:
                     fake.requests.append(body)
                     fake.headers.append({k.lower(): v for k, v in self.headers.items()})
-                if self.path.rstrip("/") != "/v1/chat/completions":
+                    fake.paths.append(self.path)
+                # OpenAI's path, or Azure OpenAI's /openai/deployments/{name}/chat/completions
+                if not self.path.split("?")[0].rstrip("/").endswith(("/v1/chat/completions",
+                                                                     "/chat/completions")):
                     status, headers, payload = 404, {}, _error("Unknown path", "not_found")
                 else:
                     status, headers, payload = fake._respond(body)

@@ -132,7 +132,7 @@ def _llm_env(base_url: str) -> dict[str, str]:
     # One attempt per ticket: these tests count the breaker's calls (retries of 429/5xx are
     # tested against the same fake in tests/unit/test_llm_openai.py).
     return {"CCA_LLM_BASE_URL": base_url, "CCA_LLM_TIMEOUT_S": str(LLM_TIMEOUT_S),
-            "CCA_LLM_MAX_ATTEMPTS": "1",
+            "CCA_LLM_MAX_ATTEMPTS": "1", "CCA_LLM_MIN_TOP_PROBABILITY": "0",
             "CCA_LLM_BREAKER_FAILURES": str(BREAKER_FAILURES),
             "CCA_LLM_BREAKER_COOLDOWN_S": str(COOLDOWN_S), "CCA_LLM_MIN_CONFIDENCE": "0.7"}
 

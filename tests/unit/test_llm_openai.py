@@ -380,3 +380,32 @@ def test_an_explanation_reciting_the_instructions_is_withheld(fake, stage_for):
     assert answer is not None and answer.label == "billing_question"
     assert "untrusted" not in answer.explanation and stage.stats()["prompt_echoes"] == 1
     assert not leaks_prompt("The customer says the card was charged twice this week.")
+
+
+def test_a_hopeless_ticket_goes_to_review_without_an_llm_call(tmp_path):
+    from cca.cascade import Cascade, Work
+
+    cascade = Cascade.__new__(Cascade)
+    cascade.settings = Settings(home=tmp_path, llm_min_top_probability=0.6)
+    cascade.bundle = SimpleNamespace(info=SimpleNamespace(labels=LABELS, departments={}))
+    cascade.threshold, cascade.version = 0.95, "test"
+    low, high = (Work(ticket=Ticket(id=f"g{i}", body="x"), timings={},
+                      top_classes=[("billing_question", p)]) for i, p in enumerate((0.3, 0.7)))
+    cascade._review_without_llm([low, high])
+    assert low.decision is not None and low.decision.stage == "review"
+    assert "not sent to the LLM" in low.decision.reason and low.decision.confidence == 0.3
+    assert high.decision is None  # still waiting for the LLM
+
+
+def test_azure_openai_uses_the_deployment_path_and_api_key_header(fake, tmp_path):
+    root = fake.base_url.removesuffix("/v1")
+    settings = make_settings(tmp_path, root, llm_azure_api_version="2024-10-21",
+                             llm_model="my-deployment", llm_api_key="azure-key")
+    stage = OpenAICompatibleStage(settings)
+    try:
+        assert stage.classify(TICKET, NEIGHBOURS, LABELS) is not None
+    finally:
+        stage.close()
+    assert fake.paths[0].startswith("/openai/deployments/my-deployment/chat/completions")
+    assert "api-version=2024-10-21" in fake.paths[0]
+    assert fake.headers[0]["api-key"] == "azure-key"
