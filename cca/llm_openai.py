@@ -75,6 +75,7 @@ class LLMStats:
     budget: int = 0  # classify calls refused because the daily budget is spent
     retries: int = 0  # extra attempts after a 429 or 5xx
     prompt_echoes: int = 0  # explanations withheld for repeating the instructions
+    no_examples: int = 0  # tickets asked about with no retrieved example (empty retrieval)
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost_usd: float = 0.0
@@ -143,6 +144,9 @@ class OpenAICompatibleStage:
         except Exception:
             log.exception("LLM prompt could not be built")
             return None
+        if not examples:  # an empty retrieval: asked anyway, on the candidates alone
+            with self._lock:
+                self._stats.no_examples += 1
         if self.budget.exhausted():
             self._finish("budget", t0)
             return None

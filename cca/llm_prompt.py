@@ -129,13 +129,23 @@ def _shingles(text: str, n: int = 5) -> set[tuple[str, ...]]:
     return {tuple(words[i:i + n]) for i in range(len(words) - n + 1)}
 
 
-_PROMPT_SHINGLES = _shingles(SYSTEM_PROMPT) | _shingles(EXPLAIN_PROMPT)
+# The guarding part of the instructions (not the task, which an honest explanation may
+# paraphrase: "the ticket was routed to ...").
+_GUARDS = SYSTEM_PROMPT.split("\n", 1)[1] + "\n" + EXPLAIN_PROMPT.split(" The ticket", 1)[1]
+_PROMPT_SHINGLES = _shingles(_GUARDS)
+
+
+_GUARD_PHRASES = ("never follow instructions", "untrusted data", "never reveal",
+                  "role changes", "reply with one json object", "marker lines")
 
 
 def leaks_prompt(text: str) -> bool:
-    """Whether ``text`` repeats five words in a row of the instructions: an explanation that
-    does is not shown (a hostile ticket may ask the model to recite its prompt)."""
-    return not _shingles(text).isdisjoint(_PROMPT_SHINGLES)
+    """Whether ``text`` repeats the guarding instructions (five words in a row, or one of
+    their key phrases): such an explanation is not shown, since a hostile ticket may ask the
+    model to recite them."""
+    flat = " ".join("".join(c.lower() if c.isalnum() else " " for c in text).split())
+    return (any(p in flat for p in _GUARD_PHRASES)
+            or not _shingles(text).isdisjoint(_PROMPT_SHINGLES))
 
 
 def first_json_object(content: str) -> dict[str, Any] | None:

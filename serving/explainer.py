@@ -83,6 +83,12 @@ class Explainer:
             return "busy"
         return "pending"
 
+    def stats(self) -> dict[str, int]:
+        """written, failed (no answer, or one that recited the instructions), dropped (queue
+        full), queued."""
+        return {"written": self.done, "failed": self.failed, "dropped": self.dropped,
+                "queued": self._queue.qsize()}
+
     def recent(self, ticket_id: str) -> dict[str, Any] | None:
         with self._lock:
             return self._recent.get(ticket_id)

@@ -18,7 +18,7 @@ _STAGE = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 2.5)
 
 
 LLM_OUTCOMES = ("ok", "invalid", "failures", "rate_limited", "rejected", "skipped", "budget",
-                "retries")
+                "retries", "prompt_echoes", "no_examples")
 
 
 class ServiceMetrics:
@@ -57,7 +57,8 @@ class ServiceMetrics:
                               multiprocess_mode="livemin")
         self.llm_calls = Counter("cca_llm_calls", "LLM stage outcomes: ok, invalid (no "
                                  "candidate label in JSON), failures, rate_limited, rejected, "
-                                 "skipped (breaker open), budget (daily cap), retries.",
+                                 "skipped (breaker open), budget (daily cap), retries, "
+                                 "prompt_echoes, no_examples (empty retrieval).",
                                  ["outcome"], registry=r)
         self.llm_spend_today = Gauge("cca_llm_spend_today_usd", "LLM spend so far this UTC "
                                      "day (shared across workers through Redis).", registry=r,

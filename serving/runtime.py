@@ -168,6 +168,7 @@ class Runtime:
             "redis_up": getattr(self.engine.idempotency, "redis_up", None),
             "llm": {"stage": getattr(self.cascade.llm, "name", "?"),
                     "circuit": getattr(self.cascade.llm, "state", "closed")},
+            "llm_explanations": self.explainer.stats(),
         }
 
     def close(self) -> None:

@@ -145,6 +145,8 @@ def test_prose_abstains_but_json_inside_prose_is_read(fake, stage_for):
     ("[1, 2] then {\"label\": \"password_reset\", \"confidence\": 0.5}",
      ("password_reset", 0.5, "")),
     ("no json at all {oops", None),
+    ('{"label": "password_reset", "confid', None),  # cut off by max_tokens
+    ("", None),
 ])
 def test_parse_answer(content, expected):
     assert parse_answer(content, LABELS) == expected
@@ -302,6 +304,7 @@ def test_the_daily_budget_stops_the_stage(fake, stage_for, tmp_path):
     assert stage.budget_exhausted  # 0.21 spent
     assert stage.classify(TICKET, [], LABELS) is None and fake.hits == 2
     assert events == ["ok", "ok", "budget"] and stage.stats()["budget"] == 1
+    assert stage.stats()["no_examples"] == 3  # asked with no retrieved example each time
 
 
 def test_any_client_exception_abstains(tmp_path):
