@@ -50,9 +50,12 @@ def evidence(d: Decision) -> str:
 
 class Explainer:
     def __init__(self, llm: LLMStage, sanitizer: Sanitizer,
-                 append: Callable[[list[dict[str, Any]]], None], max_queue: int = 100,
+                 append: Callable[[list[dict[str, Any]]], None],
+                 available: Callable[[], bool], max_queue: int = 100,
                  keep: int = 1000) -> None:
+        """``available``: whether the LLM would be called now (``Cascade.llm_can_answer``)."""
         self.llm, self.sanitizer, self.append = llm, sanitizer, append
+        self.available = available
         self._queue: queue.Queue[_Job | None] = queue.Queue(maxsize=max_queue)
         self._recent: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._keep = keep
@@ -72,9 +75,7 @@ class Explainer:
         """Queue an explanation; what the caller is told about it."""
         if decision.label is None:
             return "not_routed"
-        if (getattr(self.llm, "name", "disabled") == "disabled"
-                or getattr(self.llm, "state", "closed") == "open"
-                or getattr(self.llm, "budget_exhausted", False)):
+        if not self.available():
             return "unavailable"
         try:
             self._queue.put_nowait(_Job(ticket, decision))

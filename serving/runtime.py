@@ -92,7 +92,8 @@ class Runtime:
         # start_batch only: the warm-up must not cost an LLM call.
         cascade.start_batch([Ticket(id="warm-up", body="warm up the models")])
         log.info("serving", extra={"model": cascade.version, "source": champion.source})
-        explainer = Explainer(cascade.llm, cascade.sanitizer, engine.spool.append)
+        explainer = Explainer(cascade.llm, cascade.sanitizer, engine.spool.append,
+                              lambda: cascade.llm_can_answer)
         explainer.start()
         runtime = cls(settings, db, metrics, champion, cascade, engine, limiter, explainer,
                       challenger, ready=True)

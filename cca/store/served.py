@@ -126,7 +126,7 @@ def record_served(conn: Connection, records: Sequence[dict[str, Any]]) -> None:
         known = {row[0] for row in conn.execute(
             sa.text("SELECT id FROM tickets WHERE id = ANY(:ids)"),
             {"ids": [r["ticket_id"] for r in explanations]})}
-        rows = [{k: v for k, v in r.items() if k not in ("kind", "at")} | {"at": r["at"]}
+        rows = [{k: v for k, v in r.items() if k != "kind"}
                 for r in explanations if r["ticket_id"] in known]
         if rows:
             conn.execute(_EXPLANATION, rows)
