@@ -363,6 +363,16 @@ def _session(connections: int) -> aiohttp.ClientSession:
                                  timeout=aiohttp.ClientTimeout(total=30))
 
 
+def _cpu_probe_ms() -> float:
+    """CPU ms of a fixed pure-Python loop, taken between phases (the server idle). The same
+    loop has taken 410-730 ms on this shared 2-core machine within one minute: the host's
+    speed varies, so a phase's numbers are read next to the probes around it."""
+    t0, total = time.process_time(), 0
+    for i in range(1_000_000):
+        total += i * i
+    return round((time.process_time() - t0) * 1000, 1)
+
+
 class Usage:
     """Wall time, this process's CPU and the server tree's CPU over a phase."""
 
@@ -370,6 +380,7 @@ class Usage:
         self.server, self.others, self.units = server, others, units
 
     def __enter__(self) -> Usage:
+        self.probe_start = _cpu_probe_ms()
         self.load_start, self.psi_start = _loadavg(), _cpu_pressure()
         self.t0, self.cpu0, self.busy0 = time.perf_counter(), _self_cpu_s(), _machine_busy_s()
         self.srv0 = self.server.tree.sample()["cpu_s"]
@@ -383,6 +394,7 @@ class Usage:
         self.oth_cpu = {k: t.sample()["cpu_s"] - self.oth0[k] for k, t in self.others.items()}
         self.busy = _machine_busy_s() - self.busy0
         self.load_end, self.psi_end = _loadavg(), _cpu_pressure()
+        self.probe_end = _cpu_probe_ms()
 
     def report(self) -> dict[str, Any]:
         cores = os.cpu_count() or 1
@@ -401,7 +413,19 @@ class Usage:
         out["loadavg_start"], out["loadavg_end"] = self.load_start, self.load_end
         out["cpu_pressure_some_avg10_start"] = self.psi_start
         out["cpu_pressure_some_avg10_end"] = self.psi_end
+        out["cpu_probe_ms_before_after"] = [self.probe_start, self.probe_end]
         return out
+
+
+async def _open_one_by_one(sessions: list[aiohttp.ClientSession], base: str) -> None:
+    """Open each client's keep-alive connection in turn, as a client pool grows. BentoML's
+    workers share one listening socket, and the first to wake accepts every connection
+    waiting: 20 connections opened at once were all served by one worker (measured: the
+    server at 0.95 of its 2 cores), which measures the accept race, not the service."""
+    for s in sessions:
+        async with s.get(f"{base}/healthz") as resp:
+            await resp.read()
+        await asyncio.sleep(0.02)
 
 
 async def _scrape(session: aiohttp.ClientSession, base: str) -> dict[str, float]:
@@ -520,6 +544,7 @@ class Bench:
                 await _post(s, url, body, self.headers, tally)
 
         try:
+            await _open_one_by_one(sessions, self.base)
             before = await _scrape(sessions[0], self.base)
             with Usage(self.server, self.others) as u:
                 stop_at = time.perf_counter() + duration
@@ -555,6 +580,7 @@ class Bench:
                 await _post(s, url, bodies[i], self.headers, tally, since=due)
 
         try:
+            await _open_one_by_one(sessions, self.base)
             before = await _scrape(sessions[0], self.base)
             with Usage(self.server, self.others, total) as u:
                 t0 = time.perf_counter() + 0.05
@@ -583,6 +609,7 @@ class Bench:
                     await _post(s, f"{self.base}/batch_classify", body, self.headers, t)
 
             try:
+                await _open_one_by_one(sessions, self.base)
                 before = await _scrape(sessions[0], self.base)
                 with Usage(self.server, self.others, n * size) as u:
                     await asyncio.gather(*(client(bodies[k::conc], s, tally)
@@ -869,9 +896,19 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
     print(f"load average {report['loadavg_start']} -> {report['loadavg_end']}")
+    probes = [ms for phase in _phases(report)
+              for ms in phase["usage"]["cpu_probe_ms_before_after"]]
+    if probes:
+        print(f"CPU speed probe around the phases: {min(probes)}-{max(probes)} ms "
+              "(the same loop; lower is a faster machine)")
     for name, ok in report["verdicts"].items():
         print(f"  {'PASS' if ok else 'FAIL'} {name}")
     print(f"written to {out}")
+
+
+def _phases(report: dict[str, Any]) -> list[dict[str, Any]]:
+    found = [report[k] for k in ("sequential", "paced", "concurrent", "soak") if k in report]
+    return [p for p in [*found, *report.get("batch", {}).values()] if "usage" in p]
 
 
 if __name__ == "__main__":

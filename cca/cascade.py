@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -17,13 +16,13 @@ import sqlalchemy as sa
 from threadpoolctl import threadpool_limits
 
 from cca.bundle import ModelBundle, load_bundle
-from cca.embeddings import Embedder, get_deep_embedder, get_embedder
+from cca.embeddings import Embedder, embedder_for_model
 from cca.errors import StateError
-from cca.llm_prompt import Example, describe
-from cca.llm_stage import DisabledLLMStage, LLMAnswer, LLMStage, get_llm_stage
+from cca.llm_batch import ask_batch
+from cca.llm_prompt import describe
+from cca.llm_stage import DisabledLLMStage, LLMStage, get_llm_stage
 from cca.settings import Settings
 from cca.store import Database
-from cca.store.tickets_repo import redacted_texts
 from cca.store.vectors import nearest, track_records
 from cca.tickets import Decision, Neighbour, Ticket
 from cca.vector_cache import CachePolicy, decide
@@ -90,9 +89,16 @@ class Cascade:
 
     @classmethod
     def load(cls, settings: Settings, db: Database, llm: LLMStage | None = None) -> Cascade:
-        bundle = load_bundle(settings.models_dir)
-        return cls(settings, db, bundle, load_rules(settings.rules_path),
-                   get_embedder(settings), get_deep_embedder(settings),
+        return cls.of_bundle(settings, db, load_bundle(settings.models_dir), llm)
+
+    @classmethod
+    def of_bundle(cls, settings: Settings, db: Database, bundle: ModelBundle,
+                  llm: LLMStage | None = None) -> Cascade:
+        """The cascade around ``bundle``, with the embedders it was trained with."""
+        embedder = embedder_for_model(settings, bundle.info.embedding_model_id)
+        assert embedder is not None
+        return cls(settings, db, bundle, load_rules(settings.rules_path), embedder,
+                   embedder_for_model(settings, bundle.info.deep_embedding_model_id),
                    llm if llm is not None else get_llm_stage(settings))
 
     def refresh_track_records(self) -> None:
@@ -252,42 +258,6 @@ class Cascade:
                     reason=f"calibrated probability {p[top[0]]:.3f} >= {self.threshold:.3f}",
                 )
 
-    def _examples(self, todo: list[Work]) -> dict[str, str]:
-        """Redacted texts of the tickets' nearest neighbours, for the LLM's few-shot."""
-        k = self.settings.llm_max_few_shot
-        ids = [n.ticket_id for w in todo
-               for n in sorted(w.neighbours, key=lambda n: -n.similarity)[:k]]
-        if not ids or not self.llm_can_answer:
-            return {}
-        try:
-            with self.db.begin() as conn:
-                return redacted_texts(conn, ids)
-        except sa.exc.OperationalError:  # PostgreSQL down: the LLM goes without examples
-            return {}
-
-    def _llm_answers(self, todo: list[Work], labels: list[str]) -> list[LLMAnswer | None]:
-        """Ask the LLM about the batch's tickets concurrently (at most llm_max_concurrency at
-        once), so a batch waits about one LLM round trip rather than one per ticket."""
-        texts = self._examples(todo)
-
-        def ask(w: Work) -> LLMAnswer | None:
-            t0 = time.perf_counter()
-            shots = [Example(texts[n.ticket_id], n.label)
-                     for n in sorted(w.neighbours, key=lambda n: -n.similarity)
-                     if n.ticket_id in texts]
-            answer = self.llm.classify(w.ticket, w.neighbours or [], labels, ranked=w.ranked,
-                                       examples=shots, descriptions=self.descriptions)
-            w.timings["llm"] = (time.perf_counter() - t0) * 1000
-            return answer
-
-        workers = min(self.settings.llm_max_concurrency, len(todo))
-        # No threads when no call can reach the network (disabled stage, or its circuit
-        # breaker open): they would only add latency (measured ~11 ms for 64 tickets).
-        if workers <= 1 or not self.llm_can_answer:
-            return [ask(w) for w in todo]
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cca-llm") as pool:
-            return list(pool.map(ask, todo))
-
     def _review_without_llm(self, todo: list[Work]) -> None:
         """Review at once when even the classifier's best class is unlikely: the candidates
         would not hold the answer, so an LLM call would cost without helping (and it keeps
@@ -303,7 +273,10 @@ class Cascade:
 
     def _llm_or_review(self, todo: list[Work]) -> None:
         labels = self.bundle.info.labels
-        answers = self._llm_answers(todo, labels)
+        answers = ask_batch(self.llm, self.db, todo, labels,
+                            few_shot=self.settings.llm_max_few_shot,
+                            max_concurrency=self.settings.llm_max_concurrency,
+                            can_call=self.llm_can_answer, descriptions=self.descriptions)
         for w, answer in zip(todo, answers, strict=True):
             top_classes = w.top_classes
             if (answer is not None and answer.label in labels

@@ -20,6 +20,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import FeatureUnion, Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from cca import linear_heads
+
 DeepVectors = Callable[[list[int]], np.ndarray]
 
 
@@ -69,7 +71,7 @@ class TieredClassifier:
 
     def _log_text(self, texts: list[str]) -> np.ndarray:
         assert self.vectorizer is not None and self.text_model is not None
-        return _log_proba(self.text_model, self.vectorizer.transform(texts))
+        return _log_proba(self.text_model, linear_heads.transform(self.vectorizer, texts))
 
     def _pool(self, log_text: np.ndarray, model: LogisticRegression | Pipeline, vectors: np.ndarray,
               temperature: float) -> np.ndarray:
@@ -117,7 +119,7 @@ class TieredClassifier:
 
 def _log_proba(model: LogisticRegression | Pipeline, x: object) -> np.ndarray:
     """Log-probabilities floored at 1e-12, so one view's hard zero cannot veto a class."""
-    return np.log(np.clip(model.predict_proba(x), 1e-12, 1.0))
+    return np.log(np.clip(linear_heads.predict_proba(model, x), 1e-12, 1.0))
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:

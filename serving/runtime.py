@@ -13,14 +13,11 @@ import sqlalchemy as sa
 
 from cca.bundle import load_bundle
 from cca.cascade import Cascade
-from cca.embeddings import get_deep_embedder, get_embedder
 from cca.errors import StateError
 from cca.feedback import apply_feedback
-from cca.llm_stage import get_llm_stage
 from cca.settings import Settings
 from cca.store import Database, open_database
 from cca.tickets import Ticket
-from rules import load_rules
 from serving.engine import Engine
 from serving.explainer import Explainer
 from serving.metrics import LLM_OUTCOMES, ServiceMetrics
@@ -43,8 +40,7 @@ def _worker_index() -> int:
 
 def build_cascade(settings: Settings, db: Database, choice: ModelChoice) -> Cascade:
     bundle = load_bundle(settings.models_dir, choice.bundle_version)
-    return Cascade(settings, db, bundle, load_rules(settings.rules_path),
-                   get_embedder(settings), get_deep_embedder(settings), get_llm_stage(settings))
+    return Cascade.of_bundle(settings, db, bundle)
 
 
 @dataclass

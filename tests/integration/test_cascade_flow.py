@@ -45,7 +45,7 @@ def test_training_saves_a_complete_bundle(settings, trained):
                               "password_reset"]
     assert info["departments"]["delivery_delay"] == "Logistics"
     assert info["embedding_model_id"] == "minilm-l6-static-v2"
-    assert info["deep_embedding_model_id"] == "all-MiniLM-L6-v2-onnx-int8"
+    assert info["deep_embedding_model_id"] == "all-MiniLM-L6-v2-onnx-dq8-v1"
     assert len(info["data_hash"]) == 64 and info["rules_version"]
     assert 0 < info["classifier_threshold"] <= 1 and 0 <= info["fast_threshold"] <= 1
     assert report.n_train + report.n_holdout == 48
@@ -105,7 +105,7 @@ def test_cache_answers_once_a_label_has_a_track_record_and_feedback_moves_it(
             "WHERE ticket_id = 'twin-1' ORDER BY model_id")).all()
     # Both the cache's vector and the deep model's (kept for the next training) are stored.
     assert [tuple(r) for r in stored] == [
-        ("all-MiniLM-L6-v2-onnx-int8", "billing_question", True),
+        ("all-MiniLM-L6-v2-onnx-dq8-v1", "billing_question", True),
         ("minilm-l6-static-v2", "billing_question", True),
     ]
 

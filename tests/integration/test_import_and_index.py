@@ -1,3 +1,6 @@
+import hashlib
+import json
+
 import numpy as np
 import pytest
 import sqlalchemy as sa
@@ -124,3 +127,30 @@ def test_static_table_is_cached_and_verified(settings):
     teacher = OnnxMiniLM()
     reloaded = StaticMiniLM(settings.home / "embeddings", teacher)
     assert reloaded.table.shape == (30522, 384)
+
+
+def test_quantised_deep_tier_is_derived_once_checked_and_close(settings):
+    """The dq8 deep tier: derived from the installed model under CCA_HOME, reused while it
+    matches its recorded hash, re-derived when not, and near the packaged model's vectors."""
+    from cca.embeddings import OnnxMiniLM
+
+    deep = get_deep_embedder(settings)
+    assert deep.model_id == "all-MiniLM-L6-v2-onnx-dq8-v1"
+    model = settings.home / "embeddings" / "minilm-dq8-v1.onnx"
+    meta = json.loads(model.with_suffix(".json").read_text())
+    assert meta["source_sha256"] == OnnxMiniLM.SHA256
+    assert meta["sha256"] == hashlib.sha256(model.read_bytes()).hexdigest()
+    built = model.stat().st_mtime_ns
+    texts = ["my card was charged twice", "the app will not let me log in",
+             "how long does a transfer from abroad take", "I want to close my account"]
+    OnnxMiniLM(quantized_dir=model.parent)  # matches its hash: reused, not derived again
+    assert model.stat().st_mtime_ns == built
+    packaged = OnnxMiniLM().embed(texts)
+    cosine = np.sum(deep.embed(texts) * packaged, axis=1)
+    assert cosine.min() > 0.97 and cosine.mean() > 0.985
+    with model.open("r+b") as f:  # a damaged file is derived again, never loaded
+        f.seek(1000)
+        f.write(b"\0" * 64)
+    again = OnnxMiniLM(quantized_dir=model.parent)
+    assert hashlib.sha256(model.read_bytes()).hexdigest() == meta["sha256"]
+    np.testing.assert_allclose(again.embed(texts), deep.embed(texts), atol=1e-6)
