@@ -65,8 +65,30 @@ class GuardMiddleware:
     they are read whole and non-JSON bodies on the JSON endpoints, sets X-Request-ID, turns
     the router's plain-text 404/405 into the JSON error shape, counts and times requests."""
 
-    def __init__(self, app: ASGIApp, max_body: int, metrics: ServiceMetrics) -> None:
+    def __init__(self, app: ASGIApp, max_body: int, metrics: ServiceMetrics,
+                 max_requests_per_connection: int = 0) -> None:
         self.app, self.max_body, self.metrics = app, max_body, metrics
+        # The workers share one listening socket and the first awake accepts every waiting
+        # connection, so a client opening its pool at once can land on one worker. Closing a
+        # keep-alive connection after this many requests (nginx's keepalive_requests) makes
+        # the client reconnect, and the less busy worker, awake first, takes it.
+        self.max_requests = max_requests_per_connection
+        self._served: dict[tuple[Any, ...], int] = {}
+
+    def _recycle(self, scope: Scope) -> bool:
+        """True when this response should close its connection."""
+        client = scope.get("client")
+        if not self.max_requests or not client:
+            return False
+        key = tuple(client)
+        n = self._served.get(key, 0) + 1
+        if n >= self.max_requests:
+            self._served.pop(key, None)
+            return True
+        if len(self._served) > 10_000:  # connections the clients closed first
+            self._served.clear()
+        self._served[key] = n
+        return False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -104,6 +126,8 @@ class GuardMiddleware:
                 message["headers"] = [*message.get("headers", []),
                                       (b"x-request-id", rid.encode()),
                                       (b"x-content-type-options", b"nosniff")]
+                if self._recycle(scope):
+                    message["headers"].append((b"connection", b"close"))
             elif state["swallow"]:
                 return
             await send(message)

@@ -249,8 +249,9 @@ class CallCentreAgent:
 
 
 # Around BentoML's whole app, so its own routes and its 404s get the same treatment.
-CallCentreAgent.add_asgi_middleware(GuardMiddleware, max_body=_settings.serve_max_body_bytes,
-                                    metrics=_metrics)
+CallCentreAgent.add_asgi_middleware(
+    GuardMiddleware, max_body=_settings.serve_max_body_bytes, metrics=_metrics,
+    max_requests_per_connection=_settings.serve_max_requests_per_connection)
 
 
 def _out(served: Served):

@@ -352,7 +352,7 @@ def test_cascade_asks_the_llm_for_a_batch_concurrently(fake, stage_for, tmp_path
     stage = stage_for(fake.base_url, llm_max_concurrency=4)
     # Only what _redact and _llm_or_review read: no database, models or embedders needed.
     cascade = Cascade.__new__(Cascade)
-    cascade.settings, cascade.llm = settings, stage
+    cascade.settings, cascade.llm, cascade.db = settings, stage, None  # no neighbours: no query
     cascade.bundle = SimpleNamespace(info=SimpleNamespace(labels=LABELS, departments={}))
     cascade.threshold, cascade.version, cascade.descriptions = 0.95, "test", {}
     cascade.sanitizer = Sanitizer(b"k" * 32, ner=False)
