@@ -16,7 +16,8 @@ async def _ok(scope, receive, send) -> None:
     await send({"type": "http.response.body", "body": b"{}"})
 
 
-def _connection_headers(guard: GuardMiddleware, client: tuple[str, int]) -> list[bytes]:
+def _connection_headers(guard: GuardMiddleware, client: tuple[str, int],
+                        path: str = "/classify") -> list[bytes]:
     sent: list[dict] = []
 
     async def receive() -> dict:
@@ -25,7 +26,7 @@ def _connection_headers(guard: GuardMiddleware, client: tuple[str, int]) -> list
     async def send(message: dict) -> None:
         sent.append(message)
 
-    scope = {"type": "http", "method": "GET", "path": "/healthz", "headers": [],
+    scope = {"type": "http", "method": "GET", "path": path, "headers": [],
              "client": client}
     asyncio.run(guard(scope, receive, send))
     start = next(m for m in sent if m["type"] == "http.response.start")
@@ -47,6 +48,15 @@ def test_every_nth_response_on_a_connection_closes_it(metrics: ServiceMetrics) -
     assert [_connection_headers(guard, a) for _ in range(3)] == [[], [], [b"close"]]
 
 
+def test_a_batch_answer_closes_its_connection(metrics: ServiceMetrics) -> None:
+    guard = GuardMiddleware(_ok, max_body=1000, metrics=metrics, max_requests_per_connection=3)
+    client = ("10.0.0.3", 7000)
+    assert _connection_headers(guard, client) == []
+    assert _connection_headers(guard, client, "/batch_classify") == [b"close"]
+    assert _connection_headers(guard, client) == []  # a new connection, a new count
+
+
 def test_zero_never_closes(metrics: ServiceMetrics) -> None:
     guard = GuardMiddleware(_ok, max_body=1000, metrics=metrics, max_requests_per_connection=0)
-    assert all(_connection_headers(guard, ("10.0.0.2", 6000)) == [] for _ in range(50))
+    assert all(_connection_headers(guard, ("10.0.0.2", 6000), path) == []
+               for _ in range(50) for path in ("/classify", "/batch_classify"))
