@@ -40,8 +40,7 @@ class AuditSpool:
 
     def __init__(self, directory: Path, sink: Sink, *, flush_interval_s: float = 0.05,
                  max_batch: int = 1000, segment_bytes: int = 8_000_000,
-                 on_sink_error: Callable[[Exception], None] | None = None,
-                 min_delivery_gap_s: float = 0.0) -> None:
+                 on_sink_error: Callable[[Exception], None] | None = None) -> None:
         if max_batch < 1 or segment_bytes < 1 or flush_interval_s <= 0:
             raise ValueError("max_batch, segment_bytes and flush_interval_s must be positive")
         self._dir = Path(directory)
@@ -61,10 +60,6 @@ class AuditSpool:
         self._wcond = threading.Condition()  # writer state and group commit
         self._dcond = threading.Condition()  # delivered position (cursor) and pending count
         self._wake, self._stop = threading.Event(), threading.Event()
-        # Appends wake the flusher, which would then deliver every request's records in their
-        # own transaction under load; with a gap it gathers them (flush() and close() do not
-        # wait for it).
-        self._urgent, self._gap, self._last_drain = threading.Event(), min_delivery_gap_s, 0.0
         self._thread: threading.Thread | None = None
         self._closed = self._abandoned = self._syncing = self._outage = False
         self._write_seq = self._synced_seq = self._failures = self._flushed = 0
@@ -105,7 +100,6 @@ class AuditSpool:
         """Block until everything appended before the call reached the sink; False on timeout."""
         with self._wcond:
             target = (self._active_id, self._active_size)
-        self._urgent.set()
         self._wake.set()
         with self._dcond:
             return self._dcond.wait_for(lambda: self._cursor >= target, timeout_s)
@@ -116,7 +110,6 @@ class AuditSpool:
             return
         self._deadline = time.monotonic() + timeout_s
         self._stop.set()  # the flusher notices within flush_interval_s
-        self._urgent.set()
         if self._thread is not None:
             self._thread.join(timeout_s)
             if self._thread.is_alive():  # stuck in the sink: it must not move the cursor now
@@ -296,17 +289,12 @@ class AuditSpool:
 
     def _run(self) -> None:
         while True:
-            self._last_drain = time.monotonic()
             ok = self._drain()
             if self._stop.is_set():
                 return
             if ok:
                 self._wake.wait(self._interval)
                 self._wake.clear()
-                gap = self._gap - (time.monotonic() - self._last_drain)
-                if gap > 0:
-                    self._urgent.wait(gap)
-                self._urgent.clear()
             else:  # appends do not cut a backoff short; close does
                 backoff = self._interval * 2 ** min(self._failures - 1, 30)
                 self._stop.wait(min(_MAX_BACKOFF_S, backoff))

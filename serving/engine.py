@@ -73,7 +73,6 @@ class Engine:
         self._key = key
         self.spool = AuditSpool(settings.spool_dir / spool_name, self._deliver,
                                 flush_interval_s=settings.serve_audit_flush_ms / 1000,
-                                min_delivery_gap_s=settings.serve_audit_flush_ms / 1000,
                                 on_sink_error=self._sink_failed)
         self.idempotency = IdempotencyStore(settings.redis_url, settings.serve_idempotency_ttl_s,
                                             self._replay_from_db)
