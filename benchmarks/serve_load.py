@@ -364,9 +364,9 @@ def _session(connections: int) -> aiohttp.ClientSession:
 
 
 def _cpu_probe_ms() -> float:
-    """CPU ms of a fixed pure-Python loop, taken between phases (the server idle). The same
-    loop has taken 410-730 ms on this shared 2-core machine within one minute: the host's
-    speed varies, so a phase's numbers are read next to the probes around it."""
+    """CPU ms of a fixed pure-Python loop, taken between phases (the server idle). It took
+    51-105 ms within single runs on this shared 2-core machine (a 3x longer loop: 411-732 ms
+    a minute apart): the host's speed varies, so a phase is read next to its probes."""
     t0, total = time.process_time(), 0
     for i in range(1_000_000):
         total += i * i

@@ -97,7 +97,8 @@ def test_cca_llm_serve_prints_the_settings_and_stops_on_ctrl_c(
     proc = subprocess.Popen(
         [sys.executable, "-m", "cca.cli.main", "llm", "serve", "--port", str(port),
          "--threads", "1", "--ctx", "1024"],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True)  # a failed run can kill the CLI and its server child together
     try:
         assert proc.stdout is not None
         lines = [proc.stdout.readline().strip() for _ in range(2)]
@@ -109,7 +110,7 @@ def test_cca_llm_serve_prints_the_settings_and_stops_on_ctrl_c(
         assert proc.wait(30) == 0
     finally:
         if proc.poll() is None:
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)  # not proc.kill(): the server would outlive it
             proc.wait()
     deadline = time.monotonic() + 10  # the server child is gone with it: the port is free
     while port_in_use("127.0.0.1", port):
