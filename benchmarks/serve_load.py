@@ -65,6 +65,7 @@ TARGETS = {
 SERVER_ENV = {"CCA_RATE_LIMIT_PER_S": "100000", "CCA_RATE_LIMIT_BURST": "100000",
               "CCA_NO_PROGRESS": "1"}
 TOKEN_MAX_AGE_S = 50 * 60
+PHASES = ("sequential", "paced", "concurrent", "batch")
 
 
 # -- machine and process facts -----------------------------------------------------------
@@ -808,15 +809,19 @@ async def _run(args: argparse.Namespace, report: dict[str, Any], settings) -> No
         report["server"]["processes_after_warmup"] = idle["processes"]
         print(f"ready after {report['server']['ready_after_s']} s; server tree RSS "
               f"{idle['rss_mb']} MB over {len(idle['processes'])} processes", flush=True)
-        if not args.soak_only:
+        phases = set() if args.soak_only else set(args.phases)
+        if "sequential" in phases:
             report["sequential"] = await bench.sequential()
             _print_phase("1 sequential /classify", report["sequential"])
+        if "paced" in phases:
             report["paced"] = await bench.paced()
             _print_phase(f"2a {args.clients} clients /classify at {args.paced_rate:g} req/s "
                          "offered", report["paced"])
+        if "concurrent" in phases:
             report["concurrent"] = await bench.concurrent()
             _print_phase(f"2b {args.clients} clients /classify, closed loop",
                          report["concurrent"])
+        if "batch" in phases:
             report["batch"] = await bench.batched()
             for size, p in report["batch"].items():
                 u = p["usage"]
@@ -860,6 +865,8 @@ def main() -> None:
     parser.add_argument("--batch-sizes", default="64,256", help="phase 3, comma-separated")
     parser.add_argument("--batch-tickets", type=int, default=3072,
                         help="phase 3 tickets per batch size")
+    parser.add_argument("--phases", default=",".join(PHASES),
+                        help=f"phases 1-3 to run, comma-separated (default: {','.join(PHASES)})")
     parser.add_argument("--soak", action="store_true", help="after phases 1-3, run the soak")
     parser.add_argument("--soak-only", action="store_true", help="run only the soak")
     parser.add_argument("--soak-minutes", type=float, default=10.0)
@@ -872,6 +879,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     args.batch_sizes = [int(x) for x in args.batch_sizes.split(",") if x.strip()]
+    args.phases = [x.strip() for x in args.phases.split(",") if x.strip()]
+    if unknown := sorted(set(args.phases) - set(PHASES)):
+        parser.error(f"unknown phase(s) {', '.join(unknown)}; choose from {', '.join(PHASES)}")
 
     settings = get_settings()
     report: dict[str, Any] = {

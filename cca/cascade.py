@@ -205,8 +205,8 @@ class Cascade:
             cost = self.embedder.count_tokens(texts) / 1000 * self.embedder.cost_per_1k_tokens_usd
         t1 = time.perf_counter()
         try:
-            with self.db.begin() as conn:
-                found = nearest(conn, self.embedder.model_id, vectors, self.settings.cache_top_k)
+            found = self.db.read(lambda conn: nearest(conn, self.embedder.model_id, vectors,
+                                                      self.settings.cache_top_k))
         except sa.exc.OperationalError as exc:
             # PostgreSQL down: the cache is skipped and the classifier answers, so a
             # database outage costs cache hits, never answers.

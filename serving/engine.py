@@ -236,8 +236,7 @@ class Engine:
             self.state_changed()
 
     def _replay_from_db(self, items: list[tuple[str, str]]) -> list[dict | None]:
-        with self.db.begin() as conn:
-            return served_decisions(conn, items)
+        return self.db.read(lambda conn: served_decisions(conn, items))
 
     # -- right to deletion ------------------------------------------------------------
     def erase(self, customer_ref: str, actor: str) -> dict[str, int]:

@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from serving.connection_balance import ConnectionBalancer
 from serving.logs import correlation_id, request_id
 from serving.metrics import ServiceMetrics
 
@@ -63,37 +64,13 @@ _ENDPOINTS = _JSON_POSTS | {"/status", "/openapi.json", "/healthz", "/livez", "/
 class GuardMiddleware:
     """Pure ASGI around the whole BentoML app: refuses bodies over ``max_body`` bytes before
     they are read whole and non-JSON bodies on the JSON endpoints, sets X-Request-ID, turns
-    the router's plain-text 404/405 into the JSON error shape, counts and times requests."""
+    the router's plain-text 404/405 into the JSON error shape, counts and times requests, and
+    lets ``balancer`` close connections to even out the workers' shares."""
 
     def __init__(self, app: ASGIApp, max_body: int, metrics: ServiceMetrics,
-                 max_requests_per_connection: int = 0) -> None:
+                 balancer: ConnectionBalancer | None = None) -> None:
         self.app, self.max_body, self.metrics = app, max_body, metrics
-        # The workers share one listening socket and the first awake accepts every waiting
-        # connection, so a client opening its pool at once can land on one worker. Closing a
-        # keep-alive connection after this many requests (nginx's keepalive_requests) makes
-        # the client reconnect, and the less busy worker, awake first, takes it.
-        self.max_requests = max_requests_per_connection
-        self._served: dict[tuple[Any, ...], int] = {}
-
-    def _recycle(self, scope: Scope) -> bool:
-        """True when this response should close its connection. A batch answer always does:
-        a batch takes 100+ ms, reconnecting well under one, and two batch connections on
-        one worker leave the other idle (measured: the server at 0.92 of 2 cores)."""
-        client = scope.get("client")
-        if not self.max_requests or not client:
-            return False
-        if scope.get("path") == "/batch_classify":
-            self._served.pop(tuple(client), None)
-            return True
-        key = tuple(client)
-        n = self._served.get(key, 0) + 1
-        if n >= self.max_requests:
-            self._served.pop(key, None)
-            return True
-        if len(self._served) > 10_000:  # connections the clients closed first
-            self._served.clear()
-        self._served[key] = n
-        return False
+        self.balancer = balancer or ConnectionBalancer(max_requests=0)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -108,6 +85,7 @@ class GuardMiddleware:
             "/customers" if path.startswith("/customers/") else "other")
         t0 = time.perf_counter()
         state = {"code": 500, "started": False, "swallow": False}
+        self.balancer.enter()
 
         async def send_wrapped(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -131,7 +109,7 @@ class GuardMiddleware:
                 message["headers"] = [*message.get("headers", []),
                                       (b"x-request-id", rid.encode()),
                                       (b"x-content-type-options", b"nosniff")]
-                if self._recycle(scope):
+                if self.balancer.close_after(scope):
                     message["headers"].append((b"connection", b"close"))
             elif state["swallow"]:
                 return
@@ -165,6 +143,7 @@ class GuardMiddleware:
                     raise
                 await _send_json(send_wrapped, exc.status_code, str(exc.detail))
         finally:
+            self.balancer.leave()
             seconds = time.perf_counter() - t0
             self.metrics.requests.labels(endpoint, str(state["code"])).inc()
             self.metrics.request_seconds.labels(endpoint).observe(seconds)

@@ -24,6 +24,7 @@ from cca.settings import Settings
 from cca.tickets import Ticket
 from serving.auth import Authenticator, AuthError, Caller
 from serving.batcher import MicroBatcher
+from serving.connection_balance import ConnectionBalancer
 from serving.engine import Job, Pending, Served
 from serving.http_guard import GuardMiddleware, ServiceError, install_error_handlers
 from serving.logs import configure, request_id
@@ -251,7 +252,8 @@ class CallCentreAgent:
 # Around BentoML's whole app, so its own routes and its 404s get the same treatment.
 CallCentreAgent.add_asgi_middleware(
     GuardMiddleware, max_body=_settings.serve_max_body_bytes, metrics=_metrics,
-    max_requests_per_connection=_settings.serve_max_requests_per_connection)
+    balancer=ConnectionBalancer(_settings.serve_max_requests_per_connection,
+                                _settings.home / "serve", _settings.serve_workers))
 
 
 def _out(served: Served):

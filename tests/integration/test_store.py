@@ -86,3 +86,36 @@ def test_exclusive_steps_wait_for_each_other(db):
         pass
     worker.join()
     assert order == ["first in", "first out", "second in"]
+
+
+def _reader_pids(db) -> set[int]:
+    return {db.read(lambda conn: conn.execute(sa.text("SELECT pg_backend_pid()")).scalar())}
+
+
+def test_read_is_one_autocommit_query_and_survives_a_dropped_connection(db):
+    # Autocommit: nothing is left open between queries (no BEGIN/COMMIT round trips).
+    status = db.read(lambda conn: conn.execute(sa.text(
+        "SELECT state FROM pg_stat_activity WHERE pid = pg_backend_pid()")).scalar())
+    assert status == "active"
+    assert db.read(lambda conn: conn.execute(sa.text("SELECT now() = statement_timestamp()"))
+                   .scalar()) is True  # its own transaction, no BEGIN before it
+    # PostgreSQL drops the reader's connection (as in a restart): the next read, which does
+    # not ping first, retries once on a new connection instead of failing.
+    pids = _reader_pids(db)
+    with db.begin() as conn:
+        killed = conn.execute(sa.text("SELECT count(*) FROM pg_stat_activity, "
+                                      "LATERAL pg_terminate_backend(pid) AS t "
+                                      "WHERE pid = ANY(:p) AND t"), {"p": list(pids)}).scalar()
+    assert killed == 1
+    after = _reader_pids(db)
+    assert after and after.isdisjoint(pids)
+    # A query that fails for another reason is not retried: the error reaches the caller.
+    calls = []
+
+    def bad(conn):
+        calls.append(1)
+        return conn.execute(sa.text("SELECT * FROM no_such_table")).all()
+
+    with pytest.raises(sa.exc.ProgrammingError):
+        db.read(bad)
+    assert len(calls) == 1

@@ -1,11 +1,15 @@
-"""Keep-alive connections are closed after N requests, so workers' shares even out."""
+"""Keep-alive connections are closed after N requests, after a batch, and by a worker busier
+than the others, so the workers' shares of connections even out."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 
+import bentoml
 import pytest
 
+from serving.connection_balance import ConnectionBalancer, LoadBoard, overloaded
 from serving.http_guard import GuardMiddleware
 from serving.metrics import ServiceMetrics
 
@@ -39,7 +43,8 @@ def metrics() -> ServiceMetrics:
 
 
 def test_every_nth_response_on_a_connection_closes_it(metrics: ServiceMetrics) -> None:
-    guard = GuardMiddleware(_ok, max_body=1000, metrics=metrics, max_requests_per_connection=3)
+    guard = GuardMiddleware(_ok, max_body=1000, metrics=metrics,
+                            balancer=ConnectionBalancer(3))
     a, b = ("10.0.0.1", 5000), ("10.0.0.1", 5001)
     seen = [_connection_headers(guard, a) for _ in range(3)]
     assert seen == [[], [], [b"close"]]
@@ -49,7 +54,8 @@ def test_every_nth_response_on_a_connection_closes_it(metrics: ServiceMetrics) -
 
 
 def test_a_batch_answer_closes_its_connection(metrics: ServiceMetrics) -> None:
-    guard = GuardMiddleware(_ok, max_body=1000, metrics=metrics, max_requests_per_connection=3)
+    guard = GuardMiddleware(_ok, max_body=1000, metrics=metrics,
+                            balancer=ConnectionBalancer(3))
     client = ("10.0.0.3", 7000)
     assert _connection_headers(guard, client) == []
     assert _connection_headers(guard, client, "/batch_classify") == [b"close"]
@@ -57,6 +63,62 @@ def test_a_batch_answer_closes_its_connection(metrics: ServiceMetrics) -> None:
 
 
 def test_zero_never_closes(metrics: ServiceMetrics) -> None:
-    guard = GuardMiddleware(_ok, max_body=1000, metrics=metrics, max_requests_per_connection=0)
+    guard = GuardMiddleware(_ok, max_body=1000, metrics=metrics,
+                            balancer=ConnectionBalancer(0))
     assert all(_connection_headers(guard, ("10.0.0.2", 6000), path) == []
                for _ in range(50) for path in ("/classify", "/batch_classify"))
+
+
+def test_overloaded_only_when_clearly_busier_than_the_others() -> None:
+    assert overloaded(14, [6]) and overloaded(20, [0]) and overloaded(4, [0])
+    assert not overloaded(10, [10]) and not overloaded(12, [8])
+    assert not overloaded(3, [0])  # too few in flight to be worth a reconnect
+    assert not overloaded(50, [])  # a single worker has no one to shed to
+    assert overloaded(9, [2, 4]) and not overloaded(9, [6, 6])
+
+
+def test_workers_see_each_others_in_flight_counts(tmp_path) -> None:
+    one, two = (LoadBoard(tmp_path / "load.bin", w, 2) for w in (1, 2))
+    for _ in range(3):
+        one.enter()
+    two.enter()
+    assert (one.others(), two.others()) == ([1], [3])
+    one.leave()
+    two.leave()
+    two.leave()  # never below zero
+    assert (one.others(), two.others(), two.in_flight) == ([0], [2], 0)
+    with pytest.raises(ValueError, match="worker 3"):
+        LoadBoard(tmp_path / "load.bin", 3, 2)
+
+
+def test_a_worker_busier_than_the_other_sheds_connections(tmp_path, metrics: ServiceMetrics,
+                                                          monkeypatch) -> None:
+    monkeypatch.setattr(bentoml.server_context, "worker_index", 1)
+    balancer = ConnectionBalancer(100, tmp_path, workers=2)
+    guard = GuardMiddleware(_ok, max_body=1000, metrics=metrics, balancer=balancer)
+    board = balancer.board()
+    assert board is not None
+    other = LoadBoard(tmp_path / f"load-{os.getppid()}.bin", 2, 2)
+    client = ("10.0.0.4", 8000)
+    for _ in range(5):  # this worker: 5 other requests in flight besides the one answered
+        board.enter()
+    # Both busy alike: no reason to move.
+    for _ in range(6):
+        other.enter()
+    assert [_connection_headers(guard, client) for _ in range(4)] == [[]] * 4
+    # The other worker goes idle: a connection that has served min_served requests moves.
+    for _ in range(6):
+        other.leave()
+    assert _connection_headers(guard, ("10.0.0.4", 8001)) == []  # a new one stays at first
+    assert _connection_headers(guard, ("10.0.0.4", 8001)) == []
+    assert _connection_headers(guard, ("10.0.0.4", 8001)) == [b"close"]
+    assert _connection_headers(guard, client) == [b"close"]
+    # The request's own count is taken back when it is answered.
+    assert board.in_flight == 5
+
+
+def test_without_a_worker_index_only_the_request_count_applies(tmp_path) -> None:
+    balancer = ConnectionBalancer(100, tmp_path, workers=2)  # the app run in-process
+    assert balancer.board() is None
+    assert not any(balancer.close_after({"path": "/classify", "client": ("h", 1)})
+                   for _ in range(99))
