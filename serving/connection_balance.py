@@ -16,6 +16,7 @@ to one worker (95 % CPU, the other 0 %) for the 10 s until they were recycled, a
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
 import struct
@@ -71,6 +72,28 @@ class LoadBoard:
         self._map.close()
 
 
+def remove_stale_boards(directory: Path) -> list[Path]:
+    """Delete the boards of services whose starting process is gone (one file per start)."""
+    removed = []
+    for path in directory.glob("load-*.bin"):
+        pid = path.stem.removeprefix("load-")
+        if pid.isdigit() and not _alive(int(pid)):
+            with contextlib.suppress(OSError):
+                path.unlink()
+                removed.append(path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
 class ConnectionBalancer:
     """Decides, per response, whether to close its connection (see the module docstring).
 
@@ -98,6 +121,7 @@ class ConnectionBalancer:
                     # starts from a clean board.
                     path = self._board_dir / f"load-{os.getppid()}.bin"
                     self._board = LoadBoard(path, index, self._workers)
+                    remove_stale_boards(self._board_dir)
         return self._board or None
 
     def enter(self) -> None:

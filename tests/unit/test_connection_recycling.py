@@ -9,7 +9,12 @@ import os
 import bentoml
 import pytest
 
-from serving.connection_balance import ConnectionBalancer, LoadBoard, overloaded
+from serving.connection_balance import (
+    ConnectionBalancer,
+    LoadBoard,
+    overloaded,
+    remove_stale_boards,
+)
 from serving.http_guard import GuardMiddleware
 from serving.metrics import ServiceMetrics
 
@@ -122,3 +127,12 @@ def test_without_a_worker_index_only_the_request_count_applies(tmp_path) -> None
     assert balancer.board() is None
     assert not any(balancer.close_after({"path": "/classify", "client": ("h", 1)})
                    for _ in range(99))
+
+
+def test_boards_of_services_that_are_gone_are_removed(tmp_path) -> None:
+    # 999999999 is above Linux's largest pid (pid_max <= 2**22): never a live process.
+    mine, stale = tmp_path / f"load-{os.getpid()}.bin", tmp_path / "load-999999999.bin"
+    for path in (mine, stale):
+        path.write_bytes(b"\0" * 8)
+    assert remove_stale_boards(tmp_path) == [stale]
+    assert mine.exists() and not stale.exists()
