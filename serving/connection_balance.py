@@ -17,12 +17,14 @@ to one worker (95 % CPU, the other 0 %) for the 10 s until they were recycled, a
 from __future__ import annotations
 
 import contextlib
+import logging
 import mmap
 import os
 import struct
 from pathlib import Path
 from typing import Any
 
+log = logging.getLogger("cca.serving.http")
 SLOTS = 64
 _SLOT = struct.Struct("q")
 
@@ -120,7 +122,11 @@ class ConnectionBalancer:
                     # Named after the process that started the workers: a new `cca serve`
                     # starts from a clean board.
                     path = self._board_dir / f"load-{os.getppid()}.bin"
-                    self._board = LoadBoard(path, index, self._workers)
+                    try:
+                        self._board = LoadBoard(path, index, self._workers)
+                    except OSError as exc:  # balancing is an optimisation: serve without it
+                        log.warning("connection balancing off: cannot open %s (%s)", path, exc)
+                        return None
                     remove_stale_boards(self._board_dir)
         return self._board or None
 

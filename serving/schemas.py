@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from cca.tickets import Decision, Priority, Stage, Ticket
+from cca.tickets import Decision, Priority, Stage, Ticket, no_nul
 from pipelines.pii.sanitizer import normalise
 
 _TEXT_MAX = 20_000
@@ -40,12 +40,7 @@ class TicketIn(BaseModel):
         default_factory=dict, max_length=50,
         description="Flat key/value pairs (no control characters); kept with the ticket.")
 
-    @field_validator("subject", "body")
-    @classmethod
-    def _no_nul(cls, v: str) -> str:
-        if "\x00" in v:
-            raise ValueError("text contains a NUL byte")
-        return v
+    _no_nul = field_validator("subject", "body")(no_nul)
 
     @field_validator("metadata")
     @classmethod

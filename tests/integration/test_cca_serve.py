@@ -27,15 +27,10 @@ from cca.settings import Settings
 from cca.store.server import _running
 from tests.conftest import ROOT
 from tests.integration.service_harness import BASE_ENV
+from tests.servers import free_port
 
 READY_TIMEOUT_S = 120
 STOP_TIMEOUT_S = 20
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _env(home: Path) -> dict[str, str]:
@@ -64,7 +59,7 @@ class Served:
 
 @pytest.fixture(scope="module")
 def served(service_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    port = _free_port()
+    port = free_port()
     log = tmp_path_factory.mktemp("serve") / "serve.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(

@@ -4,13 +4,10 @@ private redis-server the test kills, stalls (SIGSTOP) or never starts (a closed 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import shutil
 import signal
-import socket
-import subprocess
 import threading
 import time
 import uuid
@@ -26,6 +23,7 @@ from cca.settings import Settings
 from serving.idempotency import IdempotencyStore
 from serving.ratelimit import RateLimiter
 from serving.redis_guard import RedisUnavailable
+from tests.servers import PrivateRedis, free_port
 
 REDIS_URL = Settings().redis_url
 
@@ -46,41 +44,6 @@ def prefix(shared: redis.Redis) -> Iterator[str]:
     yield pfx
     for key in shared.scan_iter(match=pfx + "*", count=1000):
         shared.delete(key)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class PrivateRedis:
-    """A throwaway redis-server the test may kill, stall or restart."""
-
-    def __init__(self) -> None:
-        self.port = _free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
-             "--save", "", "--appendonly", "no"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
-        for _ in range(250):
-            with contextlib.suppress(redis.ConnectionError):
-                client.ping()
-                return
-            time.sleep(0.02)
-        raise RuntimeError("private redis-server did not start")
-
-    def kill(self) -> None:
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait(5)
-            self.proc = None
 
 
 @pytest.fixture
@@ -183,7 +146,7 @@ def test_rate_limit_on_stalled_or_absent_redis(private_redis: PrivateRedis) -> N
         assert _cost_ms(lambda: rl.check("c")) < 10
     finally:
         private_redis.proc.send_signal(signal.SIGCONT)
-    nowhere = RateLimiter(f"redis://127.0.0.1:{_free_port()}/0", rate_per_s=100, burst=200)
+    nowhere = RateLimiter(f"redis://127.0.0.1:{free_port()}/0", rate_per_s=100, burst=200)
     assert nowhere.check("c") == (True, 0.0) and not nowhere.redis_up
     assert _cost_ms(lambda: nowhere.check("c")) < 10
 
@@ -253,7 +216,7 @@ def test_idempotency_with_redis_down(
     how: str, request: pytest.FixtureRequest, caplog: pytest.LogCaptureFixture,
 ) -> None:
     server = request.getfixturevalue("private_redis") if how == "killed" else None
-    url = server.url if server else f"redis://127.0.0.1:{_free_port()}/0"
+    url = server.url if server else f"redis://127.0.0.1:{free_port()}/0"
     store = IdempotencyStore(url, ttl_s=60, db_lookup=FakeDb({("T7", "h"): DECISION}))
     if server:
         store.put("T8", "h", DECISION)

@@ -13,9 +13,7 @@ import hashlib
 import json
 import re
 import shutil
-import socket
 import statistics
-import subprocess
 import time
 import uuid
 import warnings
@@ -33,6 +31,7 @@ from cca.store import open_database
 from cca.store.server import stop_embedded
 from tests.fake_openai import FakeOpenAI, closed_port_url
 from tests.integration.service_harness import service, ticket, token
+from tests.servers import PrivateRedis
 
 UNSURE = "zxqv blorp"  # the fixture model is unsure about it: it goes on to the LLM
 PASSWORD = "I forgot my password"  # answered by a rule
@@ -310,37 +309,6 @@ def test_gauges_are_current_on_the_first_scrape(home, auth):
 
 # -- Redis down ---------------------------------------------------------------------------
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class _PrivateRedis:
-    def __init__(self) -> None:
-        self.port = _free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> redis.Redis:
-        self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
-        for _ in range(250):
-            with contextlib.suppress(redis.ConnectionError):
-                client.ping()
-                return client
-            time.sleep(0.02)
-        raise RuntimeError("private redis-server did not start")
-
-    def kill(self) -> None:
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait(5)
-            self.proc = None
-
-
 def _redis_reachable(url: str) -> bool:
     try:
         return bool(redis.Redis.from_url(url, socket_connect_timeout=0.5).ping())
@@ -358,7 +326,7 @@ def test_redis_down_still_answers_and_recovers(home):
     subject = f"redis-{uuid.uuid4().hex[:6]}"
     auth = token(home, "classify", subject=subject)
     flood = token(home, "classify", subject=f"flood-{uuid.uuid4().hex[:6]}")
-    server = _PrivateRedis()
+    server = PrivateRedis()
     rc = server.start()
     try:
         with service(home, CCA_REDIS_URL=server.url, CCA_RATE_LIMIT_PER_S="5",

@@ -136,3 +136,14 @@ def test_boards_of_services_that_are_gone_are_removed(tmp_path) -> None:
         path.write_bytes(b"\0" * 8)
     assert remove_stale_boards(tmp_path) == [stale]
     assert mine.exists() and not stale.exists()
+
+
+def test_a_board_that_cannot_be_opened_turns_balancing_off(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(bentoml.server_context, "worker_index", 1)
+    blocked = tmp_path / "file"
+    blocked.write_text("not a directory")
+    balancer = ConnectionBalancer(100, blocked / "serve", workers=2)
+    assert balancer.board() is None  # logged, not raised: requests are still served
+    balancer.enter()
+    assert not balancer.close_after({"path": "/classify", "client": ("h", 1)})
+    balancer.leave()

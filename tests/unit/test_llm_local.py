@@ -18,6 +18,7 @@ from cca.cli.main import app
 from cca.errors import StateError
 from cca.llm_local import LocalLLMServer, model_file, model_path
 from cca.settings import Settings
+from tests.servers import free_port
 
 CHUNKS = [b"GGUF" + os.urandom(3000), os.urandom(5000), os.urandom(17)]
 WHOLE = b"".join(CHUNKS)
@@ -162,12 +163,6 @@ def test_chunk_paths_in_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
 # --- the server process ------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _fake_server(monkeypatch: pytest.MonkeyPatch, code: str) -> None:
     """The server's command replaced by a Python one-liner."""
     monkeypatch.setattr(llm_local, "_require_llama_cpp", lambda: None)
@@ -201,7 +196,7 @@ def test_refuses_a_port_in_use(settings: Settings, tmp_path: Path) -> None:
 def test_server_that_dies_reports_its_log(settings: Settings, tmp_path: Path,
                                           monkeypatch: pytest.MonkeyPatch) -> None:
     _fake_server(monkeypatch, "import sys; print('cannot load model: bad magic'); sys.exit(4)")
-    server = LocalLLMServer(settings, port=_free_port())
+    server = LocalLLMServer(settings, port=free_port())
     with pytest.raises(StateError, match=r"(?s)exited with code 4.*bad magic"):
         server.start(tmp_path / "m.gguf")
     assert server.process is None
@@ -213,7 +208,7 @@ def test_server_that_never_answers_times_out_and_is_stopped(
     _fake_server(monkeypatch, f"import os, time; open({str(pid_file)!r}, 'w')"
                               ".write(str(os.getpid())); print('loading', flush=True); "
                               "time.sleep(60)")
-    server = LocalLLMServer(settings, port=_free_port(), startup_timeout_s=1.5)
+    server = LocalLLMServer(settings, port=free_port(), startup_timeout_s=1.5)
     with pytest.raises(StateError, match=r"(?s)did not answer.*loading"):
         server.start(tmp_path / "m.gguf")
     pid = int(pid_file.read_text())
