@@ -418,15 +418,16 @@ class Usage:
         return out
 
 
-async def _open_one_by_one(sessions: list[aiohttp.ClientSession], base: str) -> None:
-    """Open each client's keep-alive connection in turn, as a client pool grows. BentoML's
-    workers share one listening socket, and the first to wake accepts every connection
-    waiting: 20 connections opened at once were all served by one worker (measured: the
-    server at 0.95 of its 2 cores), which measures the accept race, not the service."""
-    for s in sessions:
+async def _open_connections(sessions: list[aiohttp.ClientSession], base: str) -> None:
+    """Open every client's keep-alive connection before the timing starts, all at once, as a
+    client pool does. BentoML's workers race to accept them, and they often all land on one
+    worker; evening them out is the service's job (serving.connection_balance), so the
+    benchmark does not help it."""
+    async def one(s: aiohttp.ClientSession) -> None:
         async with s.get(f"{base}/healthz") as resp:
             await resp.read()
-        await asyncio.sleep(0.02)
+
+    await asyncio.gather(*(one(s) for s in sessions))
 
 
 async def _scrape(session: aiohttp.ClientSession, base: str) -> dict[str, float]:
@@ -545,7 +546,7 @@ class Bench:
                 await _post(s, url, body, self.headers, tally)
 
         try:
-            await _open_one_by_one(sessions, self.base)
+            await _open_connections(sessions, self.base)
             before = await _scrape(sessions[0], self.base)
             with Usage(self.server, self.others) as u:
                 stop_at = time.perf_counter() + duration
@@ -581,7 +582,7 @@ class Bench:
                 await _post(s, url, bodies[i], self.headers, tally, since=due)
 
         try:
-            await _open_one_by_one(sessions, self.base)
+            await _open_connections(sessions, self.base)
             before = await _scrape(sessions[0], self.base)
             with Usage(self.server, self.others, total) as u:
                 t0 = time.perf_counter() + 0.05
@@ -610,7 +611,7 @@ class Bench:
                     await _post(s, f"{self.base}/batch_classify", body, self.headers, t)
 
             try:
-                await _open_one_by_one(sessions, self.base)
+                await _open_connections(sessions, self.base)
                 before = await _scrape(sessions[0], self.base)
                 with Usage(self.server, self.others, n * size) as u:
                     await asyncio.gather(*(client(bodies[k::conc], s, tally)

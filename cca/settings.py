@@ -164,7 +164,7 @@ class Settings(BaseSettings):
     serve_idempotency_ttl_s: int = Field(default=7 * 24 * 3600, ge=60)
     serve_audit_flush_ms: float = Field(default=250.0, gt=0)
     # Keep-alive connections close after this many requests (0: never), so the workers'
-    # shares of long-lived client connections even out (see serving.http_guard).
+    # shares of long-lived client connections even out (see serving.connection_balance).
     serve_max_requests_per_connection: int = Field(default=100, ge=0)
     serve_tracing: bool = Field(default=False, description="BentoML's OpenTelemetry spans.")
     # Per-client limit (token bucket in Redis): sustained rate and burst.

@@ -24,6 +24,8 @@ import struct
 from pathlib import Path
 from typing import Any
 
+from serving import worker_index
+
 log = logging.getLogger("cca.serving.http")
 SLOTS = 64
 _SLOT = struct.Struct("q")
@@ -115,9 +117,7 @@ class ConnectionBalancer:
         if self._board is None:
             self._board = False
             if self._board_dir is not None and self._workers > 1 and self.max_requests:
-                import bentoml
-
-                index = bentoml.server_context.worker_index
+                index = worker_index()
                 if index is not None and 1 <= index <= min(self._workers, SLOTS):
                     # Named after the process that started the workers: a new `cca serve`
                     # starts from a clean board.

@@ -18,6 +18,7 @@ from cca.feedback import apply_feedback
 from cca.settings import Settings
 from cca.store import Database, open_database
 from cca.tickets import Ticket
+from serving import worker_index
 from serving.engine import Engine
 from serving.explainer import Explainer
 from serving.metrics import LLM_OUTCOMES, ServiceMetrics
@@ -26,16 +27,6 @@ from serving.ratelimit import RateLimiter
 from serving.shadow import ShadowRunner
 
 log = logging.getLogger("cca.serving")
-
-
-def _worker_index() -> int:
-    """Each BentoML worker process gets its own spool (a spool has one writer)."""
-    try:
-        from bentoml._internal.context import server_context
-
-        return int(server_context.worker_index or 1)
-    except Exception:  # outside a BentoML server (tests through to_asgi, scripts)
-        return 1
 
 
 def build_cascade(settings: Settings, db: Database, choice: ModelChoice) -> Cascade:
@@ -74,7 +65,7 @@ class Runtime:
             shadow = ShadowRunner(build_cascade(settings, db, challenger), cascade.version,
                                   metrics)
         engine = Engine(settings, db, cascade, metrics, shadow,
-                        spool_name=f"worker-{_worker_index()}")
+                        spool_name=f"worker-{worker_index() or 1}")
         engine.start()
         limiter = RateLimiter(settings.redis_url, settings.rate_limit_per_s,
                               settings.rate_limit_burst)
