@@ -162,6 +162,8 @@ class Settings(BaseSettings):
     serve_batch_max_size: int = Field(default=64, ge=1)
     serve_shadow: bool = Field(default=False, description="Also run @challenger, log only.")
     serve_idempotency_ttl_s: int = Field(default=7 * 24 * 3600, ge=60)
+    # How often a worker delivers its spooled audit records to PostgreSQL (one transaction for
+    # all of them); at once instead while Redis is down (see serving.engine).
     serve_audit_flush_ms: float = Field(default=250.0, gt=0)
     # Keep-alive connections close after this many requests (0: never), so the workers'
     # shares of long-lived client connections even out (see serving.connection_balance).

@@ -112,6 +112,8 @@ class Engine:
         hashes = [self.request_hash(j.ticket) for j in jobs]
         pairs = [(j.ticket.id, h) for j, h in zip(jobs, hashes, strict=True)]
         stored, misses = self.idempotency.get_cached(pairs)
+        if misses and not self.idempotency.redis_up:
+            self._deliver_before_lookup()
         # Redis misses may still be replays PostgreSQL knows (Redis restarted, or the entry
         # expired): that query runs while the cascade classifies them, and a ticket it finds
         # is replayed, its fresh decision dropped unseen. The batch never waits for both.
@@ -162,6 +164,12 @@ class Engine:
                                        "ms": round((time.perf_counter() - t0) * 1000, 2)})
         return [s for s in out if s is not None]
 
+    def _deliver_before_lookup(self) -> None:
+        """With Redis down, PostgreSQL answers "seen before?", so decisions this worker made
+        while Redis was up, and left for the spool's next round, must be there first."""
+        if self.spool.pending and self.database_up:
+            self.spool.flush(timeout_s=1.0)
+
     def _record(self, items: list[tuple[Job, str, Decision | None]]) -> list[Served]:
         """Spool (durable), then make replayable, count, and hand to the shadow."""
         if not items:
@@ -175,7 +183,9 @@ class Engine:
                 "ticket": j.ticket.model_dump(mode="json", exclude_unset=True),
                 "request_hash": h, "decision": d.model_dump(mode="json"),
                 "caller": j.caller, "request_id": j.request_id, "endpoint": j.endpoint})
-        self.spool.append(records)  # durable before anyone can replay it
+        # Durable before anyone can replay it. Delivered to PostgreSQL at once only while
+        # Redis is down, when PostgreSQL is where another worker looks for a retried ticket.
+        self.spool.append(records, deliver_now=not self.idempotency.redis_up)
         # Sent to Redis off the request path; this process replays it from memory until then.
         self.idempotency.put_many([(j.ticket.id, h, r["decision"])
                                    for (j, h, _), r in zip(items, records, strict=True)],
@@ -248,11 +258,17 @@ class Engine:
         core = canonical_customer(customer_ref)
         if not core:
             raise ValueError("customer reference has no letters or digits")
+        self.wait_for_other_workers()
         try:
             return self._erase(core, actor)
         except sa.exc.OperationalError as exc:
             raise StateError("PostgreSQL is unreachable: erasure not done, try again later"
                              ) from exc
+
+    def wait_for_other_workers(self) -> None:
+        """Other workers (and replicas) deliver their audit records at least once per
+        ``serve_audit_flush_ms``: after that, what they served before this call is stored."""
+        time.sleep(self.settings.serve_audit_flush_ms / 1000 * 1.2 + 0.02)
 
     def _erase(self, core: str, actor: str) -> dict[str, int]:
         with self.db.begin() as conn:

@@ -13,7 +13,7 @@ import sqlalchemy as sa
 
 from cca.bundle import load_bundle
 from cca.cascade import Cascade
-from cca.errors import StateError
+from cca.errors import InputError, StateError
 from cca.feedback import apply_feedback
 from cca.settings import Settings
 from cca.store import Database, open_database
@@ -91,14 +91,22 @@ class Runtime:
     def feedback(self, ticket_id: str, label: str, actor: str) -> str:
         """The continuous-learning loop (``cca.feedback``), then the cache's new track record.
 
-        Waits for the spool first, so a ticket classified a moment ago is in the store."""
+        Waits for the spool first, so a ticket classified a moment ago is in the store; a
+        ticket still unknown may have been served by another worker, so it is looked up once
+        more after that worker's delivery interval."""
         if not self.engine.spool.flush(timeout_s=10 if self.engine.database_up else 1):
             raise StateError("PostgreSQL is unreachable: feedback not stored, try again later")
+        embedders = [e for e in (self.cascade.embedder, self.cascade.deep_embedder) if e]
         try:
-            message = apply_feedback(self.settings, self.db, ticket_id, label,
-                                     bundle=self.cascade.bundle,
-                                     embedders=[e for e in (self.cascade.embedder,
-                                                            self.cascade.deep_embedder) if e])
+            try:
+                message = apply_feedback(self.settings, self.db, ticket_id, label,
+                                         bundle=self.cascade.bundle, embedders=embedders)
+            except InputError as exc:
+                if not str(exc).startswith("no ticket"):
+                    raise
+                self.engine.wait_for_other_workers()
+                message = apply_feedback(self.settings, self.db, ticket_id, label,
+                                         bundle=self.cascade.bundle, embedders=embedders)
             self.cascade.refresh_track_records()
         except sa.exc.OperationalError as exc:
             raise StateError("PostgreSQL is unreachable: feedback not stored, try again "

@@ -3,14 +3,17 @@ metrics, rate limits, shadow mode and the fallback to the last good model copy."
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
+import threading
 import time
 
 import pytest
 import sqlalchemy as sa
 
 from cca.store import open_database
+from cca.tickets import Ticket
 from tests.integration.service_harness import service, ticket, token
 
 
@@ -113,6 +116,48 @@ def test_feedback_labels_and_indexes(client, auth, home):
     missing = client.post("/feedback", json={"ticket_id": "nope", "label": "delivery_delay"},
                           headers=auth)
     assert missing.status_code == 404
+
+
+@contextlib.contextmanager
+def _other_worker_delivers(home, ticket_: Ticket, after_s: float = 0.1):
+    """Another worker delivers its audit records once per CCA_SERVE_AUDIT_FLUSH_MS: a ticket
+    it served a moment ago reaches the store a little after this worker looks for it."""
+    from cca.settings import Settings
+    from cca.store.tickets_repo import upsert_tickets
+
+    def deliver() -> None:
+        time.sleep(after_s)
+        db = open_database(Settings(home=home))
+        try:
+            with db.begin() as conn:
+                upsert_tickets(conn, [ticket_], origin="api")
+        finally:
+            db.dispose()
+
+    thread = threading.Thread(target=deliver)
+    thread.start()
+    try:
+        yield
+    finally:
+        thread.join()
+
+
+def test_feedback_waits_for_a_ticket_another_worker_is_still_delivering(client, auth, home):
+    with _other_worker_delivers(home, Ticket(id="fb-late", body="my parcel is a week late")):
+        r = client.post("/feedback", json={"ticket_id": "fb-late", "label": "delivery_delay"},
+                        headers=auth)
+    assert r.status_code == 200, r.text
+    assert _rows(home, "SELECT label FROM ticket_labels WHERE ticket_id = 'fb-late'") == [
+        {"label": "delivery_delay"}]
+
+
+def test_erasure_waits_for_tickets_another_worker_is_still_delivering(client, auth, home):
+    late = Ticket(id="gdpr-late", body="my parcel is late", customer_ref="CUST-777001")
+    with _other_worker_delivers(home, late):
+        r = client.delete("/customers/CUST-777001", headers=auth)
+    assert r.status_code == 200, r.text
+    assert r.json()["counts"]["tickets"] == 1
+    assert _rows(home, "SELECT id FROM tickets WHERE id = 'gdpr-late'") == []
 
 
 def test_erasure_removes_the_customer_and_leaves_a_tombstone(client, auth, home):

@@ -329,15 +329,21 @@ def test_redis_down_still_answers_and_recovers(home):
     server = PrivateRedis()
     rc = server.start()
     try:
+        # A long delivery round: while Redis is up, decisions wait for it in the spool.
         with service(home, CCA_REDIS_URL=server.url, CCA_RATE_LIMIT_PER_S="5",
-                     CCA_RATE_LIMIT_BURST="20") as client:
+                     CCA_RATE_LIMIT_BURST="20", CCA_SERVE_AUDIT_FLUSH_MS="5000") as client:
             first = ticket(PARCEL, id=f"{subject}-a")
             assert _classify(client, first, auth)[0]["replayed"] is False
             assert _classify(client, first, auth)[0]["replayed"] is True
             assert rc.exists(_idem_key(first["ticket"]["id"]), f"cca:rl:{subject}") == 2
             assert _gauge(client, "cca_redis_up") == 1.0
+            just_served = ticket(PASSWORD, id=f"{subject}-just")
+            assert _classify(client, just_served, auth)[0]["replayed"] is False
 
             server.kill()
+            # Retried first thing after Redis died: PostgreSQL must know it, so the decisions
+            # still waiting for their delivery round are delivered before it is asked.
+            assert _classify(client, just_served, auth)[0]["replayed"] is True
             down_ids = [f"{subject}-down-{i}" for i in range(8)]
             seconds = []
             for i, tid in enumerate(down_ids):

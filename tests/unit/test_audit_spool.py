@@ -89,6 +89,27 @@ def test_delivers_in_order_in_batches_and_counts_pending(spool_dir: Path) -> Non
     spool.close()
 
 
+def test_appends_left_for_the_next_round_share_one_delivery(spool_dir: Path) -> None:
+    sink = Sink()
+    spool = AuditSpool(spool_dir, sink, flush_interval_s=1.0)
+    spool.start()
+    assert wait_until(lambda: len(sink.calls) == 0 and spool.pending == 0)
+    time.sleep(0.05)  # the flusher's first round (nothing to deliver) is over
+    t0 = time.monotonic()
+    for i in range(20):
+        spool.append(recs(i, 1), deliver_now=False)
+    assert spool.pending == 20 and sink.batches == []  # durable on disk, not yet delivered
+    assert wait_until(lambda: spool.pending == 0, timeout=3)
+    assert time.monotonic() - t0 < 1.0 + 0.5  # within one interval (plus scheduling)
+    assert [len(b) for b in sink.batches] == [20]  # one transaction for all of them
+    spool.append(recs(20, 1))  # the default wakes the flusher at once
+    assert wait_until(lambda: spool.pending == 0, timeout=0.6)
+    spool.append(recs(21, 1), deliver_now=False)
+    assert spool.flush(timeout_s=0.6)  # flush() does not wait for the round either
+    assert sink.ids == [f"r{i}" for i in range(22)]
+    spool.close()
+
+
 def test_files_are_private(spool_dir: Path) -> None:
     spool = AuditSpool(spool_dir, Sink(), flush_interval_s=0.01)
     spool.start()
