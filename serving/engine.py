@@ -17,6 +17,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 import sqlalchemy as sa
@@ -84,7 +85,8 @@ class Engine:
     def start(self) -> None:
         self.spool.start()
         if self.shadow is not None:
-            self.shadow.start(self.spool.append)
+            # Shadow records are never replayed: they wait for the next delivery round.
+            self.shadow.start(partial(self.spool.append, deliver_now=False))
 
     def close(self) -> None:
         self._llm_pool.shutdown(wait=True)
