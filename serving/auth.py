@@ -14,18 +14,16 @@ import json
 import logging
 import re
 import secrets
-import threading
 import time
 from dataclasses import dataclass
 from typing import Any
-from urllib.error import HTTPError
 
 import jwt
-from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
-from jwt.exceptions import PyJWKClientError, PyJWTError
+from jwt.exceptions import PyJWTError
 
 from cca.errors import ConfigError, InputError
 from cca.settings import Settings
+from serving.jwks import JwksKeys, KeysUnavailable, UnknownKey
 
 log = logging.getLogger("cca.serving.auth")
 
@@ -85,73 +83,6 @@ _MESSAGES: tuple[tuple[type[Exception], str], ...] = (
     (jwt.exceptions.InvalidJTIError, "token 'jti' claim must be a string"),
     (jwt.DecodeError, "malformed token"),
 )
-
-
-class _JwksKeys:
-    """RS256 public keys by ``kid`` from a JWKS URL, fetched (and parsed) with PyJWKClient.
-
-    The hot path is a dict lookup of parsed keys. The set is refetched by one thread once it is
-    ``lifespan_s`` old (a withdrawn key stops working) or for an unseen kid, at most every
-    ``cooldown_s`` (made-up kids cannot hammer the provider). PyJWKClient's caches are off: they
-    keep withdrawn keys for ever (``cache_keys``) or retry a down provider on every request once
-    expired; here fetched keys keep working through an outage and only unseen kids get 503.
-    """
-
-    def __init__(self, url: str, timeout_s: float, lifespan_s: float, cooldown_s: float):
-        try:
-            self._client = jwt.PyJWKClient(url, cache_jwk_set=False, timeout=timeout_s)
-        except PyJWKClientError as exc:
-            raise ConfigError(f"CCA_AUTH_JWKS_URL: {exc}") from exc
-        self.url, self.lifespan_s, self.cooldown_s = url, lifespan_s, cooldown_s
-        self._keys: dict[str, RSAPublicKey] = {}
-        self._fresh_until = self._next_fetch = float("-inf")  # time.monotonic() values
-        self._error: str | None = None  # why the last fetch failed
-        self._lock = threading.Lock()
-
-    def fresh_key(self, kid: str | None) -> RSAPublicKey | None:
-        """The key if it is known and the set is fresh; never fetches."""
-        return self._keys.get(kid or "") if time.monotonic() < self._fresh_until else None
-
-    def key(self, kid: str) -> RSAPublicKey:
-        key = self._keys.get(kid)
-        if key is not None and time.monotonic() < self._fresh_until:
-            return key
-        if time.monotonic() >= self._next_fetch:
-            # A thread that already has a (stale) key does not wait for another's fetch.
-            if self._lock.acquire(blocking=key is None):
-                try:
-                    if time.monotonic() >= self._next_fetch:  # nobody fetched while we waited
-                        self._fetch()
-                finally:
-                    self._lock.release()
-            key = self._keys.get(kid)
-        if key is not None:
-            return key
-        if self._error is not None:
-            raise AuthError(503, f"cannot fetch the identity provider's signing keys from "
-                                 f"{self.url} ({self._error})", {"Retry-After": "10"})
-        raise AuthError.unauthorized(
-            f"token key id '{_clip(kid)}' is not among the identity provider's signing keys")
-
-    def _fetch(self) -> None:
-        self._next_fetch = time.monotonic() + self.cooldown_s
-        try:
-            jwks = self._client.get_signing_keys(refresh=True)
-        except (PyJWTError, OSError, ValueError) as exc:
-            cause = exc.__cause__ or exc
-            reason = f"HTTP {cause.code}" if isinstance(cause, HTTPError) else getattr(
-                cause, "reason", cause)
-            self._error = str(reason) or type(cause).__name__
-            log.warning("JWKS fetch from %s failed: %s", self.url, self._error)
-            return
-        keys = {k.key_id: k.key for k in jwks
-                if k.algorithm_name == "RS256" and isinstance(k.key, RSAPublicKey)}
-        if not keys:
-            self._error = "no RS256 signing keys in the set"
-            return
-        self._keys, self._error = keys, None
-        self._fresh_until = time.monotonic() + self.lifespan_s
-        log.info("JWKS from %s: %d RS256 keys", self.url, len(keys))
 
 
 def _hs256_secret(settings: Settings) -> bytes:
@@ -219,14 +150,14 @@ class Authenticator:
                  jwks_cooldown_s: float = 10.0) -> None:
         self.settings = settings
         self.algorithm = settings.auth_algorithm
-        self._jwks: _JwksKeys | None = None
+        self._jwks: JwksKeys | None = None
         self._secret: bytes | None = None
         if self.algorithm == "RS256":
             if not settings.auth_jwks_url:
                 raise ConfigError("CCA_AUTH_ALGORITHM=RS256 needs CCA_AUTH_JWKS_URL "
                                   "(your identity provider's JWKS endpoint)")
-            self._jwks = _JwksKeys(settings.auth_jwks_url, JWKS_TIMEOUT_S,
-                                   jwks_lifespan_s, jwks_cooldown_s)
+            self._jwks = JwksKeys(settings.auth_jwks_url, JWKS_TIMEOUT_S,
+                                  jwks_lifespan_s, jwks_cooldown_s)
         else:
             self._secret = _hs256_secret(settings)
         self._decode_kwargs: dict[str, Any] = {
@@ -281,7 +212,14 @@ class Authenticator:
             kid = header.get("kid")
             if not isinstance(kid, str) or not kid:
                 raise AuthError.unauthorized("token header has no key id ('kid')")
-            key: Any = self._jwks.key(kid)
+            try:
+                key: Any = self._jwks.key(kid)
+            except KeysUnavailable as exc:
+                raise AuthError(503, "cannot fetch the identity provider's signing keys from "
+                                     f"{self._jwks.url} ({exc})", {"Retry-After": "10"}) from None
+            except UnknownKey:
+                raise AuthError.unauthorized(f"token key id '{_clip(kid)}' is not among the "
+                                             "identity provider's signing keys") from None
         else:
             key = self._secret
         s = self.settings
