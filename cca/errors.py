@@ -11,6 +11,10 @@ class InputError(CCAError):
     """A file, record or argument that cannot be accepted as given."""
 
 
+class UnknownTicket(InputError):
+    """A ticket id the store does not hold (HTTP 404; another worker may still be writing it)."""
+
+
 class ConfigError(CCAError):
     """A settings value, rule file or department map that is invalid."""
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from cca.bundle import ModelBundle, load_bundle
 from cca.embeddings import Embedder, get_deep_embedder, get_embedder
-from cca.errors import InputError
+from cca.errors import InputError, UnknownTicket
 from cca.settings import Settings
 from cca.store import Database
 from cca.store.audit import last_decision
@@ -31,7 +31,7 @@ def apply_feedback(settings: Settings, db: Database, ticket_id: str, label: str,
     department = bundle.info.departments.get(label, label)
     with db.begin() as conn:
         if get_ticket(conn, ticket_id) is None:
-            raise InputError(f"no ticket {ticket_id!r} in the store")
+            raise UnknownTicket(f"no ticket {ticket_id!r} in the store")
         set_labels(conn, {ticket_id: (label, department)}, origin="feedback")
         ticket = get_prepared_ticket(conn, ticket_id)  # with the new label taken into account
     if embedders is None:

@@ -7,13 +7,14 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import sqlalchemy as sa
 
 from cca.bundle import load_bundle
 from cca.cascade import Cascade
-from cca.errors import InputError, StateError
+from cca.errors import StateError, UnknownTicket
 from cca.feedback import apply_feedback
 from cca.settings import Settings
 from cca.store import Database, open_database
@@ -96,17 +97,16 @@ class Runtime:
         more after that worker's delivery interval."""
         if not self.engine.spool.flush(timeout_s=10 if self.engine.database_up else 1):
             raise StateError("PostgreSQL is unreachable: feedback not stored, try again later")
-        embedders = [e for e in (self.cascade.embedder, self.cascade.deep_embedder) if e]
+        apply = partial(apply_feedback, self.settings, self.db, ticket_id, label,
+                        bundle=self.cascade.bundle,
+                        embedders=[e for e in (self.cascade.embedder,
+                                               self.cascade.deep_embedder) if e])
         try:
             try:
-                message = apply_feedback(self.settings, self.db, ticket_id, label,
-                                         bundle=self.cascade.bundle, embedders=embedders)
-            except InputError as exc:
-                if not str(exc).startswith("no ticket"):
-                    raise
+                message = apply()
+            except UnknownTicket:
                 self.engine.wait_for_other_workers()
-                message = apply_feedback(self.settings, self.db, ticket_id, label,
-                                         bundle=self.cascade.bundle, embedders=embedders)
+                message = apply()
             self.cascade.refresh_track_records()
         except sa.exc.OperationalError as exc:
             raise StateError("PostgreSQL is unreachable: feedback not stored, try again "

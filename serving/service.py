@@ -19,7 +19,7 @@ from fastapi import Depends, FastAPI, Path, Request
 from pydantic import ValidationError
 
 from cca import __version__
-from cca.errors import CCAError, InputError
+from cca.errors import CCAError, InputError, UnknownTicket
 from cca.settings import Settings
 from cca.tickets import Ticket
 from serving.auth import Authenticator, AuthError, Caller
@@ -181,7 +181,7 @@ async def feedback(body: FeedbackRequest,
         message = await asyncio.to_thread(_service().runtime.feedback, body.ticket_id,
                                           body.label, caller.subject)
     except InputError as exc:
-        status = 404 if str(exc).startswith("no ticket") else 422
+        status = 404 if isinstance(exc, UnknownTicket) else 422
         raise ServiceError(status, str(exc)) from exc
     except CCAError as exc:
         raise ServiceError(503, str(exc)) from exc
