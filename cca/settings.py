@@ -172,6 +172,9 @@ class Settings(BaseSettings):
     # Per-client limit (token bucket in Redis): sustained rate and burst.
     rate_limit_per_s: float = Field(default=100.0, gt=0)
     rate_limit_burst: int = Field(default=200, ge=1)
+    # Tokens a worker takes from Redis at once and spends from memory (1: a Redis call per
+    # request); capped at a quarter of the burst over the workers (see serving.ratelimit).
+    rate_limit_lease: int = Field(default=10, ge=1)
 
     # Auth: OAuth 2.0 bearer JWTs. HS256 with a shared secret (unset: a per-home random secret
     # under CCA_HOME/secrets, what `cca token` signs with) or RS256 keys from a JWKS URL.

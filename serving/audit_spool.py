@@ -11,6 +11,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +69,7 @@ class AuditSpool:
         self._cursor, self._pending = self._recover()
         self._active_id, self._active_size = max([*self._segments(), self._cursor[0]]) + 1, 0
         self._fd = self._open_segment(self._active_id)
+        self._fsyncer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit-fsync")
 
     def append(self, records: Sequence[dict[str, Any]], *, deliver_now: bool = True) -> None:
         """Durable when it returns (written, flushed and fsync'ed). Thread-safe; concurrent
@@ -76,8 +78,28 @@ class AuditSpool:
         ``deliver_now=False`` leaves the records for the flusher's next round (within
         ``flush_interval_s``): under load one transaction then carries many requests' records
         instead of one each."""
+        seq = self._put(records, deliver_now)
+        if seq:
+            with self._wcond:
+                self._sync_until(seq)
+
+    def append_nowait(self, records: Sequence[dict[str, Any]], *,
+                      deliver_now: bool = True) -> Future[None]:
+        """Written when it returns, durable when the future is done (it holds the fsync's
+        error, if any). The fsync runs on the spool's own thread, so the caller (the
+        service's cascade thread) goes on with its next batch instead of waiting for the disk.
+        """
+        seq = self._put(records, deliver_now)
+        if not seq:
+            done: Future[None] = Future()
+            done.set_result(None)
+            return done
+        return self._fsyncer.submit(self._sync_to, seq)
+
+    def _put(self, records: Sequence[dict[str, Any]], deliver_now: bool) -> int:
+        """Write (not yet fsync'ed); the write's sequence number, 0 for no records."""
         if not records:
-            return
+            return 0
         if not all(isinstance(r, dict) for r in records):
             raise TypeError("audit records must be dicts")
         data = "".join(_ENCODER.encode(r) + "\n" for r in records).encode()
@@ -86,11 +108,14 @@ class AuditSpool:
                 raise RuntimeError("audit spool is closed")
             self._write(data)
             self._write_seq += 1
-            seq = self._write_seq
             with self._dcond:
                 self._pending += len(records)
             if deliver_now:
                 self._wake.set()
+            return self._write_seq
+
+    def _sync_to(self, seq: int) -> None:
+        with self._wcond:
             self._sync_until(seq)
 
     def start(self) -> None:
@@ -120,6 +145,7 @@ class AuditSpool:
             if self._thread.is_alive():  # stuck in the sink: it must not move the cursor now
                 self._abandoned = True
                 log.warning("audit spool flusher did not stop within %.1f s", timeout_s)
+        self._fsyncer.shutdown(wait=True)  # what was appended without waiting gets its fsync
         with self._wcond:
             self._closed = True
             self._wcond.wait_for(lambda: not self._syncing)

@@ -11,6 +11,7 @@ import hashlib
 import hmac
 import json
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -37,6 +38,9 @@ from serving.shadow import ShadowRunner
 
 log = logging.getLogger("cca.serving")
 
+# Batches up to this size are classified while the replay lookup runs (see ``handle``).
+_CLASSIFY_WHILE_LOOKING_UP = 8
+
 
 @dataclass(frozen=True)
 class Job:
@@ -50,8 +54,12 @@ class Job:
 
 @dataclass(frozen=True)
 class Served:
+    """A decision; ``durable`` (when set) is done once its audit record is fsync'ed, which
+    the answer must wait for (``serving.service``)."""
+
     decision: Decision
     replayed: bool
+    durable: Future[None] | None = None
 
 
 @dataclass(frozen=True)
@@ -79,6 +87,10 @@ class Engine:
                                             self._replay_from_db)
         self.database_up = True
         self.on_state: Callable[[], None] | None = None
+        # Decisions made but not yet fsync'ed (so not yet in the idempotency store): a retry
+        # arriving meanwhile replays them, and its answer waits for the same fsync.
+        self._not_durable: dict[tuple[str, str], Served] = {}
+        self._not_durable_lock = threading.Lock()
         self._llm_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="cca-llm-batch")
         self._lookups = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cca-idem-db")
 
@@ -113,27 +125,33 @@ class Engine:
         t0 = time.perf_counter()
         hashes = [self.request_hash(j.ticket) for j in jobs]
         pairs = [(j.ticket.id, h) for j, h in zip(jobs, hashes, strict=True)]
-        stored, misses = self.idempotency.get_cached(pairs)
-        if misses and not self.idempotency.redis_up:
-            self._deliver_before_lookup()
-        # Redis misses may still be replays PostgreSQL knows (Redis restarted, or the entry
-        # expired): that query runs while the cascade classifies them, and a ticket it finds
-        # is replayed, its fresh decision dropped unseen. The batch never waits for both.
-        in_db = (self._lookups.submit(self.idempotency.fill_from_db, pairs, misses, stored)
-                 if misses else None)
+        # "Seen before?" (Redis, then PostgreSQL for Redis' misses: Redis restarted, or the
+        # entry expired) runs on the lookup thread while the cascade classifies the batch; a
+        # ticket found there is replayed and its fresh decision dropped unseen. Replays are
+        # rare (retried webhooks), so for a few tickets classifying them anyway costs less
+        # than this thread waiting on two round trips; a large batch asks first.
+        seen = self._lookups.submit(self._seen_before, pairs)
+        if len(jobs) > _CLASSIFY_WHILE_LOOKING_UP:
+            seen.result()
         # The same ticket twice in one batch is classified once (the second is a replay).
         first: dict[tuple[str, str], int] = {}
         todo: list[int] = []
-        for i in misses:
-            if pairs[i] not in first:
-                first[pairs[i]] = i
+        with self._not_durable_lock:
+            unsynced = [self._not_durable.get(p) for p in pairs] if self._not_durable else None
+        for i, pair in enumerate(pairs):
+            if unsynced and unsynced[i] is not None:
+                continue
+            if pair not in first and not (seen.done() and seen.result()[i] is not None):
+                first[pair] = i
                 todo.append(i)
         work, waiting = (self.cascade.start_batch([jobs[i].ticket for i in todo]) if todo
                          else ([], []))
-        if in_db is not None:
-            in_db.result()
+        stored = seen.result()
         out: list[Served | Pending | None] = [
             Served(Decision.model_validate(s), True) if s is not None else None for s in stored]
+        for i, s in enumerate(unsynced or ()):
+            if s is not None:
+                out[i] = Served(s.decision, True, s.durable)
         fresh = [(i, w) for i, w in zip(todo, work, strict=True) if stored[i] is None]
         if fresh:
             self.metrics.batch_size.observe(len(fresh))
@@ -157,7 +175,7 @@ class Engine:
             if out[i] is None:  # a repeat within this batch
                 src = out[first[pair]]
                 out[i] = (Pending(src.future, src.index, True) if isinstance(src, Pending)
-                          else Served(src.decision, True))  # type: ignore[union-attr]
+                          else Served(src.decision, True, src.durable))  # type: ignore[union-attr]
         replays = sum(1 for s in out if s is not None and s.replayed)
         if replays:
             self.metrics.replays.inc(replays)
@@ -165,6 +183,14 @@ class Engine:
         log.debug("batch done", extra={"tickets": len(jobs), "replays": replays,
                                        "ms": round((time.perf_counter() - t0) * 1000, 2)})
         return [s for s in out if s is not None]
+
+    def _seen_before(self, pairs: list[tuple[str, str]]) -> list[dict[str, Any] | None]:
+        stored, misses = self.idempotency.get_cached(pairs)
+        if misses and not self.idempotency.redis_up:
+            self._deliver_before_lookup()
+        if misses:
+            self.idempotency.fill_from_db(pairs, misses, stored)
+        return stored
 
     def _deliver_before_lookup(self) -> None:
         """With Redis down, PostgreSQL answers "seen before?", so decisions this worker made
@@ -185,18 +211,35 @@ class Engine:
                 "ticket": j.ticket.model_dump(mode="json", exclude_unset=True),
                 "request_hash": h, "decision": d.model_dump(mode="json"),
                 "caller": j.caller, "request_id": j.request_id, "endpoint": j.endpoint})
-        # Durable before anyone can replay it. Delivered to PostgreSQL at once only while
-        # Redis is down, when PostgreSQL is where another worker looks for a retried ticket.
-        self.spool.append(records, deliver_now=not self.idempotency.redis_up)
-        # Sent to Redis off the request path; this process replays it from memory until then.
-        self.idempotency.put_many([(j.ticket.id, h, r["decision"])
-                                   for (j, h, _), r in zip(items, records, strict=True)],
-                                  wait=False)
+        # Durable before anyone can replay it, and before it is answered (the caller waits for
+        # ``durable``); the fsync runs off this thread, which goes on with the next batch.
+        # Delivered to PostgreSQL at once only while Redis is down, when PostgreSQL is where
+        # another worker looks for a retried ticket.
+        durable = self.spool.append_nowait(records, deliver_now=not self.idempotency.redis_up)
         decisions = [d for _, _, d in items if d is not None]
+        served = [Served(d, False, durable) for d in decisions]
+        replayable = [(j.ticket.id, h, r["decision"])
+                      for (j, h, _), r in zip(items, records, strict=True)]
+        with self._not_durable_lock:
+            for (tid, h, _), s in zip(replayable, served, strict=True):
+                self._not_durable[(tid, h)] = s
+        # Registered first: a future already done runs the callback here, at once.
+        durable.add_done_callback(partial(self._now_durable, replayable))
         self.metrics.observe_decisions(decisions)
         if self.shadow is not None:
             self.shadow.submit([j.ticket for j, _, _ in items], decisions)
-        return [Served(d, False) for d in decisions]
+        return served
+
+    def _now_durable(self, items: list[tuple[str, str, dict[str, Any]]],
+                     durable: Future[None]) -> None:
+        """Once fsync'ed: into the idempotency store (this process replays from its memory
+        until Redis has it), then out of the not-durable map. A failed fsync makes nothing
+        replayable: that request fails, and a retry is classified again."""
+        if durable.exception() is None:
+            self.idempotency.put_many(items, wait=False)
+        with self._not_durable_lock:
+            for tid, h, _ in items:
+                self._not_durable.pop((tid, h), None)
 
     def _finish_later(self, pairs: list[tuple[Job, str]], works: list[Work]) -> list[Served]:
         self.cascade.finish_batch(works)

@@ -69,7 +69,8 @@ class Runtime:
                         spool_name=f"worker-{worker_index() or 1}")
         engine.start()
         limiter = RateLimiter(settings.redis_url, settings.rate_limit_per_s,
-                              settings.rate_limit_burst)
+                              settings.rate_limit_burst, lease=settings.rate_limit_lease,
+                              workers=settings.serve_workers)
         metrics.model_info.labels(
             champion_bundle=champion.bundle_version,
             champion_registry_version=champion.registry_version or "",

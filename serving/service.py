@@ -111,8 +111,13 @@ async def _serve(items: list, caller: Caller, endpoint: str) -> list[Served]:
     for r in results:  # tickets that went to the LLM finish on their own threads
         if isinstance(r, Pending):
             done = (await asyncio.wrap_future(r.future))[r.index]
-            r = Served(done.decision, True) if r.replayed else done
+            r = Served(done.decision, True, done.durable) if r.replayed else done
         out.append(r)
+    # Answered only once audited: the spool's fsync ran while the cascade went on.
+    for durable in {id(s.durable): s.durable for s in out if s.durable is not None}.values():
+        if not durable.done():
+            await asyncio.wrap_future(durable)
+        durable.result()  # an fsync that failed fails the request
     return out
 
 

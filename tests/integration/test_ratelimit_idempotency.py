@@ -109,6 +109,45 @@ def test_concurrent_workers_never_over_admit(prefix: str) -> None:
     assert all(w.checks_local == 0 for w in workers)
 
 
+def test_leases_save_round_trips_and_workers_still_never_over_admit(prefix: str) -> None:
+    # Two workers leasing 10 tokens at a time from one bucket of 200 (almost no refill).
+    workers = [RateLimiter(REDIS_URL, rate_per_s=0.001, burst=200, prefix=prefix, lease=10,
+                           workers=2) for _ in range(2)]
+    assert [w.lease for w in workers] == [10, 10]
+    barrier = threading.Barrier(8)
+
+    def hammer(rl: RateLimiter) -> int:
+        barrier.wait()
+        return sum(rl.check("shared")[0] for _ in range(60))
+
+    with ThreadPoolExecutor(8) as pool:
+        admitted = sum(pool.map(hammer, workers * 4))
+    assert admitted == 200  # 480 attempts: exactly the bucket, none held back at the end
+    leased = sum(w.checks_leased for w in workers)
+    assert leased >= 200 - 2 * 20, leased  # ~9 of every 10 admitted without a Redis call
+    refused = sum(w.refused for w in workers)
+    assert sum(w.checks_redis for w in workers) == admitted - leased + refused
+
+
+def test_lease_size_and_how_long_tokens_are_held(prefix: str, shared: redis.Redis) -> None:
+    # A lease is at most a quarter of the bucket over the workers: small buckets stay exact.
+    assert RateLimiter(REDIS_URL, rate_per_s=10, burst=5, lease=10, workers=2).lease == 1
+    assert RateLimiter(REDIS_URL, rate_per_s=10, burst=40, lease=10, workers=2).lease == 5
+    rl = RateLimiter(REDIS_URL, rate_per_s=100, burst=40, prefix=prefix, lease=10)
+    assert rl.lease == 10
+    assert rl.check("alice") == (True, 0.0)
+    assert float(shared.hget(prefix + "alice", "tokens")) <= 30.01  # 10 taken: 9 held
+    assert [rl.check("alice")[0] for _ in range(9)] == [True] * 9
+    assert (rl.checks_redis, rl.checks_leased) == (1, 9)
+    assert rl.check("bob")[0] and rl.checks_redis == 2  # a lease is one client's
+    rl.check("alice")  # a new lease of 10: 9 held ...
+    time.sleep(40 / 100 + 0.05)  # ... until the bucket could have filled again: forfeited
+    assert rl.check("alice")[0] and (rl.checks_redis, rl.checks_leased) == (4, 9)
+    # A batch larger than the lease takes exactly its cost.
+    assert rl.check("carol", cost=25) == (True, 0.0)
+    assert 14.99 <= float(shared.hget(prefix + "carol", "tokens")) <= 15.01
+
+
 def test_rate_limit_survives_redis_death_and_recovers(
     private_redis: PrivateRedis, caplog: pytest.LogCaptureFixture,
 ) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import re
 import threading
 import time
@@ -77,6 +78,39 @@ def test_classify_is_routed_audited_and_replayed(client, auth, home):
     assert all(len(r["text_hash"]) == 64 for r in rows)
     stored = _rows(home, "SELECT body, customer_ref FROM tickets WHERE id = 'api-1'")
     assert stored == [{"body": "Please cancel my subscription", "customer_ref": "CUST-100200"}]
+
+
+def test_a_retry_before_the_first_answer_is_on_disk_replays_it(client, auth, monkeypatch):
+    # The spool's fsync runs off the cascade thread; until it is done the decision is in no
+    # idempotency store yet. A retry meanwhile must replay it, not route the ticket twice,
+    # and neither answer may leave before the audit record is on disk.
+    real_fsync, held, release = os.fsync, threading.Event(), threading.Event()
+
+    def slow_fsync(fd: int) -> None:
+        if threading.current_thread().name.startswith("audit-fsync"):
+            held.set()
+            release.wait(10)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", slow_fsync)
+    body = ticket("My parcel has not arrived, it is two weeks late", id="api-unsynced")
+    answers: dict[str, object] = {}
+
+    def send(name: str) -> None:
+        answers[name] = client.post("/classify", json=body, headers=auth)
+
+    threads = [threading.Thread(target=send, args=(name,)) for name in ("first", "retry")]
+    threads[0].start()
+    assert held.wait(10), "the first decision's fsync never started"
+    threads[1].start()
+    time.sleep(0.3)
+    assert answers == {}, "answered before its audit record was fsync'ed"
+    release.set()
+    for t in threads:
+        t.join(10)
+    first, retry = (answers[n].json()["decision"] for n in ("first", "retry"))
+    assert (first["replayed"], retry["replayed"]) == (False, True)
+    assert (retry["label"], retry["confidence"]) == (first["label"], first["confidence"])
 
 
 def test_explain_gives_the_evidence(client, auth):

@@ -389,6 +389,41 @@ def test_concurrent_appenders_share_fsyncs(spool_dir: Path,
         f"t{t}-{i}" for t in range(20) for i in range(10))
 
 
+def test_append_nowait_fsyncs_off_the_caller_and_reports_failures(
+        spool_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    spool = AuditSpool(spool_dir, Sink())
+    real_fsync, where, release = os.fsync, [], threading.Event()
+
+    def slow_fsync(fd: int) -> None:
+        where.append(threading.current_thread().name)
+        release.wait(5)  # a slow disk: the caller must not wait for it
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", slow_fsync)
+    start = time.monotonic()
+    futures = [spool.append_nowait([{"record_id": f"r{i}"}]) for i in range(50)]
+    assert time.monotonic() - start < 1.0 and not futures[-1].done()
+    assert spool.pending == 50  # written, counted, deliverable
+    release.set()
+    for f in futures:
+        assert f.result(timeout=5) is None
+    assert where and all(name.startswith("audit-fsync") for name in where)
+    assert len(where) < 50 / 4, f"{len(where)} fsyncs for 50 appends"  # group commit
+
+    def broken_fsync(fd: int) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(os, "fsync", broken_fsync)
+    failed = spool.append_nowait([{"record_id": "lost?"}])
+    assert isinstance(failed.exception(timeout=5), OSError)
+    monkeypatch.undo()
+    assert spool.append_nowait([]).result(timeout=1) is None
+    spool.close()  # fsyncs what is still unsynced
+    lines = b"".join(p.read_bytes() for p in segments(spool_dir)).splitlines()
+    assert sorted(json.loads(x)["record_id"] for x in lines) == sorted(
+        [f"r{i}" for i in range(50)] + ["lost?"])
+
+
 def test_second_spool_on_the_same_directory_is_refused(spool_dir: Path) -> None:
     first = AuditSpool(spool_dir, Sink())
     with pytest.raises(SpoolLockedError, match="already in use"):
