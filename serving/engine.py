@@ -24,16 +24,14 @@ from typing import Any
 import sqlalchemy as sa
 
 from cca.cascade import Cascade, Work
-from cca.errors import StateError
 from cca.settings import Settings
 from cca.store import Database
-from cca.store.served import erase_customer, record_served, served_decisions
+from cca.store.served import record_served, served_decisions
 from cca.tickets import Decision, Ticket
-from pipelines.pii.sanitizer import canonical_customer, load_or_create_key
+from pipelines.pii.sanitizer import load_or_create_key
 from serving.audit_spool import AuditSpool
 from serving.idempotency import IdempotencyStore
 from serving.metrics import ServiceMetrics
-from serving.redis_guard import RedisUnavailable
 from serving.shadow import ShadowRunner
 
 log = logging.getLogger("cca.serving")
@@ -295,63 +293,17 @@ class Engine:
 
     # -- right to deletion ------------------------------------------------------------
     def erase(self, customer_ref: str, actor: str) -> dict[str, int]:
-        """Every trace of a customer except the anonymised tombstone (see ``erase_customer``)."""
-        # Known down (records waiting): say so at once instead of waiting on the spool.
-        if not self.spool.flush(timeout_s=10 if self.database_up else 1):
-            raise StateError("PostgreSQL is unreachable: erasure not done, try again later "
-                             f"({self.spool.pending} audit records waiting)")
-        core = canonical_customer(customer_ref)
-        if not core:
-            raise ValueError("customer reference has no letters or digits")
-        self.wait_for_other_workers()
-        try:
-            return self._erase(core, actor)
-        except sa.exc.OperationalError as exc:
-            raise StateError("PostgreSQL is unreachable: erasure not done, try again later"
-                             ) from exc
+        """Every trace of a customer except the anonymised tombstone (``serving.erasure``)."""
+        from serving.erasure import erase_customer_everywhere
+
+        return erase_customer_everywhere(self, customer_ref, actor)
 
     def wait_for_other_workers(self) -> None:
         """Other workers (and replicas) deliver their audit records at least once per
         ``serve_audit_flush_ms``: after that, what they served before this call is stored."""
         time.sleep(self.settings.serve_audit_flush_ms / 1000 * 1.2 + 0.02)
 
-    def _erase(self, core: str, actor: str) -> dict[str, int]:
-        with self.db.begin() as conn:
-            refs = [r for (r,) in conn.execute(sa.text(
-                "SELECT DISTINCT customer_ref FROM tickets WHERE customer_ref IS NOT NULL "
-                "AND upper(regexp_replace(customer_ref, '[^0-9A-Za-z]', '', 'g')) "
-                "IN (:core, 'CUST' || :core)"), {"core": core})
-                if canonical_customer(r) == core]
-            subject = hmac.new(self._key, core.encode(), hashlib.sha256).hexdigest()
-            done = erase_customer(conn, refs, subject, actor)
-            counts = dict(done.counts)
-            # Inside the transaction: if Redis cannot forget the replay entries, nothing is
-            # deleted and the caller is told to retry, rather than half an erasure.
-            try:
-                counts["idempotency_keys"] = self.idempotency.forget(done.ticket_ids)
-            except RedisUnavailable as exc:
-                raise StateError("Redis is unreachable: erasure not done, try again later"
-                                 ) from exc
-        counts["near_duplicate_keys"] = self._forget_signatures(done.ticket_ids)
-        log.info("customer erased", extra={"tickets": counts.get("tickets", 0)})
-        return counts
-
-    def _forget_signatures(self, ticket_ids: list[str]) -> int:
-        """Drop the erased tickets from the Redis near-duplicate index (it is rebuilt from
-        PostgreSQL, where their signatures are already gone, when it is found out of sync)."""
-        if not ticket_ids:
-            return 0
-        try:
-            from pipelines.dedup import NearDuplicateIndex, _namespace
-
-            with self.db.begin() as conn:
-                index = NearDuplicateIndex(self.settings, _namespace(conn))
-            removed = 0
-            for tid in ticket_ids:
-                if tid in index.lsh:
-                    index.lsh.remove(tid)
-                    removed += 1
-            return removed
-        except Exception as exc:  # Redis down: the next prepare run finds the index out of sync
-            log.warning("near-duplicate index not updated (%s)", type(exc).__name__)
-            return 0
+    @property
+    def pii_key(self) -> bytes:
+        """The home's HMAC key (request hashes, erasure tombstones)."""
+        return self._key

@@ -1,0 +1,87 @@
+"""Right to deletion across the service's stores: PostgreSQL, the Redis replay entries and
+the near-duplicate index, with the audit keeping only an anonymised tombstone.
+
+Run from ``DELETE /customers/{ref}``. The spool is flushed first and the other workers'
+delivery round awaited, so tickets served just before the call are deleted too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+from typing import TYPE_CHECKING
+
+import sqlalchemy as sa
+
+from cca.errors import StateError
+from cca.store.served import erase_customer
+from pipelines.pii.sanitizer import canonical_customer
+from serving.redis_guard import RedisUnavailable
+
+if TYPE_CHECKING:
+    from serving.engine import Engine
+
+log = logging.getLogger("cca.serving")
+
+
+def erase_customer_everywhere(engine: Engine, customer_ref: str, actor: str) -> dict[str, int]:
+    """Every trace of a customer except the anonymised tombstone (see ``erase_customer``);
+    counts of what went. ``StateError`` (503) when a store cannot be reached: then nothing in
+    PostgreSQL is deleted and the caller retries."""
+    # Known down (records waiting): say so at once instead of waiting on the spool.
+    if not engine.spool.flush(timeout_s=10 if engine.database_up else 1):
+        raise StateError("PostgreSQL is unreachable: erasure not done, try again later "
+                         f"({engine.spool.pending} audit records waiting)")
+    core = canonical_customer(customer_ref)
+    if not core:
+        raise ValueError("customer reference has no letters or digits")
+    engine.wait_for_other_workers()
+    try:
+        return _erase(engine, core, actor)
+    except sa.exc.OperationalError as exc:
+        raise StateError("PostgreSQL is unreachable: erasure not done, try again later"
+                         ) from exc
+
+
+def _erase(engine: Engine, core: str, actor: str) -> dict[str, int]:
+    with engine.db.begin() as conn:
+        refs = [r for (r,) in conn.execute(sa.text(
+            "SELECT DISTINCT customer_ref FROM tickets WHERE customer_ref IS NOT NULL "
+            "AND upper(regexp_replace(customer_ref, '[^0-9A-Za-z]', '', 'g')) "
+            "IN (:core, 'CUST' || :core)"), {"core": core})
+            if canonical_customer(r) == core]
+        subject = hmac.new(engine.pii_key, core.encode(), hashlib.sha256).hexdigest()
+        done = erase_customer(conn, refs, subject, actor)
+        counts = dict(done.counts)
+        # Inside the transaction: if Redis cannot forget the replay entries, nothing is
+        # deleted and the caller is told to retry, rather than half an erasure.
+        try:
+            counts["idempotency_keys"] = engine.idempotency.forget(done.ticket_ids)
+        except RedisUnavailable as exc:
+            raise StateError("Redis is unreachable: erasure not done, try again later"
+                             ) from exc
+    counts["near_duplicate_keys"] = _forget_signatures(engine, done.ticket_ids)
+    log.info("customer erased", extra={"tickets": counts.get("tickets", 0)})
+    return counts
+
+
+def _forget_signatures(engine: Engine, ticket_ids: list[str]) -> int:
+    """Drop the erased tickets from the Redis near-duplicate index (it is rebuilt from
+    PostgreSQL, where their signatures are already gone, when it is found out of sync)."""
+    if not ticket_ids:
+        return 0
+    try:
+        from pipelines.dedup import NearDuplicateIndex, _namespace
+
+        with engine.db.begin() as conn:
+            index = NearDuplicateIndex(engine.settings, _namespace(conn))
+        removed = 0
+        for tid in ticket_ids:
+            if tid in index.lsh:
+                index.lsh.remove(tid)
+                removed += 1
+        return removed
+    except Exception as exc:  # Redis down: the next prepare run finds the index out of sync
+        log.warning("near-duplicate index not updated (%s)", type(exc).__name__)
+        return 0
