@@ -62,7 +62,7 @@ class AuditSpool:
         self._dcond = threading.Condition()  # delivered position (cursor) and pending count
         self._wake, self._stop = threading.Event(), threading.Event()
         self._thread: threading.Thread | None = None
-        self._closed = self._abandoned = self._syncing = self._outage = False
+        self._closed = self._closing = self._abandoned = self._syncing = self._outage = False
         self._write_seq = self._synced_seq = self._failures = self._flushed = 0
         self._deadline, self._healthy, self._last_error = float("inf"), True, None
         self._inflight: Batch | None = None
@@ -104,7 +104,7 @@ class AuditSpool:
             raise TypeError("audit records must be dicts")
         data = "".join(_ENCODER.encode(r) + "\n" for r in records).encode()
         with self._wcond:  # encoded first: a bad record raises before anything is written
-            if self._closed:
+            if self._closing:
                 raise RuntimeError("audit spool is closed")
             self._write(data)
             self._write_seq += 1
@@ -138,6 +138,11 @@ class AuditSpool:
         """Stop after a last delivery attempt; undelivered records stay on disk for next start."""
         if self._closed:
             return
+        with self._wcond:
+            self._closing = True  # appends are refused from here on
+        # What was appended without waiting gets its fsync (and its callbacks run) before the
+        # flusher's last delivery, which so covers every record written.
+        self._fsyncer.shutdown(wait=True)
         self._deadline = time.monotonic() + timeout_s
         self._stop.set()  # the flusher notices within flush_interval_s
         if self._thread is not None:
@@ -145,7 +150,6 @@ class AuditSpool:
             if self._thread.is_alive():  # stuck in the sink: it must not move the cursor now
                 self._abandoned = True
                 log.warning("audit spool flusher did not stop within %.1f s", timeout_s)
-        self._fsyncer.shutdown(wait=True)  # what was appended without waiting gets its fsync
         with self._wcond:
             self._closed = True
             self._wcond.wait_for(lambda: not self._syncing)

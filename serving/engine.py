@@ -1,8 +1,9 @@
 """The service's core without HTTP: replay or classify, spool the audit, feed the shadow.
 
 Runs on the cascade's worker thread (``serving.batcher``). The order is what makes a retried
-webhook safe: a decision is made durable in the spool before Redis may replay it, so a replay
-never returns something the audit could lose.
+webhook safe: a decision is fsync'ed in the spool before it is answered or put in Redis, so a
+replay never returns something the audit could lose. (With Redis down the spool delivers to
+PostgreSQL at once, possibly before its own fsync: the database then holds it durably.)
 """
 
 from __future__ import annotations
@@ -103,8 +104,10 @@ class Engine:
         self._lookups.shutdown(wait=True)
         if self.shadow is not None:
             self.shadow.close()
-        self.idempotency.close()
+        # The spool first: its last fsyncs hand their decisions to the idempotency store,
+        # whose close then sends them to Redis.
         self.spool.close()
+        self.idempotency.close()
 
     # -- the request path -------------------------------------------------------------
     def request_hash(self, ticket: Ticket) -> str:
@@ -128,14 +131,16 @@ class Engine:
         # ticket found there is replayed and its fresh decision dropped unseen. Replays are
         # rare (retried webhooks), so for a few tickets classifying them anyway costs less
         # than this thread waiting on two round trips; a large batch asks first.
+        # Decisions not yet fsync'ed are looked at first: one that becomes durable meanwhile
+        # enters the idempotency store before it leaves this map, so the lookup after sees it.
+        with self._not_durable_lock:
+            unsynced = [self._not_durable.get(p) for p in pairs] if self._not_durable else None
         seen = self._lookups.submit(self._seen_before, pairs)
         if len(jobs) > _CLASSIFY_WHILE_LOOKING_UP:
             seen.result()
         # The same ticket twice in one batch is classified once (the second is a replay).
         first: dict[tuple[str, str], int] = {}
         todo: list[int] = []
-        with self._not_durable_lock:
-            unsynced = [self._not_durable.get(p) for p in pairs] if self._not_durable else None
         for i, pair in enumerate(pairs):
             if unsynced and unsynced[i] is not None:
                 continue
@@ -233,11 +238,15 @@ class Engine:
         """Once fsync'ed: into the idempotency store (this process replays from its memory
         until Redis has it), then out of the not-durable map. A failed fsync makes nothing
         replayable: that request fails, and a retry is classified again."""
-        if durable.exception() is None:
-            self.idempotency.put_many(items, wait=False)
-        with self._not_durable_lock:
-            for tid, h, _ in items:
-                self._not_durable.pop((tid, h), None)
+        try:
+            if not durable.cancelled() and durable.exception() is None:
+                self.idempotency.put_many(items, wait=False)
+        except Exception:  # the store is closing: a retry then finds the record in PostgreSQL
+            log.exception("decisions not handed to the idempotency store")
+        finally:
+            with self._not_durable_lock:
+                for tid, h, _ in items:
+                    self._not_durable.pop((tid, h), None)
 
     def _finish_later(self, pairs: list[tuple[Job, str]], works: list[Work]) -> list[Served]:
         self.cascade.finish_batch(works)

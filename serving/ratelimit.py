@@ -8,12 +8,13 @@ If Redis is down the service keeps answering: each worker then limits on its own
 Leases: a worker takes up to ``lease`` tokens per Redis call and spends them from memory, so
 a busy client costs one round trip per ``lease`` requests instead of one each (the call
 blocks the event loop: at 200 requests/s it was the largest wait on a worker's main thread).
-Tokens are still taken from the shared bucket before they are spent, so workers together
-never admit more than it holds; what a worker keeps can only be spent within the time the
-bucket takes to fill, so at most ``lease - 1`` tokens per worker are spent late (a burst can
-exceed the bucket by that much) or forfeited. A lease is at most a quarter of the bucket
-over the workers, so a client under its limit is never refused for tokens another worker
-holds; small buckets (burst < 4 x workers) get no lease and stay exact.
+Tokens are taken from the shared bucket before they are spent, so the workers together
+admit no more than it gave them. A worker holds fewer than ``lease`` of a client's tokens at a
+time, for at most the time the bucket takes to fill after its last take (then they are
+forfeited). So a burst can exceed the bucket by at most ``lease - 1`` per worker, and a client
+can be refused up to ``lease - 1`` requests early for each other worker holding its tokens. A
+lease is at most a quarter of the bucket over the workers, which bounds both; small buckets
+(burst < 4 x workers) get no lease and stay exact.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import math
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 
 from serving.redis_guard import RedisGuard, RedisUnavailable
 
@@ -97,14 +99,16 @@ class _Leases:
     Bounded LRU: a forgotten client's tokens are forfeited, which errs on the strict side.
     """
 
-    def __init__(self, hold_s: float, max_clients: int) -> None:
+    def __init__(self, hold_s: float, max_clients: int,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._hold_s = hold_s
         self._max = max_clients
+        self._clock = clock
         self._held: OrderedDict[str, tuple[int, float]] = OrderedDict()  # tokens, until
         self._lock = threading.Lock()
 
     def spend(self, client: str, cost: int) -> bool:
-        now = time.monotonic()
+        now = self._clock()
         with self._lock:
             tokens, until = self._held.get(client, (0, 0.0))
             if tokens < cost or now >= until:
@@ -113,14 +117,16 @@ class _Leases:
         return True
 
     def keep(self, client: str, tokens: int) -> None:
-        """Add ``tokens`` (taken, not spent) to what ``client``'s lease still holds."""
-        now = time.monotonic()
+        """Add ``tokens`` (taken, not spent) to what ``client``'s lease still holds; the lease
+        then runs for ``hold_s`` from now (it holds fewer than ``lease`` tokens, since a
+        worker only takes more when what it holds cannot pay)."""
+        now = self._clock()
         with self._lock:
             held, until = self._held.pop(client, (0, 0.0))
             if now >= until:
-                held, until = 0, now + self._hold_s
+                held = 0
             if held + tokens > 0:
-                self._held[client] = (held + tokens, until)
+                self._held[client] = (held + tokens, now + self._hold_s)
             if len(self._held) > self._max:
                 self._held.popitem(last=False)
 

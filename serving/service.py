@@ -10,6 +10,7 @@ browsable at ``/api-docs``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 from typing import Annotated
@@ -113,11 +114,17 @@ async def _serve(items: list, caller: Caller, endpoint: str) -> list[Served]:
             done = (await asyncio.wrap_future(r.future))[r.index]
             r = Served(done.decision, True, done.durable) if r.replayed else done
         out.append(r)
-    # Answered only once audited: the spool's fsync ran while the cascade went on.
+    # Answered only once audited: the spool's fsync ran while the cascade went on. Shielded:
+    # a request cancelled by its timeout must not cancel an fsync other requests share.
     for durable in {id(s.durable): s.durable for s in out if s.durable is not None}.values():
         if not durable.done():
-            await asyncio.wrap_future(durable)
-        durable.result()  # an fsync that failed fails the request
+            with contextlib.suppress(Exception):
+                await asyncio.shield(asyncio.wrap_future(durable))
+        error = "cancelled" if durable.cancelled() else type(durable.exception()).__name__
+        if error != "NoneType":
+            log.error("audit record not written", extra={"error": error})
+            raise ServiceError(503, "the audit log could not be written, so the decision is "
+                               "not given; try again")
     return out
 
 

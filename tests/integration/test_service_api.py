@@ -80,7 +80,8 @@ def test_classify_is_routed_audited_and_replayed(client, auth, home):
     assert stored == [{"body": "Please cancel my subscription", "customer_ref": "CUST-100200"}]
 
 
-def test_a_retry_before_the_first_answer_is_on_disk_replays_it(client, auth, monkeypatch):
+def test_a_retry_before_the_first_answer_is_on_disk_replays_it(client, auth, home,
+                                                               monkeypatch):
     # The spool's fsync runs off the cascade thread; until it is done the decision is in no
     # idempotency store yet. A retry meanwhile must replay it, not route the ticket twice,
     # and neither answer may leave before the audit record is on disk.
@@ -111,6 +112,33 @@ def test_a_retry_before_the_first_answer_is_on_disk_replays_it(client, auth, mon
     first, retry = (answers[n].json()["decision"] for n in ("first", "retry"))
     assert (first["replayed"], retry["replayed"]) == (False, True)
     assert (retry["label"], retry["confidence"]) == (first["label"], first["confidence"])
+    for _ in range(100):  # routed once: one decision in the audit
+        rows = _rows(home, "SELECT id FROM decisions WHERE ticket_id = 'api-unsynced'")
+        if rows:
+            break
+        time.sleep(0.05)
+    time.sleep(0.3)  # a second decision, had there been one, would be delivered by now
+    assert len(_rows(home, "SELECT id FROM decisions WHERE ticket_id = 'api-unsynced'")) == 1
+
+
+def test_an_audit_record_that_cannot_be_fsynced_fails_the_request_not_the_service(
+        client, auth, monkeypatch):
+    real_fsync, failed = os.fsync, []
+
+    def broken_fsync(fd: int) -> None:
+        if threading.current_thread().name.startswith("audit-fsync") and not failed:
+            failed.append(fd)
+            raise OSError(5, "Input/output error")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", broken_fsync)
+    body = ticket("My parcel has not arrived, it is two weeks late", id="api-fsync-fails")
+    r = client.post("/classify", json=body, headers=auth)
+    assert failed and r.status_code == 503, r.text
+    assert "audit log could not be written" in r.json()["error"]
+    again = client.post("/classify", json=body, headers=auth)  # the next fsync works
+    assert again.status_code == 200, again.text
+    assert again.json()["decision"]["label"] == "delivery_delay"
 
 
 def test_explain_gives_the_evidence(client, auth):
