@@ -93,19 +93,24 @@ def test_clients_are_isolated_and_keys_expire(prefix: str, shared: redis.Redis) 
     assert rl.key(long_id).startswith(prefix + "sha256:")
 
 
+def _hammer(workers: list[RateLimiter], attempts: int) -> int:
+    """Four threads per worker check the same client ``attempts`` times each, all released
+    together; how many were admitted."""
+    barrier = threading.Barrier(4 * len(workers))
+
+    def hammer(rl: RateLimiter) -> int:
+        barrier.wait()
+        return sum(rl.check("shared")[0] for _ in range(attempts))
+
+    with ThreadPoolExecutor(4 * len(workers)) as pool:
+        return sum(pool.map(hammer, workers * 4))
+
+
 def test_concurrent_workers_never_over_admit(prefix: str) -> None:
     # Two limiters = two workers sharing Redis; almost no refill during the test.
     workers = [RateLimiter(REDIS_URL, rate_per_s=0.001, burst=50, prefix=prefix)
                for _ in range(2)]
-    barrier = threading.Barrier(8)
-
-    def hammer(rl: RateLimiter) -> int:
-        barrier.wait()
-        return sum(rl.check("shared")[0] for _ in range(40))
-
-    with ThreadPoolExecutor(8) as pool:
-        admitted = sum(pool.map(hammer, workers * 4))
-    assert admitted == 50  # 320 attempts, exactly the burst admitted
+    assert _hammer(workers, 40) == 50  # 320 attempts, exactly the burst admitted
     assert all(w.checks_local == 0 for w in workers)
 
 
@@ -114,14 +119,7 @@ def test_leases_save_round_trips_and_workers_still_never_over_admit(prefix: str)
     workers = [RateLimiter(REDIS_URL, rate_per_s=0.001, burst=200, prefix=prefix, lease=10,
                            workers=2) for _ in range(2)]
     assert [w.lease for w in workers] == [10, 10]
-    barrier = threading.Barrier(8)
-
-    def hammer(rl: RateLimiter) -> int:
-        barrier.wait()
-        return sum(rl.check("shared")[0] for _ in range(60))
-
-    with ThreadPoolExecutor(8) as pool:
-        admitted = sum(pool.map(hammer, workers * 4))
+    admitted = _hammer(workers, 60)
     assert admitted == 200  # 480 attempts: exactly the bucket, none held back at the end
     leased = sum(w.checks_leased for w in workers)
     assert leased >= 200 - 2 * 20, leased  # ~9 of every 10 admitted without a Redis call
