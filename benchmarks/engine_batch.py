@@ -28,7 +28,7 @@ from cca.settings import get_settings
 from cca.tickets import Ticket
 from pipelines.banking77 import banking77_file
 from pipelines.read_tickets import Columns, read_ticket_file
-from serving.engine import Job
+from serving.engine import Job, Served, audit_fsyncs
 from serving.metrics import ServiceMetrics
 from serving.runtime import Runtime
 
@@ -42,8 +42,8 @@ def _run(runtime: Runtime, texts: list[str], size: int, tickets: int, start: int
     for b in range(batches):
         jobs = [Job(Ticket(id=uuid.uuid4().hex, body=texts[(start + b * size + i) % len(texts)]),
                     "bench", "engine-batch", "classify") for i in range(size)]
-        for durable in {id(s.durable): s.durable for s in runtime.engine.handle(jobs)
-                        if getattr(s, "durable", None) is not None}.values():
+        served = [s for s in runtime.engine.handle(jobs) if isinstance(s, Served)]
+        for durable in audit_fsyncs(served):
             durable.result()  # answered only once audited, as the service does
         time.sleep(_GAP_S)
     n = batches * size

@@ -61,6 +61,11 @@ class Served:
     durable: Future[None] | None = None
 
 
+def audit_fsyncs(served: list[Served]) -> list[Future[None]]:
+    """The distinct fsyncs these answers wait for (one per cascade batch, shared)."""
+    return list({id(s.durable): s.durable for s in served if s.durable is not None}.values())
+
+
 @dataclass(frozen=True)
 class Pending:
     """A ticket waiting for the LLM: item ``index`` of what ``future`` returns."""
@@ -141,10 +146,11 @@ class Engine:
         # The same ticket twice in one batch is classified once (the second is a replay).
         first: dict[tuple[str, str], int] = {}
         todo: list[int] = []
+        known = seen.result() if seen.done() else [None] * len(pairs)
         for i, pair in enumerate(pairs):
-            if unsynced and unsynced[i] is not None:
+            if (unsynced and unsynced[i] is not None) or known[i] is not None:
                 continue
-            if pair not in first and not (seen.done() and seen.result()[i] is not None):
+            if pair not in first:
                 first[pair] = i
                 todo.append(i)
         work, waiting = (self.cascade.start_batch([jobs[i].ticket for i in todo]) if todo

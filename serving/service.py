@@ -26,7 +26,7 @@ from cca.tickets import Ticket
 from serving.auth import Authenticator, AuthError, Caller
 from serving.batcher import MicroBatcher
 from serving.connection_balance import ConnectionBalancer
-from serving.engine import Job, Pending, Served
+from serving.engine import Job, Pending, Served, audit_fsyncs
 from serving.http_guard import GuardMiddleware, ServiceError, install_error_handlers
 from serving.logs import configure, request_id
 from serving.metrics import ServiceMetrics
@@ -116,12 +116,12 @@ async def _serve(items: list, caller: Caller, endpoint: str) -> list[Served]:
         out.append(r)
     # Answered only once audited: the spool's fsync ran while the cascade went on. Shielded:
     # a request cancelled by its timeout must not cancel an fsync other requests share.
-    for durable in {id(s.durable): s.durable for s in out if s.durable is not None}.values():
+    for durable in audit_fsyncs(out):
         if not durable.done():
             with contextlib.suppress(Exception):
                 await asyncio.shield(asyncio.wrap_future(durable))
-        error = "cancelled" if durable.cancelled() else type(durable.exception()).__name__
-        if error != "NoneType":
+        if durable.cancelled() or durable.exception() is not None:
+            error = "cancelled" if durable.cancelled() else type(durable.exception()).__name__
             log.error("audit record not written", extra={"error": error})
             raise ServiceError(503, "the audit log could not be written, so the decision is "
                                "not given; try again")
