@@ -32,8 +32,9 @@ def test_union_transform_matches_scikit_learn() -> None:
     new = ["charged twice, refund please", "unknown words only zzz", ""]
     ours = linear_heads.transform(union, new)
     assert ours.format == "csr"
-    np.testing.assert_allclose(ours.toarray(), union.transform(new).toarray(), rtol=1e-12,
-                               atol=1e-15)
+    # The same bits, not just close: served and trained confidences must agree exactly.
+    np.testing.assert_array_equal(ours.toarray(), union.transform(new).toarray())
+    assert linear_heads.transform(union, []).shape == (0, ours.shape[1])
 
 
 @pytest.mark.parametrize("params", [
@@ -43,8 +44,8 @@ def test_union_transform_matches_scikit_learn() -> None:
 def test_tfidf_weighting_matches_scikit_learn(params) -> None:
     vectorizer = TfidfVectorizer(**params).fit(TEXTS)
     new = ["Charged twice, refund please! Café", "zzz", "", "card card card refund"]
-    np.testing.assert_allclose(linear_heads.transform(vectorizer, new).toarray(),
-                               vectorizer.transform(new).toarray(), rtol=1e-12, atol=1e-15)
+    np.testing.assert_array_equal(linear_heads.transform(vectorizer, new).toarray(),
+                                  vectorizer.transform(new).toarray())
 
 
 def test_weighted_union_is_left_to_scikit_learn() -> None:
