@@ -12,6 +12,7 @@ import aiohttp
 import numpy as np
 from load_client import (
     Bodies,
+    Connection,
     Tally,
     client_session,
     open_connections,
@@ -58,12 +59,15 @@ class Bench:
         await self.fresh_token()
         bodies = self.bodies.single("seq", self.args.requests)
         tally = Tally()
-        async with client_session(1) as s:
-            before = await scrape(s, self.base)
+        s = Connection(self.base)
+        try:
+            before = await scrape(self.base)
             with Usage(self.server, self.others, len(bodies)) as u:
                 for body in bodies:
                     await post(s, f"{self.base}/classify", body, self.headers, tally)
-            after = await scrape(s, self.base)
+            after = await scrape(self.base)
+        finally:
+            await s.close()
         return {"requests": len(bodies), **pcts(tally.ms),
                 "req_per_s": round(tally.ok / u.wall, 1), "errors": tally.n_errors,
                 "error_kinds": tally.errors, "replayed": tally.replayed,
@@ -77,9 +81,9 @@ class Bench:
         nxt = iter(bodies)
         extra = {"n": 0}
         tally = Tally()
-        sessions = [client_session(1) for _ in range(clients)]  # one keep-alive connection each
+        sessions = [Connection(self.base) for _ in range(clients)]  # one keep-alive each
 
-        async def client(s: aiohttp.ClientSession, stop_at: float) -> None:
+        async def client(s: Connection, stop_at: float) -> None:
             url = f"{self.base}/classify"
             while time.perf_counter() < stop_at:
                 body = next(nxt, None)
@@ -90,11 +94,11 @@ class Bench:
 
         try:
             await open_connections(sessions, self.base)
-            before = await scrape(sessions[0], self.base)
+            before = await scrape(self.base)
             with Usage(self.server, self.others) as u:
                 stop_at = time.perf_counter() + duration
                 await asyncio.gather(*(client(s, stop_at) for s in sessions))
-            after = await scrape(sessions[0], self.base)
+            after = await scrape(self.base)
         finally:
             await asyncio.gather(*(s.close() for s in sessions))
         done = u.units = tally.n
@@ -114,10 +118,10 @@ class Bench:
         total = int(rate * self.args.duration)
         bodies = self.bodies.single("paced", total)
         tally = Tally()
-        sessions = [client_session(1) for _ in range(clients)]
+        sessions = [Connection(self.base) for _ in range(clients)]
         url = f"{self.base}/classify"
 
-        async def client(k: int, s: aiohttp.ClientSession, t0: float) -> None:
+        async def client(k: int, s: Connection, t0: float) -> None:
             for i in range(k, total, clients):
                 due = t0 + i / rate
                 if (delay := due - time.perf_counter()) > 0:
@@ -126,11 +130,11 @@ class Bench:
 
         try:
             await open_connections(sessions, self.base)
-            before = await scrape(sessions[0], self.base)
+            before = await scrape(self.base)
             with Usage(self.server, self.others, total) as u:
                 t0 = time.perf_counter() + 0.05
                 await asyncio.gather(*(client(k, s, t0) for k, s in enumerate(sessions)))
-            after = await scrape(sessions[0], self.base)
+            after = await scrape(self.base)
         finally:
             await asyncio.gather(*(s.close() for s in sessions))
         return {"clients": clients, "offered_req_per_s": rate, "requests": total,
@@ -147,19 +151,19 @@ class Bench:
             bodies = self.bodies.batches(f"b{size}", n, size)
             tally = Tally()
             conc = self.args.batch_concurrency
-            sessions = [client_session(1) for _ in range(conc)]
+            sessions = [Connection(self.base) for _ in range(conc)]
 
-            async def client(mine: list[bytes], s: aiohttp.ClientSession, t: Tally) -> None:
+            async def client(mine: list[bytes], s: Connection, t: Tally) -> None:
                 for body in mine:
                     await post(s, f"{self.base}/batch_classify", body, self.headers, t)
 
             try:
                 await open_connections(sessions, self.base)
-                before = await scrape(sessions[0], self.base)
+                before = await scrape(self.base)
                 with Usage(self.server, self.others, n * size) as u:
                     await asyncio.gather(*(client(bodies[k::conc], s, tally)
                                            for k, s in enumerate(sessions)))
-                after = await scrape(sessions[0], self.base)
+                after = await scrape(self.base)
             finally:
                 await asyncio.gather(*(s.close() for s in sessions))
             out[str(size)] = {
@@ -228,7 +232,7 @@ class Bench:
                     await self.fresh_token()
 
         async with client_session(self.args.soak_connections) as s:
-            before = await scrape(s, self.base)
+            before = await scrape(self.base)
             stop = asyncio.Event()
             with Usage(self.server, self.others, total) as u:
                 t0 = time.perf_counter()
@@ -252,7 +256,7 @@ class Bench:
                     await asyncio.gather(*tasks)
                 stop.set()
                 await asyncio.gather(*helpers)
-            after = await scrape(s, self.base)
+            after = await scrape(self.base)
 
         def window(m: int) -> list[float]:
             return [r["rss_mb"] for r in rss if m * 60 <= r["t_s"] < (m + 1) * 60]

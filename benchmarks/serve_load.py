@@ -24,7 +24,6 @@ would otherwise refuse the benchmark's single client) and CCA_NO_PROGRESS=1. Usa
 from __future__ import annotations
 
 import argparse
-import asyncio
 import csv
 import json
 import os
@@ -36,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import uvloop
 from load_client import (
     Bodies,
 )
@@ -213,7 +213,7 @@ def main() -> None:
         "options": {k: v for k, v in vars(args).items() if k not in ("out", "data")},
     }
     cpu0, t0 = self_cpu_s(), time.perf_counter()
-    asyncio.run(_run(args, report, settings))
+    uvloop.run(_run(args, report, settings))  # a lighter loop: less CPU taken from the server
     report["loadavg_end"] = loadavg()
     report["generator_cpu_s_total"] = round(self_cpu_s() - cpu0, 1)
     report["wall_s_total"] = round(time.perf_counter() - t0, 1)
