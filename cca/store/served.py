@@ -137,9 +137,10 @@ def served_decisions(conn: Connection, items: Sequence[tuple[str, str]]) -> list
     any (the idempotency fallback); one query for the whole batch."""
     if not items:
         return []
-    rows = conn.execute(
-        sa.text("SELECT ticket_id, request_hash, decision FROM served_decisions "
-                "WHERE ticket_id = ANY(:ids)"), {"ids": list({t for t, _ in items})})
+    # The driver's SQL: asked for every batch the service classifies (see vectors.nearest).
+    rows = conn.exec_driver_sql(
+        "SELECT ticket_id, request_hash, decision FROM served_decisions "
+        "WHERE ticket_id = ANY(%(ids)s)", {"ids": list({t for t, _ in items})})
     found = {(t, h): d for t, h, d in rows}
     return [dict(found[key]) if key in found else None for key in items]
 

@@ -117,10 +117,14 @@ def nearest(
     dim = queries.shape[1]
     model = _model_literal(model_id)
     exclude = exclude_ids if exclude_ids is not None else [""] * len(queries)
-    sql = sa.text(
+    # The driver's own SQL (exec_driver_sql): SQLAlchemy's text() compilation and parameter
+    # processing cost 0.09 ms of CPU per lookup on top of psycopg's 0.25 (measured), on the
+    # cascade's thread, once per served batch.
+    sql = (
         f"""
         SELECT q.i, n.ticket_id, n.label, n.sim
-        FROM unnest(CAST(:vecs AS vector[]), CAST(:excl AS text[])) WITH ORDINALITY AS q(v, x, i)
+        FROM unnest(CAST(%(vecs)s AS vector[]), CAST(%(excl)s AS text[]))
+             WITH ORDINALITY AS q(v, x, i)
         CROSS JOIN LATERAL (
             SELECT e.ticket_id, e.label,
                    1 - (e.embedding::vector({dim}) <=> q.v::vector({dim})) AS sim
@@ -133,7 +137,8 @@ def nearest(
         """
     )
     out: list[list[Neighbour]] = [[] for _ in range(len(queries))]
-    rows = conn.execute(sql, {"vecs": [_vec(q) for q in queries], "excl": exclude}).all()
+    rows = conn.exec_driver_sql(sql, {"vecs": [_vec(q) for q in queries],
+                                      "excl": exclude}).all()
     for i, tid, label, sim in rows:
         if sim is None or not np.isfinite(sim):  # a zero vector has no direction: no neighbour
             continue
