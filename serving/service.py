@@ -14,6 +14,7 @@ import contextlib
 import gc
 import logging
 import math
+import os
 from typing import Annotated
 
 import bentoml
@@ -48,6 +49,10 @@ from serving.schemas import (
 )
 
 log = logging.getLogger("cca.serving")
+# Each worker is a process with its share of the cores: the tokenizers' own thread pool only
+# adds CPU on the other core (a batch of two texts: 0.17 ms of process CPU for 0.07 ms of
+# work, measured). An operator's explicit setting wins.
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 _settings = Settings()
 _metrics = ServiceMetrics()
 

@@ -290,10 +290,12 @@ def test_logs_are_json_with_the_request_id_and_no_pii(client, auth):
         assert secret not in text, secret
 
 
-def test_models_are_frozen_out_of_the_cyclic_collector_while_serving(client):
+def test_worker_process_settings_while_serving(client):
     """A full collection walking the loaded models stalled a worker for ~250 ms: they are
     frozen once the service is up (and given back to the collector when it stops)."""
     import gc
 
     assert client.get("/readyz").status_code == 200
     assert gc.get_freeze_count() > 10_000
+    # and the tokenizers' thread pool stays off the other core (a worker has its own share)
+    assert os.environ.get("TOKENIZERS_PARALLELISM") == "false"
