@@ -143,8 +143,7 @@ def _union_csr(parts: list[list[tuple[np.ndarray, np.ndarray]]], widths: list[in
     """The rows of each part side by side, as ``FeatureUnion`` stacks them."""
     offsets = np.cumsum([0, *widths])
     n = len(parts[0])
-    indices = [idx + offsets[k] for i in range(n) for k, part in enumerate(parts)
-               for idx in (part[i][0],)]
+    indices = [part[i][0] + offsets[k] for i in range(n) for k, part in enumerate(parts)]
     data = [part[i][1] for i in range(n) for part in parts]
     indptr = np.zeros(n + 1, dtype=np.int64)
     np.cumsum([sum(len(part[i][0]) for part in parts) for i in range(n)], out=indptr[1:])
