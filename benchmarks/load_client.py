@@ -88,10 +88,11 @@ class Connection:
 
     async def request(self, method: str, url: str, body: bytes = b"",
                       headers: dict[str, str] | None = None) -> tuple[int, bytes]:
-        path = "/" + url.split("/", 3)[3] if url.startswith("http") else url
-        key = (method, path, tuple(sorted((headers or {}).items())))
+        # The request line and headers are encoded once per (method, url, headers).
+        key = (method, url, tuple((headers or {}).items()))
         head = self._heads.get(key)
         if head is None:
+            path = "/" + url.split("/", 3)[3] if url.startswith("http") else url
             lines = [f"{method} {path} HTTP/1.1", f"Host: {self.host}:{self.port}",
                      *(f"{k}: {v}" for k, v in (headers or {}).items())]
             head = self._heads[key] = ("\r\n".join(lines) + "\r\nContent-Length: ").encode()

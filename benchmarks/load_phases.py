@@ -59,15 +59,15 @@ class Bench:
         await self.fresh_token()
         bodies = self.bodies.single("seq", self.args.requests)
         tally = Tally()
-        s = Connection(self.base)
+        conn = Connection(self.base)
         try:
             before = await scrape(self.base)
             with Usage(self.server, self.others, len(bodies)) as u:
                 for body in bodies:
-                    await post(s, f"{self.base}/classify", body, self.headers, tally)
+                    await post(conn, f"{self.base}/classify", body, self.headers, tally)
             after = await scrape(self.base)
         finally:
-            await s.close()
+            await conn.close()
         return {"requests": len(bodies), **pcts(tally.ms),
                 "req_per_s": round(tally.ok / u.wall, 1), "errors": tally.n_errors,
                 "error_kinds": tally.errors, "replayed": tally.replayed,
@@ -81,7 +81,7 @@ class Bench:
         nxt = iter(bodies)
         extra = {"n": 0}
         tally = Tally()
-        sessions = [Connection(self.base) for _ in range(clients)]  # one keep-alive each
+        conns = [Connection(self.base) for _ in range(clients)]  # one keep-alive each
 
         async def client(s: Connection, stop_at: float) -> None:
             url = f"{self.base}/classify"
@@ -93,14 +93,14 @@ class Bench:
                 await post(s, url, body, self.headers, tally)
 
         try:
-            await open_connections(sessions, self.base)
+            await open_connections(conns, self.base)
             before = await scrape(self.base)
             with Usage(self.server, self.others) as u:
                 stop_at = time.perf_counter() + duration
-                await asyncio.gather(*(client(s, stop_at) for s in sessions))
+                await asyncio.gather(*(client(s, stop_at) for s in conns))
             after = await scrape(self.base)
         finally:
-            await asyncio.gather(*(s.close() for s in sessions))
+            await asyncio.gather(*(s.close() for s in conns))
         done = u.units = tally.n
         return {"clients": clients, "requests": done, **pcts(tally.ms),
                 "req_per_s": round(tally.ok / u.wall, 1), "errors": tally.n_errors,
@@ -118,7 +118,7 @@ class Bench:
         total = int(rate * self.args.duration)
         bodies = self.bodies.single("paced", total)
         tally = Tally()
-        sessions = [Connection(self.base) for _ in range(clients)]
+        conns = [Connection(self.base) for _ in range(clients)]
         url = f"{self.base}/classify"
 
         async def client(k: int, s: Connection, t0: float) -> None:
@@ -129,14 +129,14 @@ class Bench:
                 await post(s, url, bodies[i], self.headers, tally, since=due)
 
         try:
-            await open_connections(sessions, self.base)
+            await open_connections(conns, self.base)
             before = await scrape(self.base)
             with Usage(self.server, self.others, total) as u:
                 t0 = time.perf_counter() + 0.05
-                await asyncio.gather(*(client(k, s, t0) for k, s in enumerate(sessions)))
+                await asyncio.gather(*(client(k, s, t0) for k, s in enumerate(conns)))
             after = await scrape(self.base)
         finally:
-            await asyncio.gather(*(s.close() for s in sessions))
+            await asyncio.gather(*(s.close() for s in conns))
         return {"clients": clients, "offered_req_per_s": rate, "requests": total,
                 "latency_from": "schedule", **pcts(tally.ms),
                 "req_per_s": round(tally.ok / u.wall, 1), "errors": tally.n_errors,
@@ -151,21 +151,21 @@ class Bench:
             bodies = self.bodies.batches(f"b{size}", n, size)
             tally = Tally()
             conc = self.args.batch_concurrency
-            sessions = [Connection(self.base) for _ in range(conc)]
+            conns = [Connection(self.base) for _ in range(conc)]
 
             async def client(mine: list[bytes], s: Connection, t: Tally) -> None:
                 for body in mine:
                     await post(s, f"{self.base}/batch_classify", body, self.headers, t)
 
             try:
-                await open_connections(sessions, self.base)
+                await open_connections(conns, self.base)
                 before = await scrape(self.base)
                 with Usage(self.server, self.others, n * size) as u:
                     await asyncio.gather(*(client(bodies[k::conc], s, tally)
-                                           for k, s in enumerate(sessions)))
+                                           for k, s in enumerate(conns)))
                 after = await scrape(self.base)
             finally:
-                await asyncio.gather(*(s.close() for s in sessions))
+                await asyncio.gather(*(s.close() for s in conns))
             out[str(size)] = {
                 "batch_size": size, "requests": n, "tickets": n * size,
                 "requests_in_flight": conc,
