@@ -12,6 +12,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -31,12 +32,16 @@ class Database:
     engine: Engine
     url: URL
     embedded_server: Any = field(default=None, repr=False)
+    hnsw_ef_search: int | None = None
     _reader: Engine = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         # Autocommit: a lone SELECT needs no BEGIN/COMMIT round trips (see ``read``).
         self._reader = sa.create_engine(self.url, pool_size=5, max_overflow=5,
                                         isolation_level="AUTOCOMMIT")
+        if self.hnsw_ef_search is not None:
+            for engine in (self.engine, self._reader):
+                sa.event.listen(engine, "connect", partial(_set_ef_search, self.hnsw_ef_search))
 
     @contextmanager
     def begin(self) -> Iterator[Connection]:
@@ -65,6 +70,14 @@ class Database:
     def dispose(self) -> None:
         self.engine.dispose()
         self._reader.dispose()
+
+
+def _set_ef_search(ef: int, dbapi_conn: Any, _record: Any) -> None:
+    """Once per new connection, so the vector search itself sends nothing extra."""
+    with dbapi_conn.cursor() as cur:
+        cur.execute(f"SET hnsw.ef_search = {int(ef)}")
+    if not dbapi_conn.autocommit:
+        dbapi_conn.commit()  # a SET in a transaction that rolls back would be undone
 
 
 def _sqlalchemy_url(raw: str) -> URL:
@@ -115,6 +128,9 @@ def open_database(settings: Settings, *, migrate: bool = True) -> Database:
     else:
         url, server = _embedded_url(settings, settings.database_name)
     engine = sa.create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+    # Before the first connection: every pooled connection gets the session settings.
+    db = Database(engine=engine, url=url, embedded_server=server,
+                  hnsw_ef_search=settings.cache_hnsw_ef_search)
     try:
         with engine.connect() as conn:
             conn.execute(sa.text("SELECT 1"))
@@ -124,7 +140,6 @@ def open_database(settings: Settings, *, migrate: bool = True) -> Database:
             f"cannot connect to PostgreSQL at {url.render_as_string(hide_password=True)}: "
             f"{reason}"
         ) from exc
-    db = Database(engine=engine, url=url, embedded_server=server)
     if migrate:
         upgrade(db)
     return db

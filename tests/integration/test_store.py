@@ -119,3 +119,29 @@ def test_read_is_one_autocommit_query_and_survives_a_dropped_connection(db):
     with pytest.raises(sa.exc.ProgrammingError):
         db.read(bad)
     assert len(calls) == 1
+
+
+def _ef_search(conn) -> str:
+    return conn.exec_driver_sql("SHOW hnsw.ef_search").scalar()
+
+
+def test_every_connection_searches_with_the_configured_hnsw_breadth(settings, db):
+    want = str(settings.cache_hnsw_ef_search)
+    assert want != "40"  # not pgvector's own default, so the setting is what is seen
+    assert db.read(_ef_search) == want
+    with db.begin() as conn:
+        assert _ef_search(conn) == want
+    with db.begin() as conn:  # a rolled-back transaction does not undo it
+        conn.exec_driver_sql("SELECT 1")
+        conn.rollback()
+    with db.begin() as conn:
+        assert _ef_search(conn) == want
+    other = open_database(settings.model_copy(update={"cache_hnsw_ef_search": 64}),
+                          migrate=False)
+    try:
+        assert other.read(_ef_search) == "64"
+        with other.begin() as conn:
+            assert _ef_search(conn) == "64"
+    finally:
+        other.dispose()
+    assert db.read(_ef_search) == want
