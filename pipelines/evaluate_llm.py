@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from cca.cascade import Cascade, Work
+from cca.llm_batch import few_shot_texts
 from cca.llm_prompt import Example
 from cca.llm_stage import DisabledLLMStage, LLMStage
 from cca.tickets import Ticket
@@ -64,7 +65,7 @@ def llm_only(cascade: Cascade, stage: LLMStage, tickets: list[Ticket], truths: l
         work = [Work(ticket=ticket, timings={})]
         cascade._redact(work)  # the LLM only ever sees redacted text
         cascade._embed_and_search(work)
-        texts = cascade._examples(work)
+        texts = few_shot_texts(cascade.db, work, cascade.settings.llm_max_few_shot)
         w = work[0]
         shots = [Example(texts[nb.ticket_id], nb.label) for nb in w.neighbours
                  if nb.ticket_id in texts]
