@@ -1,22 +1,21 @@
 """The cascade: rules, vector cache, classifier, LLM, then human review.
 
-Each stage answers only the tickets every cheaper stage passed on (the classifier scores
-while the cache's search is in flight, but the cache's answer wins), and every answer carries
+Each stage runs only on the tickets every cheaper stage passed on, and every answer carries
 the stage, confidence, neighbours, per-stage timings, model version and cost.
 """
 
 from __future__ import annotations
 
+import logging
 import time
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime
 
 import numpy as np
+import sqlalchemy as sa
 from threadpoolctl import threadpool_limits
 
 from cca.bundle import ModelBundle, load_bundle
-from cca.cache_search import CacheSearch, Found
 from cca.embeddings import Embedder, embedder_for_model
 from cca.errors import StateError
 from cca.llm_batch import ask_batch
@@ -24,11 +23,13 @@ from cca.llm_prompt import describe
 from cca.llm_stage import DisabledLLMStage, LLMStage, get_llm_stage
 from cca.settings import Settings
 from cca.store import Database
-from cca.store.vectors import track_records
+from cca.store.vectors import nearest, track_records
 from cca.tickets import Decision, Neighbour, Ticket
 from cca.vector_cache import CachePolicy, decide
 from pipelines.pii import Sanitizer
 from rules import RuleSet, load_rules
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -44,10 +45,6 @@ class Work:
     decision: Decision | None = None
     text_hash: str | None = None
     embed_cost: float = 0.0
-    # The classifier's probabilities and timings, scored while the cache searched; used only
-    # if the cache does not answer.
-    proba: np.ndarray | None = None
-    scoring: dict[str, float] = field(default_factory=dict)
 
 
 class Cascade:
@@ -76,7 +73,6 @@ class Cascade:
         # classifier, LLM, logs) may see raw PII, so tickets are redacted right after the rules.
         self.sanitizer = sanitizer or Sanitizer.from_settings(settings)
         self.policy = CachePolicy.from_settings(settings)
-        self.search = CacheSearch(db, embedder.model_id, settings.cache_top_k)
         self.threshold = (settings.classifier_threshold
                           if settings.classifier_threshold is not None
                           else bundle.info.classifier_threshold)
@@ -142,14 +138,9 @@ class Cascade:
             self._redact(work)
         pending = [w for w in work if w.decision is None]
         if pending:
-            self._embed(pending)
-            # pgvector searches on its own thread while this one scores the tickets with the
-            # classifier. The cache's answer still wins, so decisions are those of the stages
-            # one after the other; scoring a ticket the cache answers is wasted (0.5 % of
-            # Banking77's tickets reach the deep tier that way).
-            search = self.search.submit(np.vstack([w.vector for w in pending]))
-            self._score(pending)
-            self._cache(pending, search)
+            cost = self._embed_and_search(pending)
+            for w in pending:
+                w.embed_cost = cost / len(pending)
             rest = [w for w in pending if w.decision is None]
             if rest:
                 self._classifier(rest)
@@ -204,58 +195,59 @@ class Cascade:
             w.timings["redact"] = ms
             w.text_hash = w.ticket.content_hash()
 
-    def _embed(self, todo: list[Work]) -> None:
-        """One embedding call per batch (its cost, if the provider charges, shared out)."""
+    def _embed_and_search(self, todo: list[Work]) -> float:
+        """Embed once per batch and query pgvector once per batch; returns the embedding cost."""
         texts = [w.ticket.text for w in todo]
         t0 = time.perf_counter()
         vectors = self.embedder.embed(texts)
         cost = 0.0
         if self.embedder.cost_per_1k_tokens_usd:
             cost = self.embedder.count_tokens(texts) / 1000 * self.embedder.cost_per_1k_tokens_usd
-        ms = (time.perf_counter() - t0) * 1000 / len(todo)
-        for w, vector in zip(todo, vectors, strict=True):
-            w.vector, w.embed_cost, w.timings["embed"] = vector, cost / len(todo), ms
-
-    def _cache(self, todo: list[Work], search: Future[Found]) -> None:
-        found, search_ms = search.result()
-        for w, neighbours in zip(todo, found, strict=True):
-            w.timings["cache"], w.neighbours = search_ms / len(todo), neighbours
+        t1 = time.perf_counter()
+        try:
+            found = self.db.read(lambda conn: nearest(conn, self.embedder.model_id, vectors,
+                                                      self.settings.cache_top_k))
+        except sa.exc.OperationalError as exc:
+            # PostgreSQL down: the cache is skipped and the classifier answers, so a
+            # database outage costs cache hits, never answers.
+            log.warning("vector cache skipped, PostgreSQL unreachable: %s",
+                        str(exc.orig or exc).strip().splitlines()[0])
+            found = [[] for _ in todo]
+        t2 = time.perf_counter()
+        embed_ms, search_ms = (t1 - t0) * 1000 / len(todo), (t2 - t1) * 1000 / len(todo)
+        for w, vector, neighbours in zip(todo, vectors, found, strict=True):
+            w.timings["embed"], w.timings["cache"] = embed_ms, search_ms
+            w.vector, w.neighbours = vector, neighbours
             answer = decide(neighbours, self.records, self.policy)
             if answer is not None:
                 w.decision = self._decision(w, "cache", answer.label, answer.confidence,
                                             reason=answer.reason)
+        return cost
 
-    def _embed_and_search(self, todo: list[Work]) -> None:
-        """Embedding and the cache, nothing else (the LLM-only evaluation's retrieval)."""
-        self._embed(todo)
-        self._cache(todo, self.search.submit(np.vstack([w.vector for w in todo])))
-
-    def _score(self, todo: list[Work]) -> None:
-        """The classifier's probabilities, MiniLM only for the rows the fast tier is unsure of."""
+    def _classifier(self, todo: list[Work]) -> None:
         t0 = time.perf_counter()
         clf = self.bundle.classifier
         texts = [w.ticket.text for w in todo]
-        log_text, proba = clf.predict_fast(texts, np.vstack([w.vector for w in todo]))
-        rows = (np.flatnonzero(clf.uncertain(proba)).tolist()
-                if self.deep_embedder is not None else [])
         deep_ms = 0.0
-        if rows:
+
+        def deep_vectors(rows: list[int]) -> np.ndarray:
+            nonlocal deep_ms
+            assert self.deep_embedder is not None
             t1 = time.perf_counter()
             vectors = self.deep_embedder.embed([texts[i] for i in rows])
             deep_ms = (time.perf_counter() - t1) * 1000
-            proba[rows] = clf.predict_deep(log_text[rows], vectors)
-        ms = ((time.perf_counter() - t0) * 1000 - deep_ms) / len(todo)
-        for w, p in zip(todo, proba, strict=True):
-            w.proba, w.scoring = p, {"classifier": ms}
-        for i in rows:
-            todo[i].scoring["deep_embed"] = deep_ms / len(rows)
+            return vectors
 
-    def _classifier(self, todo: list[Work]) -> None:
-        labels = self.bundle.classifier.labels
-        for w in todo:
-            p = w.proba
-            assert p is not None
-            w.timings.update(w.scoring)
+        proba, used_deep = clf.predict_proba(
+            texts, np.vstack([w.vector for w in todo]),
+            deep_vectors if self.deep_embedder is not None else None)
+        ms = ((time.perf_counter() - t0) * 1000 - deep_ms) / len(todo)
+        n_deep = max(int(used_deep.sum()), 1)
+        labels = clf.labels
+        for w, p, deep in zip(todo, proba, used_deep, strict=True):
+            w.timings["classifier"] = ms
+            if deep:
+                w.timings["deep_embed"] = deep_ms / n_deep
             order = np.argsort(-p)[:max(3, self.settings.llm_max_candidates)]
             top = order[:3]
             w.ranked = [labels[i] for i in order]

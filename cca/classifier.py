@@ -85,33 +85,17 @@ class TieredClassifier:
 
         ``deep_vectors(rows)`` is called once, for the uncertain rows only.
         """
-        log_text, proba = self.predict_fast(texts, fast_vectors)
-        deep = self.uncertain(proba) if deep_vectors is not None else np.zeros(len(texts), bool)
-        rows = np.flatnonzero(deep).tolist()
-        if rows:
-            assert deep_vectors is not None
-            proba[rows] = self.predict_deep(log_text[rows], deep_vectors(rows))
-        return proba, deep
-
-    def predict_fast(self, texts: list[str], fast_vectors: np.ndarray
-                     ) -> tuple[np.ndarray, np.ndarray]:
-        """The fast tier: (TF-IDF log-probabilities, which ``predict_deep`` reuses; pooled
-        probabilities)."""
         assert self.fast_model is not None
         log_text = self._log_text(texts)
-        return log_text, self._pool(log_text, self.fast_model, fast_vectors,
-                                    self.fast_temperature)
-
-    def uncertain(self, fast_proba: np.ndarray) -> np.ndarray:
-        """Rows the deep tier re-scores (none without a deep model)."""
-        if self.deep_model is None:
-            return np.zeros(len(fast_proba), dtype=bool)
-        return fast_proba.max(axis=1) < self.fast_threshold
-
-    def predict_deep(self, log_text: np.ndarray, deep_vectors: np.ndarray) -> np.ndarray:
-        """The deep tier's pooled probabilities for rows ``predict_fast`` was unsure of."""
-        assert self.deep_model is not None
-        return self._pool(log_text, self.deep_model, deep_vectors, self.deep_temperature)
+        proba = self._pool(log_text, self.fast_model, fast_vectors, self.fast_temperature)
+        deep = np.zeros(len(texts), dtype=bool)
+        if self.deep_model is not None and deep_vectors is not None:
+            deep = proba.max(axis=1) < self.fast_threshold
+            rows = np.flatnonzero(deep).tolist()
+            if rows:
+                proba[rows] = self._pool(log_text[rows], self.deep_model, deep_vectors(rows),
+                                         self.deep_temperature)
+        return proba, deep
 
     def calibrate(self, texts: list[str], fast_vectors: np.ndarray,
                   deep_vectors: np.ndarray | None, y: list[str]) -> None:

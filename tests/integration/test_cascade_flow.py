@@ -1,7 +1,6 @@
 """Train on the small service-desk fixture, then exercise every stage, the audit and feedback."""
 
 import json
-import threading
 
 import pytest
 import sqlalchemy as sa
@@ -109,38 +108,6 @@ def test_cache_answers_once_a_label_has_a_track_record_and_feedback_moves_it(
         ("all-MiniLM-L6-v2-onnx-dq8-v1", "billing_question", True),
         ("minilm-l6-static-v2", "billing_question", True),
     ]
-
-
-def test_the_classifier_scores_while_the_cache_searches_and_the_cache_still_wins(
-    settings, db, trained, monkeypatch
-):
-    cascade = Cascade.load(settings, db)
-    with db.begin() as conn:
-        seed_track_record(conn, cascade.embedder.model_id, {"delivery_delay": (200, 200)})
-    cascade.refresh_track_records()
-    scoring = threading.Event()
-    fast = cascade.bundle.classifier.predict_fast
-
-    def predict_fast(*args, **kwargs):
-        scoring.set()
-        return fast(*args, **kwargs)
-
-    search, searched_while_scoring = cascade.search.search, []
-
-    def slow_search(vectors):
-        # Answers only once the classifier has started on the same batch (or after 5 s).
-        searched_while_scoring.append(scoring.wait(timeout=5))
-        return search(vectors)
-
-    monkeypatch.setattr(cascade.bundle.classifier, "predict_fast", predict_fast)
-    monkeypatch.setattr(cascade.search, "search", slow_search)
-    # SD-028's own words (a delivery_delay ticket in the index): the cache answers.
-    decision = cascade.classify(
-        Ticket(id="twin-3", body="My delivery was supposed to come yesterday"))
-    assert searched_while_scoring == [True]
-    assert decision.stage == "cache" and decision.label == "delivery_delay"
-    # The classifier's scores for a ticket the cache answered are not part of its decision.
-    assert decision.top_classes == [] and "classifier" not in decision.timings_ms
 
 
 def test_feedback_rejects_unknown_label_and_ticket(settings, db, trained):
