@@ -118,3 +118,27 @@ def test_no_known_pii_reaches_the_llm_server(service_home, llm_server):
     leaked = [p for p in known if p in seen or json.dumps(p)[1:-1] in seen]
     assert not leaked, f"PII reached the LLM server: {leaked}"
     assert "<EMAIL>" in seen and "<PHONE>" in seen
+
+
+def test_the_llm_alone_is_asked_with_retrieved_examples(service_home, stage):
+    """``cca evaluate --llm``'s LLM-only pass: retrieval still supplies few-shot examples."""
+    from cca.cascade import Cascade
+    from cca.store import open_database
+    from pipelines.evaluate_llm import llm_only
+
+    settings = Settings(home=service_home, rules_path=FIXTURES / "service_desk_rules.yaml",
+                        department_map=FIXTURES / "service_desk_departments.yaml")
+    db = open_database(settings)
+    try:
+        cascade = Cascade.load(settings, db, llm=stage)
+        tickets = [Ticket(id="only-1", body="My parcel is a week late, where is my order?"),
+                   Ticket(id="only-2", body="Please cancel my subscription from next month")]
+        before = stage.stats()
+        report = llm_only(cascade, stage, tickets, ["delivery_delay", "cancel_subscription"],
+                          price_in_per_m=0.15, price_out_per_m=0.6)
+    finally:
+        db.dispose()
+    after = stage.stats()
+    assert report["n"] == 2 and report["prompt_tokens"] > 100
+    assert 0.0 <= report["accuracy"] <= report["answered"] <= 1.0
+    assert after["no_examples"] == before["no_examples"]  # both asked with examples
