@@ -26,6 +26,13 @@ BASE_ENV = {
 }
 
 
+def home_settings(home: Path) -> Settings:
+    """The settings ``prepare_home`` trains with (fixture rules and departments)."""
+    return Settings(home=home, rules_path=FIXTURES / "service_desk_rules.yaml",
+                    department_map=FIXTURES / "service_desk_departments.yaml",
+                    redis_url="redis://127.0.0.1:6379/0")
+
+
 def prepare_home(home: Path) -> Settings:
     """Import, prepare, retrain and promote on the fixture tickets; returns the settings."""
     import sqlalchemy as sa
@@ -37,9 +44,7 @@ def prepare_home(home: Path) -> Settings:
     from pipelines.read_tickets import Columns, read_ticket_file
     from training.steps import retrain
 
-    settings = Settings(home=home, rules_path=FIXTURES / "service_desk_rules.yaml",
-                        department_map=FIXTURES / "service_desk_departments.yaml",
-                        redis_url="redis://127.0.0.1:6379/0")
+    settings = home_settings(home)
     db = open_database(settings)
     try:
         cols = Columns(text="message", label="intent", id="ticket_id", subject="subject",

@@ -17,7 +17,7 @@ from cca.llm_prompt import SYSTEM_PROMPT, Example
 from cca.settings import Settings
 from cca.tickets import Ticket
 from tests.conftest import FIXTURES
-from tests.integration.service_harness import service, token
+from tests.integration.service_harness import home_settings, service, token
 from tests.recording_proxy import RecordingProxy
 
 LABELS = ["card_arrival", "card_delivery_estimate", "lost_or_stolen_card", "declined_transfer",
@@ -126,8 +126,7 @@ def test_the_llm_alone_is_asked_with_retrieved_examples(service_home, stage):
     from cca.store import open_database
     from pipelines.evaluate_llm import llm_only
 
-    settings = Settings(home=service_home, rules_path=FIXTURES / "service_desk_rules.yaml",
-                        department_map=FIXTURES / "service_desk_departments.yaml")
+    settings = home_settings(service_home)
     db = open_database(settings)
     try:
         cascade = Cascade.load(settings, db, llm=stage)
