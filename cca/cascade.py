@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -81,6 +82,9 @@ class Cascade:
         )
         self.descriptions = {label: describe(label, bundle.info.departments.get(label))
                              for label in bundle.info.labels}
+        # Set by the service to its in-memory copy of the vectors (``cca.store.vector_feed``);
+        # it answers None while the copy is not usable, and pgvector answers instead.
+        self.vector_search: Callable[[np.ndarray, int], list[list[Neighbour]] | None] | None = None
         self.refresh_track_records()
         # scikit-learn's BLAS threads spin after each call and starve onnxruntime's threads on
         # a small machine (measured 245 -> 317 tickets/s on 2 cores); one BLAS thread is
@@ -196,7 +200,8 @@ class Cascade:
             w.text_hash = w.ticket.content_hash()
 
     def _embed_and_search(self, todo: list[Work]) -> float:
-        """Embed once per batch and query pgvector once per batch; returns the embedding cost."""
+        """Embed and search once per batch (the in-memory copy, else pgvector); returns the
+        embedding cost."""
         texts = [w.ticket.text for w in todo]
         t0 = time.perf_counter()
         vectors = self.embedder.embed(texts)
@@ -204,15 +209,7 @@ class Cascade:
         if self.embedder.cost_per_1k_tokens_usd:
             cost = self.embedder.count_tokens(texts) / 1000 * self.embedder.cost_per_1k_tokens_usd
         t1 = time.perf_counter()
-        try:
-            found = self.db.read(lambda conn: nearest(conn, self.embedder.model_id, vectors,
-                                                      self.settings.cache_top_k))
-        except sa.exc.OperationalError as exc:
-            # PostgreSQL down: the cache is skipped and the classifier answers, so a
-            # database outage costs cache hits, never answers.
-            log.warning("vector cache skipped, PostgreSQL unreachable: %s",
-                        str(exc.orig or exc).strip().splitlines()[0])
-            found = [[] for _ in todo]
+        found = self._neighbours(vectors)
         t2 = time.perf_counter()
         embed_ms, search_ms = (t1 - t0) * 1000 / len(todo), (t2 - t1) * 1000 / len(todo)
         for w, vector, neighbours in zip(todo, vectors, found, strict=True):
@@ -223,6 +220,21 @@ class Cascade:
                 w.decision = self._decision(w, "cache", answer.label, answer.confidence,
                                             reason=answer.reason)
         return cost
+
+    def _neighbours(self, vectors: np.ndarray) -> list[list[Neighbour]]:
+        k = self.settings.cache_top_k
+        if self.vector_search is not None:
+            found = self.vector_search(vectors, k)
+            if found is not None:
+                return found
+        try:
+            return self.db.read(lambda conn: nearest(conn, self.embedder.model_id, vectors, k))
+        except sa.exc.OperationalError as exc:
+            # PostgreSQL down: the cache is skipped and the classifier answers, so a
+            # database outage costs cache hits, never answers.
+            log.warning("vector cache skipped, PostgreSQL unreachable: %s",
+                        str(exc.orig or exc).strip().splitlines()[0])
+            return [[] for _ in vectors]
 
     def _classifier(self, todo: list[Work]) -> None:
         t0 = time.perf_counter()

@@ -68,6 +68,10 @@ class Settings(BaseSettings):
     # and PostgreSQL's CPU per search 0.40 ms at 40, 0.30 at 20. A much larger index may need
     # more; at least cache_top_k.
     cache_hnsw_ef_search: int = Field(default=20, ge=1, le=1000)
+    # The service searches an in-memory HNSW copy of the labelled vectors in each worker
+    # (``cca.memory_index``: no round trip to PostgreSQL) while there are at most this many;
+    # beyond, or at 0, it searches pgvector. Each worker holds its own copy (README).
+    cache_memory_max_vectors: int = Field(default=250_000, ge=0)
 
     # Classifier and cascade
     rules_min_confidence: float = 0.9

@@ -28,6 +28,7 @@ from cca.cascade import Cascade, Work
 from cca.settings import Settings
 from cca.store import Database
 from cca.store.served import record_served, served_decisions
+from cca.store.vector_feed import VectorFeed
 from cca.tickets import Decision, Ticket
 from pipelines.pii.sanitizer import load_or_create_key
 from serving.audit_spool import AuditSpool
@@ -78,9 +79,9 @@ class Pending:
 class Engine:
     def __init__(self, settings: Settings, db: Database, cascade: Cascade,
                  metrics: ServiceMetrics, shadow: ShadowRunner | None = None,
-                 spool_name: str = "worker-1") -> None:
+                 spool_name: str = "worker-1", vector_feed: VectorFeed | None = None) -> None:
         self.settings, self.db, self.cascade, self.metrics = settings, db, cascade, metrics
-        self.shadow = shadow
+        self.shadow, self.vector_feed = shadow, vector_feed
         key = (settings.pii_hmac_key.get_secret_value().encode() if settings.pii_hmac_key
                else load_or_create_key(settings.secrets_dir / "pii_hmac.key"))
         self._key = key
@@ -113,6 +114,8 @@ class Engine:
         # whose close then sends them to Redis.
         self.spool.close()
         self.idempotency.close()
+        if self.vector_feed is not None:
+            self.vector_feed.close()
 
     # -- the request path -------------------------------------------------------------
     def request_hash(self, ticket: Ticket) -> str:

@@ -61,6 +61,9 @@ def _erase(engine: Engine, core: str, actor: str) -> dict[str, int]:
         except RedisUnavailable as exc:
             raise StateError("Redis is unreachable: erasure not done, try again later"
                              ) from exc
+    if engine.vector_feed is not None:
+        # This worker's copy at once; the others drop them on the commit's notification.
+        counts["in_memory_vectors"] = engine.vector_feed.forget(done.ticket_ids)
     counts["near_duplicate_keys"] = _forget_signatures(engine, done.ticket_ids)
     log.info("customer erased", extra={"tickets": counts.get("tickets", 0)})
     return counts

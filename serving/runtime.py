@@ -18,6 +18,7 @@ from cca.errors import StateError, UnknownTicket
 from cca.feedback import apply_feedback
 from cca.settings import Settings
 from cca.store import Database, open_database
+from cca.store.vector_feed import VectorFeed
 from cca.tickets import Ticket
 from serving import worker_index
 from serving.engine import Engine
@@ -33,6 +34,21 @@ log = logging.getLogger("cca.serving")
 def build_cascade(settings: Settings, db: Database, choice: ModelChoice) -> Cascade:
     bundle = load_bundle(settings.models_dir, choice.bundle_version)
     return Cascade.of_bundle(settings, db, bundle)
+
+
+def start_vector_feed(settings: Settings, db: Database, cascade: Cascade) -> VectorFeed | None:
+    """The in-memory copy of the labelled vectors that the cascade searches, kept in step
+    with PostgreSQL (and the track records with it); None when configured off."""
+    if settings.cache_memory_max_vectors <= 0:
+        return None
+    feed = VectorFeed(db.url, cascade.embedder.model_id, cascade.embedder.dim,
+                      settings.cache_memory_max_vectors,
+                      on_track_record=cascade.refresh_track_records)
+    in_memory = feed.start()
+    cascade.vector_search = feed.search
+    log.info("vector cache searches %s", f"an in-memory copy of {len(feed.index)} vectors"
+             if in_memory else "pgvector")
+    return feed
 
 
 @dataclass
@@ -58,15 +74,19 @@ class Runtime:
         champion = resolve(settings, "champion")
         assert champion is not None
         cascade = build_cascade(settings, db, champion)
+        feed = start_vector_feed(settings, db, cascade)
         shadow = None
         challenger = resolve(settings, "challenger") if settings.serve_shadow else None
         if challenger is not None and challenger.bundle_version == champion.bundle_version:
             challenger = None
         if challenger is not None:
-            shadow = ShadowRunner(build_cascade(settings, db, challenger), cascade.version,
-                                  metrics)
+            shadow_cascade = build_cascade(settings, db, challenger)
+            if feed is not None and shadow_cascade.embedder.model_id == feed.index.model_id:
+                shadow_cascade.vector_search = feed.search
+                feed.on_track_record(shadow_cascade.refresh_track_records)
+            shadow = ShadowRunner(shadow_cascade, cascade.version, metrics)
         engine = Engine(settings, db, cascade, metrics, shadow,
-                        spool_name=f"worker-{worker_index() or 1}")
+                        spool_name=f"worker-{worker_index() or 1}", vector_feed=feed)
         engine.start()
         limiter = RateLimiter(settings.redis_url, settings.rate_limit_per_s,
                               settings.rate_limit_burst, lease=settings.rate_limit_lease,
@@ -112,6 +132,10 @@ class Runtime:
         except sa.exc.OperationalError as exc:
             raise StateError("PostgreSQL is unreachable: feedback not stored, try again "
                              "later") from exc
+        if self.engine.vector_feed is not None:
+            # The caller's next ticket must find this one in the cache (other workers get it
+            # from the same notification, within milliseconds).
+            self.engine.vector_feed.catch_up()
         return message
 
     def explanations(self, ticket_id: str) -> list[dict[str, Any]]:
@@ -166,7 +190,16 @@ class Runtime:
             "llm": {"stage": getattr(self.cascade.llm, "name", "?"),
                     "circuit": getattr(self.cascade.llm, "state", "closed")},
             "llm_explanations": self.explainer.stats(),
+            "vector_cache": self._vector_cache_status(),
         }
+
+    def _vector_cache_status(self) -> dict[str, Any]:
+        feed = self.engine.vector_feed
+        if feed is None:
+            return {"in_memory": False, "searches": "pgvector"}
+        return {"in_memory": feed.usable, "searches": "memory" if feed.usable else "pgvector",
+                "vectors": len(feed.index), "following_changes": feed.connected,
+                "full_loads": feed.reloads, "max_vectors": feed.max_vectors}
 
     def close(self) -> None:
         self.ready = False

@@ -250,6 +250,46 @@ def test_erasure_removes_the_customer_and_leaves_a_tombstone(client, auth, home)
     assert forbidden.status_code == 403
 
 
+def test_labels_and_erasure_reach_the_in_memory_vector_cache(client, auth, home):
+    """The service searches an in-memory copy of the labelled vectors. A ticket indexed by
+    another process shows up in it, a label given by feedback is there for the very next
+    request, and an erased ticket is gone from it by the time the erasure answers."""
+    from pipelines import lifecycle
+    from tests.integration.service_harness import home_settings
+
+    text = "The pelican-shaped parcel locker 88 at the station refuses my pickup code"
+
+    def neighbours() -> list[tuple[str, str]]:
+        r = client.post("/explain", json=ticket(text), headers=auth)
+        assert r.status_code == 200, r.text
+        return [(n["ticket_id"], n["label"]) for n in r.json()["explanation"]["neighbours"]]
+
+    body = ticket(text, id="mem-1", customer_ref="CUST-313131")
+    assert client.post("/classify", json=body, headers=auth).status_code == 200
+    r = client.post("/feedback", json={"ticket_id": "mem-1", "label": "delivery_delay"},
+                    headers=auth)
+    assert r.status_code == 200 and "next `cca prepare`" in r.json()["message"], r.text
+    assert "mem-1" not in {tid for tid, _ in neighbours()}  # not redacted yet: not indexed
+    settings = home_settings(home)
+    db = open_database(settings)
+    try:
+        lifecycle.prepare(settings, db)  # what the prepare_tickets DAG runs, elsewhere
+    finally:
+        db.dispose()
+    deadline = time.monotonic() + 5
+    while neighbours()[:1] != [("mem-1", "delivery_delay")]:
+        assert time.monotonic() < deadline, neighbours()
+        time.sleep(0.05)
+    r = client.post("/feedback", json={"ticket_id": "mem-1", "label": "billing_question"},
+                    headers=auth)
+    assert r.status_code == 200 and "added to the index" in r.json()["message"], r.text
+    assert neighbours()[0] == ("mem-1", "billing_question")  # no waiting
+    assert client.delete("/customers/CUST-313131", headers=auth).status_code == 200
+    assert "mem-1" not in {tid for tid, _ in neighbours()}  # no waiting either
+    status = client.get("/status", headers=auth).json()["vector_cache"]
+    assert status["searches"] == "memory" and status["following_changes"] is True
+
+
 def test_metrics_follow_prometheus_names(client, auth):
     client.post("/classify", json=ticket("I forgot my password"), headers=auth)
     text = client.get("/metrics").text
