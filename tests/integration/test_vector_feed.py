@@ -5,8 +5,7 @@ pgvector answers."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import numpy as np
@@ -17,17 +16,9 @@ from cca.store.tickets_repo import upsert_tickets
 from cca.store.vector_feed import VectorFeed
 from cca.store.vectors import VectorRow, nearest, record_feedback, relabel, upsert_vectors
 from cca.tickets import Ticket
+from tests.conftest import wait_until
 
 MODEL, DIM = "test-feed-model", 8
-
-
-def _wait(predicate: Callable[[], bool], timeout_s: float = 5.0) -> bool:
-    end = time.monotonic() + timeout_s
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return predicate()
 
 
 def _add(db, ids: list[str], vectors: np.ndarray, label: str | None = "card_lost",
@@ -66,18 +57,18 @@ def test_every_copy_follows_inserts_relabels_and_deletes(clean_db, feeds):
     _add(clean_db, ["u"], vectors[3:], label=None)  # not validated: never a neighbour
     _add(clean_db, ["other"], vectors[:1], model="another-model")
     for feed in feeds:
-        assert _wait(lambda f=feed: len(f.index) == 3)
+        assert wait_until(lambda f=feed: len(f.index) == 3)
         assert set(_ids(feed, vectors[0])) == {"a", "b", "c"}
     with clean_db.begin() as conn:
         relabel(conn, "b", "card_arrival", "Cards")
     for feed in feeds:
-        assert _wait(lambda f=feed: [n.label for n in f.search(vectors[1][None, :], 1)[0]]
+        assert wait_until(lambda f=feed: [n.label for n in f.search(vectors[1][None, :], 1)[0]]
                      == ["card_arrival"])
     # Right to deletion: the ticket goes and its vectors with it (ON DELETE CASCADE).
     with clean_db.begin() as conn:
         conn.execute(sa.text("DELETE FROM tickets WHERE id = 'a'"))
     for feed in feeds:
-        assert _wait(lambda f=feed: "a" not in f.index)
+        assert wait_until(lambda f=feed: "a" not in f.index)
         assert set(_ids(feed, vectors[0])) == {"b", "c"}
 
 
@@ -92,19 +83,19 @@ def test_a_bulk_relabel_and_a_truncate_reload_everything(clean_db, feeds):
     rng = np.random.default_rng(5)
     many = [f"bulk-{i:04d}-{'x' * 40}" for i in range(300)]
     _add(clean_db, many, rng.normal(size=(300, DIM)).astype(np.float32))
-    assert _wait(lambda: all(len(f.index) == 300 for f in feeds))
+    assert wait_until(lambda: all(len(f.index) == 300 for f in feeds))
     reloads = [f.reloads for f in feeds]
     # One statement naming 300 long ids: too long a list for a notification, so '*'.
     with clean_db.begin() as conn:
         conn.execute(sa.text("UPDATE ticket_embeddings SET label = 'card_arrival' "
                              "WHERE model_id = :m"), {"m": MODEL})
     for feed, before in zip(feeds, reloads, strict=True):
-        assert _wait(lambda f=feed, b=before: f.reloads > b)
+        assert wait_until(lambda f=feed, b=before: f.reloads > b)
         assert {n.label for n in feed.search(np.ones((1, DIM), np.float32), 300)[0]} == {
             "card_arrival"}
     with clean_db.begin() as conn:
         conn.execute(sa.text("TRUNCATE ticket_embeddings"))
-    assert _wait(lambda: all(len(f.index) == 0 for f in feeds))
+    assert wait_until(lambda: all(len(f.index) == 0 for f in feeds))
 
 
 def test_track_record_changes_reach_every_worker(clean_db):
@@ -116,7 +107,7 @@ def test_track_record_changes_reach_every_worker(clean_db):
         before = len(seen)
         with clean_db.begin() as conn:
             record_feedback(conn, MODEL, "card_lost", confirmed=True)
-        assert _wait(lambda: len(seen) > before)
+        assert wait_until(lambda: len(seen) > before)
     finally:
         feed.close()
 
@@ -124,7 +115,7 @@ def test_track_record_changes_reach_every_worker(clean_db):
 def test_a_lost_connection_reloads_and_misses_nothing(clean_db, feeds):
     vectors = np.eye(DIM, dtype=np.float32)
     _add(clean_db, ["before"], vectors[:1])
-    assert _wait(lambda: "before" in feeds[0].index)
+    assert wait_until(lambda: "before" in feeds[0].index)
     # Drop the feeds' connections, then change the table before they reconnect: the
     # notification is lost, the reload on reconnect must still bring the change.
     with clean_db.begin() as conn:
@@ -135,8 +126,8 @@ def test_a_lost_connection_reloads_and_misses_nothing(clean_db, feeds):
         conn.execute(sa.text("DELETE FROM tickets WHERE id = 'before'"))
     _add(clean_db, ["after"], vectors[1:2])
     for feed in feeds:
-        assert _wait(lambda f=feed: f.reloads >= 2 and f.connected)
-        assert _wait(lambda f=feed: "after" in f.index and "before" not in f.index)
+        assert wait_until(lambda f=feed: f.reloads >= 2 and f.connected)
+        assert wait_until(lambda f=feed: "after" in f.index and "before" not in f.index)
 
 
 def test_past_its_size_limit_the_copy_steps_aside_for_pgvector(clean_db):
@@ -152,7 +143,7 @@ def test_past_its_size_limit_the_copy_steps_aside_for_pgvector(clean_db):
     try:
         assert feed.start(timeout_s=30) is True
         _add(clean_db, ["x4"], rng.normal(size=(1, DIM)).astype(np.float32))
-        assert _wait(lambda: feed.search(np.ones((1, DIM), dtype=np.float32), 5) is None)
+        assert wait_until(lambda: feed.search(np.ones((1, DIM), dtype=np.float32), 5) is None)
     finally:
         feed.close()
 
@@ -162,7 +153,7 @@ def test_the_copy_answers_what_pgvector_answers(clean_db, feeds):
     vectors = rng.normal(size=(200, DIM)).astype(np.float32)
     ids = [f"v{i}" for i in range(200)]
     _add(clean_db, ids, vectors)
-    assert _wait(lambda: len(feeds[0].index) == 200)
+    assert wait_until(lambda: len(feeds[0].index) == 200)
     queries = rng.normal(size=(20, DIM)).astype(np.float32)
     # No HNSW index for this model: pgvector scans every row, an exact search too.
     expected = clean_db.read(lambda conn: nearest(conn, MODEL, queries, 5))

@@ -13,7 +13,6 @@ import sys
 import threading
 import time
 import tracemalloc
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ import pytest
 
 from serving import audit_spool
 from serving.audit_spool import AuditSpool, SpoolLockedError
-from tests.conftest import ROOT
+from tests.conftest import ROOT, wait_until
 
 Records = list[dict[str, Any]]
 
@@ -51,15 +50,6 @@ class Sink:
 
 def recs(start: int, n: int, **extra: Any) -> Records:
     return [{"record_id": f"r{i}", "n": i, **extra} for i in range(start, start + n)]
-
-
-def wait_until(pred: Callable[[], bool], timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.005)
-    return pred()
 
 
 def segments(d: Path) -> list[Path]:
