@@ -59,9 +59,19 @@ class VectorFeed:
         self._listeners.append(listener)
 
     def start(self, timeout_s: float = 60.0) -> bool:
-        """Start the thread and wait for the first load; whether the copy is in use."""
+        """Start the thread and wait for the first load; whether the copy is in use.
+
+        A copy that never hears of changes would serve erased tickets, so the first load is
+        followed by a test notification: if it does not come back (LISTEN does not work
+        through a transaction-pooling proxy such as PgBouncer's), the copy is switched off.
+        """
         self._thread.start()
         self._loaded.wait(timeout_s)
+        if self.usable and not self.catch_up(timeout_s=5.0):
+            log.error("a test notification did not come back from PostgreSQL in 5 s (behind a "
+                      "transaction-pooling proxy?): the vector cache searches pgvector")
+            self.close()
+            self.usable = False
         return self.usable
 
     def close(self) -> None:

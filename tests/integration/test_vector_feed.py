@@ -163,3 +163,18 @@ def test_the_copy_answers_what_pgvector_answers(clean_db, feeds):
         assert [n.ticket_id for n in mine] == [n.ticket_id for n in theirs]
         assert np.allclose([n.similarity for n in mine], [n.similarity for n in theirs],
                            atol=1e-5)
+
+
+class _Deaf(VectorFeed):
+    """A feed whose notifications never arrive, as behind a transaction-pooling proxy."""
+
+    def _follow(self, conn) -> None:
+        while not self._stop.wait(0.05):
+            pass
+
+
+def test_a_feed_that_hears_nothing_steps_aside_for_pgvector(clean_db):
+    _add(clean_db, ["d1"], np.ones((1, DIM), dtype=np.float32))
+    feed = _Deaf(clean_db.url, MODEL, DIM, max_vectors=1000)
+    assert feed.start(timeout_s=30) is False  # loaded, but its test notification was lost
+    assert feed.search(np.ones((1, DIM), dtype=np.float32), 5) is None
