@@ -3,9 +3,9 @@
 The service asks for neighbours once per batch, on the cascade's one thread. Asking pgvector
 costs a round trip in which that thread waits for PostgreSQL's backend to be scheduled, and
 PostgreSQL's own CPU on the same two cores. Measured on the Banking77 index (9,988 vectors,
-384 dimensions, 2 cores, README): pgvector 0.37 ms of the worker's CPU plus ~0.3 ms of
+384 dimensions, 2 cores, README): pgvector 0.36 ms of the worker's CPU plus ~0.3 ms of
 PostgreSQL's per query; an exact numpy search 0.6 ms, which A/B load runs showed no better;
-this index 0.13 ms. Like pgvector's, the graph is approximate; its similarities are exact
+this index 0.19 ms. Like pgvector's, the graph is approximate; its similarities are exact
 float32 cosines, so the cache's thresholds mean the same. ``cca.store.vector_feed`` keeps
 the copy equal to the table.
 """
@@ -18,7 +18,7 @@ from collections.abc import Iterable
 import numpy as np
 
 # onnxruntime must be loaded before USearch's extension: the other way round, onnxruntime's
-# import dies with SIGSEGV in libstdc++'s locale code (usearch 2.26.6, onnxruntime 1.2x;
+# import dies with SIGSEGV in libstdc++'s locale code (usearch 2.26.6, onnxruntime 1.32.0;
 # tests/unit/test_memory_index.py checks it in a fresh interpreter).
 import onnxruntime  # noqa: F401
 from usearch.index import BatchMatches, Index

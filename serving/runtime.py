@@ -41,7 +41,7 @@ def start_vector_feed(settings: Settings, db: Database, cascade: Cascade) -> Vec
     with PostgreSQL (and the track records with it); None when configured off."""
     if settings.cache_memory_max_vectors <= 0:
         return None
-    feed = VectorFeed(db.url, cascade.embedder.model_id, cascade.embedder.dim,
+    feed = VectorFeed(db, cascade.embedder.model_id, cascade.embedder.dim,
                       settings.cache_memory_max_vectors,
                       on_track_record=cascade.refresh_track_records)
     in_memory = feed.start()
@@ -128,14 +128,15 @@ class Runtime:
             except UnknownTicket:
                 self.engine.wait_for_other_workers()
                 message = apply()
-            self.cascade.refresh_track_records()
+            # The caller's next ticket must find this one in the cache: the feed's catch-up
+            # also means its track-record refresh has run (the other workers get both from
+            # the same notifications, within milliseconds). Without a feed, refresh here.
+            feed = self.engine.vector_feed
+            if feed is None or not feed.catch_up():
+                self.cascade.refresh_track_records()
         except sa.exc.OperationalError as exc:
             raise StateError("PostgreSQL is unreachable: feedback not stored, try again "
                              "later") from exc
-        if self.engine.vector_feed is not None:
-            # The caller's next ticket must find this one in the cache (other workers get it
-            # from the same notification, within milliseconds).
-            self.engine.vector_feed.catch_up()
         return message
 
     def explanations(self, ticket_id: str) -> list[dict[str, Any]]:

@@ -18,10 +18,11 @@ from collections.abc import Callable
 
 import numpy as np
 import psycopg
+import sqlalchemy as sa
 from pgvector.psycopg import register_vector
-from sqlalchemy.engine import URL
 
 from cca.memory_index import MemoryIndex
+from cca.store.database import Database
 from cca.tickets import Neighbour
 
 log = logging.getLogger(__name__)
@@ -30,6 +31,8 @@ VECTORS, TRACK_RECORD, MARKER = "cca_vectors", "cca_track_record", "cca_vectors_
 APPLICATION_NAME = "cca-vector-feed"  # how its connection shows in pg_stat_activity
 # More tickets than this in one round of notifications: one full reload is cheaper.
 _RELOAD_OVER = 2000
+_LABELLED = ("SELECT ticket_id, label, embedding FROM ticket_embeddings "
+             "WHERE model_id = %s AND label IS NOT NULL")
 
 
 class VectorFeed:
@@ -39,10 +42,12 @@ class VectorFeed:
     than ``max_vectors``): the caller then asks pgvector.
     """
 
-    def __init__(self, url: URL, model_id: str, dim: int, max_vectors: int,
+    def __init__(self, db: Database, model_id: str, dim: int, max_vectors: int,
                  on_track_record: Callable[[], None] | None = None,
                  retry_s: float = 1.0) -> None:
-        self._conninfo = url.set(drivername="postgresql").render_as_string(hide_password=False)
+        self.db = db
+        self._conninfo = db.url.set(drivername="postgresql").render_as_string(
+            hide_password=False)
         self.index = MemoryIndex(model_id, dim)
         self.max_vectors = max_vectors
         self.retry_s = retry_s
@@ -97,10 +102,10 @@ class VectorFeed:
         token, done = uuid.uuid4().hex, threading.Event()
         self._markers[token] = done
         try:
-            with psycopg.connect(self._conninfo, autocommit=True) as conn:
-                conn.execute("SELECT pg_notify(%s, %s)", (MARKER, token))
+            self.db.read(lambda conn: conn.exec_driver_sql(
+                "SELECT pg_notify(%(c)s, %(t)s)", {"c": MARKER, "t": token}))
             return done.wait(timeout_s)
-        except psycopg.Error:
+        except sa.exc.DBAPIError:
             return False
         finally:
             self._markers.pop(token, None)
@@ -177,16 +182,14 @@ class VectorFeed:
             self.usable = False
             self.index.replace([])
         else:
-            rows = conn.execute("SELECT ticket_id, label, embedding FROM ticket_embeddings "
-                                "WHERE model_id = %s AND label IS NOT NULL", (model,))
+            rows = conn.execute(_LABELLED, (model,))
             self.index.replace((tid, label, _array(v)) for tid, label, v in rows)
             self.usable = True
         self.reloads += 1
 
     def _refresh(self, conn: psycopg.Connection, ids: list[str]) -> None:
-        rows = conn.execute(
-            "SELECT ticket_id, label, embedding FROM ticket_embeddings WHERE model_id = %s "
-            "AND label IS NOT NULL AND ticket_id = ANY(%s)", (self.index.model_id, ids)).fetchall()
+        rows = conn.execute(_LABELLED + " AND ticket_id = ANY(%s)",
+                            (self.index.model_id, ids)).fetchall()
         found = {tid for tid, _, _ in rows}
         self.index.remove(i for i in ids if i not in found)
         for tid, label, vector in rows:

@@ -41,7 +41,7 @@ def _ids(feed: VectorFeed, q: np.ndarray, k: int = 50) -> list[str]:
 @pytest.fixture
 def feeds(clean_db) -> Iterator[list[VectorFeed]]:
     """Two workers' copies."""
-    started = [VectorFeed(clean_db.url, MODEL, DIM, max_vectors=1000, retry_s=0.1)
+    started = [VectorFeed(clean_db, MODEL, DIM, max_vectors=1000, retry_s=0.1)
                for _ in range(2)]
     for feed in started:
         assert feed.start(timeout_s=30)
@@ -100,14 +100,19 @@ def test_a_bulk_relabel_and_a_truncate_reload_everything(clean_db, feeds):
 
 def test_track_record_changes_reach_every_worker(clean_db):
     seen: list[int] = []
-    feed = VectorFeed(clean_db.url, MODEL, DIM, max_vectors=1000,
+    feed = VectorFeed(clean_db, MODEL, DIM, max_vectors=1000,
                       on_track_record=lambda: seen.append(1))
     assert feed.start(timeout_s=30)
     try:
         before = len(seen)
         with clean_db.begin() as conn:
             record_feedback(conn, MODEL, "card_lost", confirmed=True)
-        assert wait_until(lambda: len(seen) > before)
+        # The service's /feedback relies on this: once catch_up returns, the refresh has run.
+        assert feed.catch_up(timeout_s=5)
+        assert len(seen) > before
+        with clean_db.begin() as conn:
+            record_feedback(conn, MODEL, "card_lost", confirmed=False)
+        assert wait_until(lambda: len(seen) > before + 1)  # and without asking
     finally:
         feed.close()
 
@@ -133,13 +138,13 @@ def test_a_lost_connection_reloads_and_misses_nothing(clean_db, feeds):
 def test_past_its_size_limit_the_copy_steps_aside_for_pgvector(clean_db):
     rng = np.random.default_rng(9)
     _add(clean_db, ["x1", "x2", "x3"], rng.normal(size=(3, DIM)).astype(np.float32))
-    feed = VectorFeed(clean_db.url, MODEL, DIM, max_vectors=2)
+    feed = VectorFeed(clean_db, MODEL, DIM, max_vectors=2)
     try:
         assert feed.start(timeout_s=30) is False
         assert feed.search(np.ones((1, DIM), dtype=np.float32), 5) is None
     finally:
         feed.close()
-    feed = VectorFeed(clean_db.url, MODEL, DIM, max_vectors=3)
+    feed = VectorFeed(clean_db, MODEL, DIM, max_vectors=3)
     try:
         assert feed.start(timeout_s=30) is True
         _add(clean_db, ["x4"], rng.normal(size=(1, DIM)).astype(np.float32))
@@ -175,6 +180,6 @@ class _Deaf(VectorFeed):
 
 def test_a_feed_that_hears_nothing_steps_aside_for_pgvector(clean_db):
     _add(clean_db, ["d1"], np.ones((1, DIM), dtype=np.float32))
-    feed = _Deaf(clean_db.url, MODEL, DIM, max_vectors=1000)
+    feed = _Deaf(clean_db, MODEL, DIM, max_vectors=1000)
     assert feed.start(timeout_s=30) is False  # loaded, but its test notification was lost
     assert feed.search(np.ones((1, DIM), dtype=np.float32), 5) is None
