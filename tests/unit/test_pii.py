@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from cca.errors import InputError
+from cca.errors import ConfigError, InputError
 from cca.settings import Settings
 from pipelines.pii import Sanitizer, normalise
 from pipelines.pii.detectors import Span, iban_ok, luhn_ok
@@ -110,6 +110,46 @@ def test_key_file_is_created_once_with_mode_0600(tmp_path: Path) -> None:
     assert Sanitizer.from_settings(settings).pseudonym("CUST-1") == first
     keyed = Settings(home=tmp_path, pii_ner=False, pii_hmac_key="configured-key-123456")
     assert Sanitizer.from_settings(keyed).pseudonym("CUST-1") != first
+
+
+def _race_for_key(path: str, barrier, out) -> None:
+    from pipelines.pii.sanitizer import load_or_create_key
+
+    barrier.wait()
+    try:
+        out.put(load_or_create_key(Path(path)).hex())
+    except Exception as exc:  # reported, not lost: the parent asserts on it
+        out.put(f"error: {exc}")
+
+
+def test_processes_starting_together_share_one_whole_key(tmp_path: Path) -> None:
+    """Service workers start at once: each must read the key another may be creating, whole
+    (an empty key once made one worker refuse every token)."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    for round_ in range(15):
+        path = tmp_path / f"round-{round_}" / "jwt_hs256.key"
+        barrier, out = ctx.Barrier(6), ctx.Queue()
+        procs = [ctx.Process(target=_race_for_key, args=(str(path), barrier, out))
+                 for _ in range(6)]
+        for p in procs:
+            p.start()
+        keys = {out.get(timeout=30) for _ in procs}
+        for p in procs:
+            p.join(timeout=30)
+        assert len(keys) == 1 and len(next(iter(keys))) == 64, keys
+        assert path.read_text() == next(iter(keys))
+        assert [q.name for q in path.parent.iterdir()] == ["jwt_hs256.key"]  # no temp left
+
+
+def test_a_damaged_key_file_is_a_clear_error(tmp_path: Path) -> None:
+    from pipelines.pii.sanitizer import load_or_create_key
+
+    path = tmp_path / "pii_hmac.key"
+    path.write_text("")
+    with pytest.raises(ConfigError, match="does not hold a key"):
+        load_or_create_key(path)
 
 
 def _fullwidth(ascii_text: str) -> str:
