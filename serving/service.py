@@ -15,6 +15,7 @@ import gc
 import logging
 import math
 import os
+import sys
 from typing import Annotated
 
 import bentoml
@@ -258,6 +259,9 @@ class CallCentreAgent:
         # ~250 ms with it, holding the interpreter lock and every request of this worker.
         gc.collect()
         gc.freeze()
+        # The event loop gets the interpreter lock back sooner from the cascade's threads.
+        self._switch_interval = sys.getswitchinterval()
+        sys.setswitchinterval(self.settings.serve_gil_switch_ms / 1000)
 
     def __is_ready__(self) -> bool:
         return self.runtime.ready
@@ -271,6 +275,7 @@ class CallCentreAgent:
         await self.batcher.aclose()
         await asyncio.to_thread(self.runtime.close)
         gc.unfreeze()  # a process that goes on (the tests' in-process service) frees it
+        sys.setswitchinterval(self._switch_interval)
 
 
 # Around BentoML's whole app, so its own routes and its 404s get the same treatment.

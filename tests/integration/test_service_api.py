@@ -46,6 +46,9 @@ def _rows(home, sql, **params):
 
 
 def test_probes_and_openapi(client):
+    import sys
+
+    assert sys.getswitchinterval() == pytest.approx(0.001)  # CCA_SERVE_GIL_SWITCH_MS
     assert client.get("/healthz").status_code == 200
     assert client.get("/readyz").status_code == 200
     spec = client.get("/openapi.json").json()
