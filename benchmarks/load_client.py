@@ -53,9 +53,24 @@ def pcts(ms: list[float]) -> dict[str, float | None]:
             "max": round(float(a.max()), 2)}
 
 
+def worst_seconds(tally: Tally, t0: float, over_ms: float = 100.0) -> dict[str, Any]:
+    """Latency second by second (by when each request was due): one stall of the server, or
+    of the host, shows as a few bad seconds; a server short of CPU as many."""
+    if not tally.ms:
+        return {}
+    sec = np.floor(np.asarray(tally.sent) - t0).astype(int)
+    ms = np.asarray(tally.ms)
+    p95 = {int(s): float(np.percentile(ms[sec == s], 95)) for s in np.unique(sec)}
+    worst = max(p95, key=p95.get)
+    return {"seconds": len(p95), "seconds_p95_over_ms": over_ms,
+            "seconds_p95_over": sum(v > over_ms for v in p95.values()),
+            "worst_second": worst, "worst_second_p95_ms": round(p95[worst], 2)}
+
+
 class Tally:
     def __init__(self) -> None:
         self.ms: list[float] = []  # latencies of the 200 answers (errors are counted apart)
+        self.sent: list[float] = []  # when each of those was due (perf_counter), same order
         self.n = 0  # requests sent (answered or not)
         self.ok = 0
         self.errors: dict[str, int] = {}
@@ -182,6 +197,7 @@ async def post(session: aiohttp.ClientSession | Connection, url: str, body: byte
         tally.error(f"http_{status}")
         return
     tally.ms.append((time.perf_counter() - t0) * 1000)
+    tally.sent.append(t0)
     tally.ok += 1
     if b'"replayed":true' in payload:
         tally.replayed += 1

@@ -70,6 +70,15 @@ def loadavg() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
+def steal_s() -> float:
+    """CPU seconds the hypervisor gave other guests while this one wanted them (/proc/stat
+    "steal"): a host that slows down shows here, not in any process of this machine."""
+    try:
+        return int(Path("/proc/stat").read_text().split("\n", 1)[0].split()[8]) / _TICK
+    except (OSError, ValueError, IndexError):
+        return float("nan")
+
+
 def machine_busy_s() -> float:
     """CPU seconds all processes have used since boot (/proc/stat: all but idle and iowait)."""
     try:
@@ -192,6 +201,7 @@ class Usage:
         self.probe_start = _cpu_probe_ms()
         self.load_start, self.psi_start = loadavg(), _cpu_pressure()
         self.t0, self.cpu0, self.busy0 = time.perf_counter(), self_cpu_s(), machine_busy_s()
+        self.steal0 = steal_s()
         self.srv0 = self.server.tree.sample()["cpu_s"]
         self.oth0 = {k: t.sample()["cpu_s"] for k, t in self.others.items()}
         return self
@@ -202,6 +212,7 @@ class Usage:
         self.srv_cpu = self.server.tree.sample()["cpu_s"] - self.srv0
         self.oth_cpu = {k: t.sample()["cpu_s"] - self.oth0[k] for k, t in self.others.items()}
         self.busy = machine_busy_s() - self.busy0
+        self.steal = steal_s() - self.steal0
         self.load_end, self.psi_end = loadavg(), _cpu_pressure()
         self.probe_end = _cpu_probe_ms()
 
@@ -218,7 +229,8 @@ class Usage:
         # Everything else on the machine (other sessions' tests, ...): > 0.2 cores disturbs.
         mine = self.gen_cpu + self.srv_cpu + sum(self.oth_cpu.values())
         out["machine_busy_cores"] = round(self.busy / self.wall, 3)
-        out["unrelated_cpu_cores"] = round(max(0.0, self.busy - mine) / self.wall, 3)
+        out["unrelated_cpu_cores"] = round(max(0.0, self.busy - self.steal - mine) / self.wall, 3)
+        out["steal_cores"] = round(self.steal / self.wall, 3)
         out["loadavg_start"], out["loadavg_end"] = self.load_start, self.load_end
         out["cpu_pressure_some_avg10_start"] = self.psi_start
         out["cpu_pressure_some_avg10_end"] = self.psi_end

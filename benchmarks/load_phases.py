@@ -20,6 +20,7 @@ from load_client import (
     post,
     scrape,
     server_view,
+    worst_seconds,
 )
 from load_machine import ProcTree, Usage, loadavg, machine_busy_s
 from load_server import Server, mint_token
@@ -139,6 +140,7 @@ class Bench:
             await asyncio.gather(*(s.close() for s in conns))
         return {"clients": clients, "offered_req_per_s": rate, "requests": total,
                 "latency_from": "schedule", **pcts(tally.ms),
+                "by_second": worst_seconds(tally, t0),
                 "req_per_s": round(tally.ok / u.wall, 1), "errors": tally.n_errors,
                 "error_kinds": tally.errors, "replayed": tally.replayed,
                 "server_view": server_view(before, after), "usage": u.report()}

@@ -100,7 +100,12 @@ def _print_phase(name: str, p: dict[str, Any]) -> None:
           f"p99 {p['p99']} ms, {p['req_per_s']} req/s, errors {p['errors']}; "
           f"generator {u['generator_cpu_cores']} cores, server {u['server_cpu_cores']} cores "
           f"({u.get('server_cpu_ms_per_unit')} CPU ms/request), unrelated load "
-          f"{u['unrelated_cpu_cores']} cores", flush=True)
+          f"{u['unrelated_cpu_cores']} cores, stolen by the host {u.get('steal_cores')} cores",
+          flush=True)
+    if b := p.get("by_second"):
+        print(f"  by second: p95 over {b['seconds_p95_over_ms']:g} ms in "
+              f"{b['seconds_p95_over']} of {b['seconds']} s; worst second "
+              f"{b['worst_second']}: p95 {b['worst_second_p95_ms']} ms", flush=True)
 
 
 async def _run(args: argparse.Namespace, report: dict[str, Any], settings) -> None:
