@@ -178,6 +178,9 @@ class Settings(BaseSettings):
     serve_batch_max_size: int = Field(default=64, ge=1)
     serve_shadow: bool = Field(default=False, description="Also run @challenger, log only.")
     serve_idempotency_ttl_s: int = Field(default=7 * 24 * 3600, ge=60)
+    # How long a request waits for "seen before?" (Redis, then PostgreSQL). Past it the ticket
+    # counts as new, and while that lookup stays stuck (PostgreSQL hung) Redis alone answers.
+    serve_replay_lookup_timeout_ms: float = Field(default=250.0, gt=0)
     # How often a worker delivers its spooled audit records to PostgreSQL (one transaction for
     # all of them); at once instead while Redis is down (see serving.engine).
     serve_audit_flush_ms: float = Field(default=250.0, gt=0)

@@ -17,6 +17,7 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
@@ -98,6 +99,9 @@ class Engine:
         self._not_durable_lock = threading.Lock()
         self._llm_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="cca-llm-batch")
         self._lookups = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cca-idem-db")
+        self._lookup_timeout_s = settings.serve_replay_lookup_timeout_ms / 1000
+        self._overdue: Future[Any] | None = None  # a lookup past its deadline, still running
+        self.lookup_timeouts = self.lookups_redis_only = 0
 
     def start(self) -> None:
         self.spool.start()
@@ -143,13 +147,14 @@ class Engine:
         # enters the idempotency store before it leaves this map, so the lookup after sees it.
         with self._not_durable_lock:
             unsynced = [self._not_durable.get(p) for p in pairs] if self._not_durable else None
-        seen = self._lookups.submit(self._seen_before, pairs)
-        if len(jobs) > _CLASSIFY_WHILE_LOOKING_UP:
-            seen.result()
+        seen, deadline = self._start_lookup(pairs)
+        stored: list[dict[str, Any] | None] | None = None
+        if len(jobs) > _CLASSIFY_WHILE_LOOKING_UP or seen.done():
+            stored = self._lookup_result(seen, deadline, len(pairs))
         # The same ticket twice in one batch is classified once (the second is a replay).
         first: dict[tuple[str, str], int] = {}
         todo: list[int] = []
-        known = seen.result() if seen.done() else [None] * len(pairs)
+        known = stored or [None] * len(pairs)
         for i, pair in enumerate(pairs):
             if (unsynced and unsynced[i] is not None) or known[i] is not None:
                 continue
@@ -158,7 +163,8 @@ class Engine:
                 todo.append(i)
         work, waiting = (self.cascade.start_batch([jobs[i].ticket for i in todo]) if todo
                          else ([], []))
-        stored = seen.result()
+        if stored is None:
+            stored = self._lookup_result(seen, deadline, len(pairs))
         out: list[Served | Pending | None] = [
             Served(Decision.model_validate(s), True) if s is not None else None for s in stored]
         for i, s in enumerate(unsynced or ()):
@@ -195,6 +201,37 @@ class Engine:
         log.debug("batch done", extra={"tickets": len(jobs), "replays": replays,
                                        "ms": round((time.perf_counter() - t0) * 1000, 2)})
         return [s for s in out if s is not None]
+
+    def _start_lookup(self, pairs: list[tuple[str, str]]
+                      ) -> tuple[Future[list[dict[str, Any] | None]], float]:
+        """"Seen before?" on the lookup thread, unless an earlier lookup is still stuck there
+        (PostgreSQL hung: no error, no answer); then Redis alone answers, on this thread."""
+        stuck = self._overdue
+        if stuck is not None and not stuck.done():
+            self.lookups_redis_only += 1
+            done: Future[list[dict[str, Any] | None]] = Future()
+            done.set_result(self.idempotency.get_cached(pairs)[0])
+            return done, 0.0
+        return (self._lookups.submit(self._seen_before, pairs),
+                time.monotonic() + self._lookup_timeout_s)
+
+    def _lookup_result(self, seen: Future[list[dict[str, Any] | None]], deadline: float,
+                       n: int) -> list[dict[str, Any] | None]:
+        """The lookup's answer, or "not seen before" once it is overdue: classifying a
+        ticket again is safe (the audit records both), holding every request is not."""
+        try:
+            return seen.result(timeout=max(0.0, deadline - time.monotonic()))
+        except FutureTimeout:
+            if self._overdue is None or self._overdue.done():
+                log.warning("replay lookup overdue (%.0f ms): PostgreSQL is not answering; "
+                            "asking Redis only until it does", self._lookup_timeout_s * 1000)
+                self._overdue = seen
+                seen.add_done_callback(self._lookup_back)
+            self.lookup_timeouts += 1
+            return [None] * n
+
+    def _lookup_back(self, _: Future[Any]) -> None:
+        log.info("replay lookups answer again")
 
     def _seen_before(self, pairs: list[tuple[str, str]]) -> list[dict[str, Any] | None]:
         stored, misses = self.idempotency.get_cached(pairs)

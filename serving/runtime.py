@@ -192,6 +192,8 @@ class Runtime:
                     "circuit": getattr(self.cascade.llm, "state", "closed")},
             "llm_explanations": self.explainer.stats(),
             "vector_cache": self._vector_cache_status(),
+            "replay_lookups": {"database_timeouts": self.engine.lookup_timeouts,
+                               "redis_only": self.engine.lookups_redis_only},
         }
 
     def _vector_cache_status(self) -> dict[str, Any]:

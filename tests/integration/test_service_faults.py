@@ -481,6 +481,59 @@ def test_postgres_down_still_answers_and_no_audit_record_is_lost(home, auth):
               f"spool drained {drain_s:.1f} s after restart; {n} audit rows, no duplicates")
 
 
+@contextlib.contextmanager
+def _postgres_hung(home: Path) -> Iterator[None]:
+    """Every process of the embedded server stopped (SIGSTOP): connections stay open and
+    queries wait with no error, as on a server stalled by its disk or a network partition."""
+    import psutil
+
+    pid = int((Settings(home=home).pgdata / "postmaster.pid").read_text().split()[0])
+    procs = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+    for proc in procs:
+        proc.suspend()
+    try:
+        yield
+    finally:
+        for proc in procs:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.resume()
+
+
+def test_postgres_hung_still_answers_and_no_audit_record_is_lost(home, auth):
+    """A hung server refuses nothing: a replay lookup waiting on it would hold every request
+    of the worker. Lookups give up after CCA_SERVE_REPLAY_DB_TIMEOUT_MS and, while one is
+    still stuck, the next ones ask Redis only."""
+    run = uuid.uuid4().hex[:6]
+    before = ticket(PARCEL, id=f"hang-{run}-before")
+    hung_ids = [f"hang-{run}-{i}" for i in range(12)]
+    texts = (PARCEL, UNSURE, PASSWORD, "I was charged twice on my last invoice")
+    with service(home) as client:
+        _classify(client, before, auth)
+        _wait_audit(home, [before["ticket"]["id"]])
+        with _postgres_hung(home):
+            seconds = []
+            for i, tid in enumerate(hung_ids):
+                d, dt = _classify(client, ticket(texts[i % len(texts)], id=tid), auth)
+                assert d["replayed"] is False
+                seconds.append(dt)
+            if _redis_reachable(Settings().redis_url):
+                replay, dt = _classify(client, before, auth)  # Redis still answers replays
+                assert replay["replayed"] is True
+                seconds.append(dt)
+            assert max(seconds) < FAST_S and statistics.median(seconds) < TYPICAL_S, seconds
+            status = client.get("/status", headers=auth).json()
+            assert status["replay_lookups"]["database_timeouts"] >= 1, status
+        _wait_audit(home, hung_ids, timeout_s=15)
+        assert _audit(home, hung_ids) == {"n": 12, "records": 12, "tickets": 12}
+        if _redis_reachable(Settings().redis_url):
+            # Back to normal: a ticket missing from Redis is found in PostgreSQL again.
+            redis.Redis.from_url(Settings().redis_url).delete(_idem_key(hung_ids[0]))
+            again, _ = _classify(client, ticket(texts[0], id=hung_ids[0]), auth)
+            assert again["replayed"] is True
+    print(f"\nPostgreSQL hung: {len(seconds)} answers, max {max(seconds) * 1000:.0f} ms, "
+          f"median {statistics.median(seconds) * 1000:.0f} ms")
+
+
 def _served_ticket(client, home: Path, auth: dict[str, str]) -> tuple[str, str]:
     """A ticket with a customer, classified and in the store: (ticket id, customer ref)."""
     tid = f"pg503-{uuid.uuid4().hex[:6]}"
