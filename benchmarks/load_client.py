@@ -54,8 +54,9 @@ def pcts(ms: list[float]) -> dict[str, float | None]:
 
 
 def worst_seconds(tally: Tally, t0: float, over_ms: float = 100.0) -> dict[str, Any]:
-    """Latency second by second (by when each request was due): one stall of the server, or
-    of the host, shows as a few bad seconds; a server short of CPU as many."""
+    """Latency second by second (by when each request was due), over the seconds with an
+    answer (errors are counted apart): one stall of the server, or of the host, shows as a
+    few bad seconds; a server short of CPU as many."""
     if not tally.ms:
         return {}
     sec = np.floor(np.asarray(tally.sent) - t0).astype(int)

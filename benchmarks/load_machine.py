@@ -80,7 +80,8 @@ def steal_s() -> float:
 
 
 def machine_busy_s() -> float:
-    """CPU seconds all processes have used since boot (/proc/stat: all but idle and iowait)."""
+    """CPU seconds used since boot (/proc/stat: all but idle and iowait), the hypervisor's
+    steal included: ``Usage`` takes steal out again for the unrelated load."""
     try:
         fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
     except (OSError, ValueError):
@@ -213,6 +214,8 @@ class Usage:
         self.oth_cpu = {k: t.sample()["cpu_s"] - self.oth0[k] for k, t in self.others.items()}
         self.busy = machine_busy_s() - self.busy0
         self.steal = steal_s() - self.steal0
+        if self.steal != self.steal:  # NaN: no /proc/stat steal field here
+            self.steal = 0.0
         self.load_end, self.psi_end = loadavg(), _cpu_pressure()
         self.probe_end = _cpu_probe_ms()
 

@@ -196,6 +196,7 @@ class Bench:
             await post(s, url, body, self.headers, t, since=due)
             for tally in (per_minute[minute], overall):
                 tally.ms.extend(t.ms)
+                tally.sent.extend(t.sent)
                 tally.n += t.n
                 tally.ok += t.ok
                 tally.replayed += t.replayed

@@ -180,7 +180,7 @@ class Settings(BaseSettings):
     serve_idempotency_ttl_s: int = Field(default=7 * 24 * 3600, ge=60)
     # How long a request waits for "seen before?" (Redis, then PostgreSQL). Past it the ticket
     # counts as new, and while that lookup stays stuck (PostgreSQL hung) Redis alone answers.
-    serve_replay_lookup_timeout_ms: float = Field(default=250.0, gt=0)
+    serve_replay_lookup_timeout_ms: float = Field(default=250.0, gt=0, le=60_000)
     # How often a worker delivers its spooled audit records to PostgreSQL (one transaction for
     # all of them); at once instead while Redis is down (see serving.engine).
     serve_audit_flush_ms: float = Field(default=250.0, gt=0)

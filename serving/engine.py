@@ -17,7 +17,6 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
@@ -35,12 +34,15 @@ from pipelines.pii.sanitizer import load_or_create_key
 from serving.audit_spool import AuditSpool
 from serving.idempotency import IdempotencyStore
 from serving.metrics import ServiceMetrics
+from serving.replay_lookup import ReplayLookup
 from serving.shadow import ShadowRunner
 
 log = logging.getLogger("cca.serving")
 
 # Batches up to this size are classified while the replay lookup runs (see ``handle``).
 _CLASSIFY_WHILE_LOOKING_UP = 8
+# With Redis down, how long a lookup may wait for the spool to deliver first.
+_FLUSH_BEFORE_LOOKUP_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -98,10 +100,9 @@ class Engine:
         self._not_durable: dict[tuple[str, str], Served] = {}
         self._not_durable_lock = threading.Lock()
         self._llm_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="cca-llm-batch")
-        self._lookups = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cca-idem-db")
-        self._lookup_timeout_s = settings.serve_replay_lookup_timeout_ms / 1000
-        self._overdue: Future[Any] | None = None  # a lookup past its deadline, still running
-        self.lookup_timeouts = self.lookups_redis_only = 0
+        self.replay = ReplayLookup(self.idempotency,
+                                   settings.serve_replay_lookup_timeout_ms / 1000,
+                                   self._deliver_before_lookup, _FLUSH_BEFORE_LOOKUP_S)
 
     def start(self) -> None:
         self.spool.start()
@@ -111,7 +112,7 @@ class Engine:
 
     def close(self) -> None:
         self._llm_pool.shutdown(wait=True)
-        self._lookups.shutdown(wait=True)
+        self.replay.close()
         if self.shadow is not None:
             self.shadow.close()
         # The spool first: its last fsyncs hand their decisions to the idempotency store,
@@ -142,15 +143,17 @@ class Engine:
         # entry expired) runs on the lookup thread while the cascade classifies the batch; a
         # ticket found there is replayed and its fresh decision dropped unseen. Replays are
         # rare (retried webhooks), so for a few tickets classifying them anyway costs less
-        # than this thread waiting on two round trips; a large batch asks first.
+        # than this thread waiting on two round trips; a large batch asks first. The lookup
+        # has a deadline from its start (``serving.replay_lookup``): past it, the tickets
+        # count as new.
         # Decisions not yet fsync'ed are looked at first: one that becomes durable meanwhile
         # enters the idempotency store before it leaves this map, so the lookup after sees it.
         with self._not_durable_lock:
             unsynced = [self._not_durable.get(p) for p in pairs] if self._not_durable else None
-        seen, deadline = self._start_lookup(pairs)
+        seen, deadline = self.replay.start(pairs)
         stored: list[dict[str, Any] | None] | None = None
         if len(jobs) > _CLASSIFY_WHILE_LOOKING_UP or seen.done():
-            stored = self._lookup_result(seen, deadline, len(pairs))
+            stored = self.replay.result(seen, deadline, len(pairs))
         # The same ticket twice in one batch is classified once (the second is a replay).
         first: dict[tuple[str, str], int] = {}
         todo: list[int] = []
@@ -164,7 +167,7 @@ class Engine:
         work, waiting = (self.cascade.start_batch([jobs[i].ticket for i in todo]) if todo
                          else ([], []))
         if stored is None:
-            stored = self._lookup_result(seen, deadline, len(pairs))
+            stored = self.replay.result(seen, deadline, len(pairs))
         out: list[Served | Pending | None] = [
             Served(Decision.model_validate(s), True) if s is not None else None for s in stored]
         for i, s in enumerate(unsynced or ()):
@@ -202,50 +205,11 @@ class Engine:
                                        "ms": round((time.perf_counter() - t0) * 1000, 2)})
         return [s for s in out if s is not None]
 
-    def _start_lookup(self, pairs: list[tuple[str, str]]
-                      ) -> tuple[Future[list[dict[str, Any] | None]], float]:
-        """"Seen before?" on the lookup thread, unless an earlier lookup is still stuck there
-        (PostgreSQL hung: no error, no answer); then Redis alone answers, on this thread."""
-        stuck = self._overdue
-        if stuck is not None and not stuck.done():
-            self.lookups_redis_only += 1
-            done: Future[list[dict[str, Any] | None]] = Future()
-            done.set_result(self.idempotency.get_cached(pairs)[0])
-            return done, 0.0
-        return (self._lookups.submit(self._seen_before, pairs),
-                time.monotonic() + self._lookup_timeout_s)
-
-    def _lookup_result(self, seen: Future[list[dict[str, Any] | None]], deadline: float,
-                       n: int) -> list[dict[str, Any] | None]:
-        """The lookup's answer, or "not seen before" once it is overdue: classifying a
-        ticket again is safe (the audit records both), holding every request is not."""
-        try:
-            return seen.result(timeout=max(0.0, deadline - time.monotonic()))
-        except FutureTimeout:
-            if self._overdue is None or self._overdue.done():
-                log.warning("replay lookup overdue (%.0f ms): PostgreSQL is not answering; "
-                            "asking Redis only until it does", self._lookup_timeout_s * 1000)
-                self._overdue = seen
-                seen.add_done_callback(self._lookup_back)
-            self.lookup_timeouts += 1
-            return [None] * n
-
-    def _lookup_back(self, _: Future[Any]) -> None:
-        log.info("replay lookups answer again")
-
-    def _seen_before(self, pairs: list[tuple[str, str]]) -> list[dict[str, Any] | None]:
-        stored, misses = self.idempotency.get_cached(pairs)
-        if misses and not self.idempotency.redis_up:
-            self._deliver_before_lookup()
-        if misses:
-            self.idempotency.fill_from_db(pairs, misses, stored)
-        return stored
-
     def _deliver_before_lookup(self) -> None:
         """With Redis down, PostgreSQL answers "seen before?", so decisions this worker made
         while Redis was up, and left for the spool's next round, must be there first."""
         if self.spool.pending and self.database_up:
-            self.spool.flush(timeout_s=1.0)
+            self.spool.flush(timeout_s=_FLUSH_BEFORE_LOOKUP_S)
 
     def _record(self, items: list[tuple[Job, str, Decision | None]]) -> list[Served]:
         """Spool (durable), then make replayable, count, and hand to the shadow."""

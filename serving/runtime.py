@@ -192,8 +192,9 @@ class Runtime:
                     "circuit": getattr(self.cascade.llm, "state", "closed")},
             "llm_explanations": self.explainer.stats(),
             "vector_cache": self._vector_cache_status(),
-            "replay_lookups": {"database_timeouts": self.engine.lookup_timeouts,
-                               "redis_only": self.engine.lookups_redis_only},
+            "replay_lookups": {"timeouts": self.engine.replay.timeouts,
+                               "redis_only": self.engine.replay.redis_only,
+                               "stuck": self.engine.replay.stuck},
         }
 
     def _vector_cache_status(self) -> dict[str, Any]:

@@ -272,10 +272,12 @@ class CallCentreAgent:
 
     @bentoml.on_shutdown
     async def shutdown(self) -> None:
-        await self.batcher.aclose()
-        await asyncio.to_thread(self.runtime.close)
-        gc.unfreeze()  # a process that goes on (the tests' in-process service) frees it
-        sys.setswitchinterval(self._switch_interval)
+        try:
+            await self.batcher.aclose()
+            await asyncio.to_thread(self.runtime.close)
+        finally:
+            gc.unfreeze()  # a process that goes on (the tests' in-process service) frees it
+            sys.setswitchinterval(self._switch_interval)
 
 
 # Around BentoML's whole app, so its own routes and its 404s get the same treatment.

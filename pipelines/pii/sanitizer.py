@@ -80,6 +80,11 @@ def load_or_create_key(path: Path) -> bytes:
             fh.flush()
             os.fsync(fh.fileno())
         os.link(tmp, path)  # fails if another process published first
+        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dir_fd)  # the name survives a power cut: a new key would orphan tokens
+        finally:
+            os.close(dir_fd)
     except FileExistsError:  # another process won the race: use its key
         return _read_key(path)
     finally:
@@ -88,10 +93,9 @@ def load_or_create_key(path: Path) -> bytes:
 
 
 def _read_key(path: Path) -> bytes:
-    text = path.read_text().strip()
     try:
-        key = bytes.fromhex(text)
-    except ValueError:
+        key = bytes.fromhex(path.read_text().strip())
+    except ValueError:  # UnicodeDecodeError included
         key = b""
     if len(key) < 16:
         raise ConfigError(f"{path} does not hold a key of at least 16 bytes in hex; "

@@ -506,7 +506,7 @@ def _postgres_hung(home: Path) -> Iterator[None]:
 
 def test_postgres_hung_still_answers_and_no_audit_record_is_lost(home, auth):
     """A hung server refuses nothing: a replay lookup waiting on it would hold every request
-    of the worker. Lookups give up after CCA_SERVE_REPLAY_DB_TIMEOUT_MS and, while one is
+    of the worker. Lookups give up after CCA_SERVE_REPLAY_LOOKUP_TIMEOUT_MS and, while one is
     still stuck, the next ones ask Redis only."""
     run = uuid.uuid4().hex[:6]
     before = ticket(PARCEL, id=f"hang-{run}-before")
@@ -521,10 +521,15 @@ def test_postgres_hung_still_answers_and_no_audit_record_is_lost(home, auth):
                 assert replay["replayed"] is True
                 seconds.append(dt)
             assert max(seconds) < FAST_S and statistics.median(seconds) < TYPICAL_S, seconds
-            status = client.get("/status", headers=auth).json()
-            assert status["replay_lookups"]["database_timeouts"] >= 1, status
+            lookups = client.get("/status", headers=auth).json()["replay_lookups"]
+            assert lookups["timeouts"] >= 1 and lookups["stuck"] is True, lookups
+            assert lookups["redis_only"] >= len(hung_ids) - 1, lookups  # none queued behind
         _wait_audit(home, hung_ids, timeout_s=15)
         assert _audit(home, hung_ids) == {"n": 12, "records": 12, "tickets": 12}
+        t0 = time.perf_counter()
+        while client.get("/status", headers=auth).json()["replay_lookups"]["stuck"]:
+            assert time.perf_counter() - t0 < 10, "the stuck lookup never returned"
+            time.sleep(0.05)
         if _redis_reachable(Settings().redis_url):
             # Back to normal: a ticket missing from Redis is found in PostgreSQL again.
             redis.Redis.from_url(Settings().redis_url).delete(_idem_key(hung_ids[0]))

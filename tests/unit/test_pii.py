@@ -147,9 +147,10 @@ def test_a_damaged_key_file_is_a_clear_error(tmp_path: Path) -> None:
     from pipelines.pii.sanitizer import load_or_create_key
 
     path = tmp_path / "pii_hmac.key"
-    path.write_text("")
-    with pytest.raises(ConfigError, match="does not hold a key"):
-        load_or_create_key(path)
+    for damaged in (b"", b"abc", b"\xff\xfe binary"):
+        path.write_bytes(damaged)
+        with pytest.raises(ConfigError, match="does not hold a key"):
+            load_or_create_key(path)
 
 
 def _fullwidth(ascii_text: str) -> str:
