@@ -15,6 +15,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from cca.fsync import fsync_dir
+
 log = logging.getLogger("cca.serving.spool")
 
 Sink = Callable[[list[dict[str, Any]]], None]
@@ -25,14 +27,6 @@ _ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)  # strict: j
 
 class SpoolLockedError(RuntimeError):
     """Another AuditSpool, in this process or another, already owns the directory."""
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class AuditSpool:
@@ -180,7 +174,7 @@ class AuditSpool:
 
     def _open_segment(self, seg: int) -> int:
         fd = os.open(self._seg_path(seg), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
-        _fsync_dir(self._dir)  # the new name must survive a crash, not only the data
+        fsync_dir(self._dir)  # the new name must survive a crash, not only the data
         return fd
 
     def _write(self, data: bytes) -> None:
@@ -253,7 +247,7 @@ class AuditSpool:
             os.close(fd)
         os.replace(tmp, self._dir / _CURSOR)
         if sync_dir:  # before a segment is deleted the cursor must durably point past it
-            _fsync_dir(self._dir)
+            fsync_dir(self._dir)
         with self._dcond:
             self._cursor, self._pending = pos, self._pending - consumed
             self._dcond.notify_all()

@@ -50,6 +50,10 @@ class ReplayLookup:
         """An overdue lookup is still waiting (on PostgreSQL, most likely)."""
         return self._overdue is not None and not self._overdue.done()
 
+    def status(self) -> dict[str, Any]:
+        """For the service's /status."""
+        return {"timeouts": self.timeouts, "redis_only": self.redis_only, "stuck": self.stuck}
+
     def start(self, pairs: list[Pair]) -> tuple[Future[Stored], float]:
         """The lookup under way and its deadline (``time.monotonic``)."""
         if self.stuck:

@@ -191,19 +191,10 @@ class Runtime:
             "llm": {"stage": getattr(self.cascade.llm, "name", "?"),
                     "circuit": getattr(self.cascade.llm, "state", "closed")},
             "llm_explanations": self.explainer.stats(),
-            "vector_cache": self._vector_cache_status(),
-            "replay_lookups": {"timeouts": self.engine.replay.timeouts,
-                               "redis_only": self.engine.replay.redis_only,
-                               "stuck": self.engine.replay.stuck},
+            "vector_cache": (self.engine.vector_feed.status() if self.engine.vector_feed
+                             else {"in_memory": False, "searches": "pgvector"}),
+            "replay_lookups": self.engine.replay.status(),
         }
-
-    def _vector_cache_status(self) -> dict[str, Any]:
-        feed = self.engine.vector_feed
-        if feed is None:
-            return {"in_memory": False, "searches": "pgvector"}
-        return {"in_memory": feed.usable, "searches": "memory" if feed.usable else "pgvector",
-                "vectors": len(feed.index), "following_changes": feed.connected,
-                "full_loads": feed.reloads, "max_vectors": feed.max_vectors}
 
     def close(self) -> None:
         self.ready = False

@@ -15,6 +15,7 @@ import logging
 import threading
 import uuid
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import psycopg
@@ -82,6 +83,12 @@ class VectorFeed:
     def close(self) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
+
+    def status(self) -> dict[str, Any]:
+        """For the service's /status."""
+        return {"in_memory": self.usable, "searches": "memory" if self.usable else "pgvector",
+                "vectors": len(self.index), "following_changes": self.connected,
+                "full_loads": self.reloads, "max_vectors": self.max_vectors}
 
     def search(self, queries: np.ndarray, k: int) -> list[list[Neighbour]] | None:
         return self.index.search(queries, k) if self.usable else None

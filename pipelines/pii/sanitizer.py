@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cca.errors import ConfigError
+from cca.fsync import fsync_dir
 from pipelines.pii.detectors import (
     DEFAULT_CUSTOMER_PATTERNS,
     PLACEHOLDER_RE,
@@ -80,11 +81,7 @@ def load_or_create_key(path: Path) -> bytes:
             fh.flush()
             os.fsync(fh.fileno())
         os.link(tmp, path)  # fails if another process published first
-        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dir_fd)  # the name survives a power cut: a new key would orphan tokens
-        finally:
-            os.close(dir_fd)
+        fsync_dir(path.parent)  # the name survives a power cut: a new key would orphan tokens
     except FileExistsError:  # another process won the race: use its key
         return _read_key(path)
     finally:

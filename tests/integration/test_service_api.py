@@ -15,6 +15,7 @@ import sqlalchemy as sa
 
 from cca.store import open_database
 from cca.tickets import Ticket
+from tests.conftest import wait_until
 from tests.integration.service_harness import service, ticket, token
 
 
@@ -279,10 +280,7 @@ def test_labels_and_erasure_reach_the_in_memory_vector_cache(client, auth, home)
         lifecycle.prepare(settings, db)  # what the prepare_tickets DAG runs, elsewhere
     finally:
         db.dispose()
-    deadline = time.monotonic() + 5
-    while neighbours()[:1] != [("mem-1", "delivery_delay")]:
-        assert time.monotonic() < deadline, neighbours()
-        time.sleep(0.05)
+    assert wait_until(lambda: neighbours()[:1] == [("mem-1", "delivery_delay")]), neighbours()
     r = client.post("/feedback", json={"ticket_id": "mem-1", "label": "billing_question"},
                     headers=auth)
     assert r.status_code == 200 and "added to the index" in r.json()["message"], r.text

@@ -29,6 +29,7 @@ from cca.errors import StateError
 from cca.settings import Settings
 from cca.store import open_database
 from cca.store.server import stop_embedded
+from tests.conftest import wait_until
 from tests.fake_openai import FakeOpenAI, closed_port_url
 from tests.integration.service_harness import service, ticket, token
 from tests.servers import PrivateRedis
@@ -526,10 +527,8 @@ def test_postgres_hung_still_answers_and_no_audit_record_is_lost(home, auth):
             assert lookups["redis_only"] >= len(hung_ids) - 1, lookups  # none queued behind
         _wait_audit(home, hung_ids, timeout_s=15)
         assert _audit(home, hung_ids) == {"n": 12, "records": 12, "tickets": 12}
-        t0 = time.perf_counter()
-        while client.get("/status", headers=auth).json()["replay_lookups"]["stuck"]:
-            assert time.perf_counter() - t0 < 10, "the stuck lookup never returned"
-            time.sleep(0.05)
+        assert wait_until(lambda: not client.get("/status", headers=auth).json()[
+            "replay_lookups"]["stuck"], timeout=10), "the stuck lookup never returned"
         if _redis_reachable(Settings().redis_url):
             # Back to normal: a ticket missing from Redis is found in PostgreSQL again.
             redis.Redis.from_url(Settings().redis_url).delete(_idem_key(hung_ids[0]))
