@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cca.cascade import Cascade
+from cascade.cascade import Cascade
 from cca.settings import get_settings
 from cca.store import open_database
 from cca.store.audit import append_decisions

@@ -24,12 +24,14 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from cca.departments import load_department_map
-from cca.settings import PROJECT_ROOT, Settings, get_settings
+from cca.settings import Settings, get_settings
 from cca.store import open_database
 from pipelines import lifecycle
 from pipelines.banking77 import banking77_file
 from pipelines.import_tickets import import_parsed
 from pipelines.read_tickets import Columns, read_ticket_file
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
 def _timed(fn, *args):

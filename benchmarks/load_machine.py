@@ -18,7 +18,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cca.settings import PROJECT_ROOT
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
 
 try:
     import psutil

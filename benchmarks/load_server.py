@@ -22,7 +22,8 @@ from pathlib import Path
 import aiohttp
 from load_machine import ProcTree
 
-from cca.settings import PROJECT_ROOT
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
 
 SERVER_ENV = {"CCA_RATE_LIMIT_PER_S": "100000", "CCA_RATE_LIMIT_BURST": "100000",
               "CCA_NO_PROGRESS": "1"}
@@ -40,7 +41,7 @@ def _cca_cmd() -> list[str]:
     script = Path(sys.executable).with_name("cca")
     if script.exists():
         return [str(script)]
-    return [sys.executable, "-c", "from cca.cli.main import run; run()"]
+    return [sys.executable, "-c", "from cli.main import run; run()"]
 
 
 class Server:

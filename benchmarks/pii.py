@@ -19,9 +19,11 @@ from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 
-from cca.settings import PROJECT_ROOT, Settings
-from pipelines.pii import Sanitizer, normalise
-from pipelines.pii.evaluate import evaluate
+from cca.settings import Settings
+from evaluation.pii_eval import evaluate
+from redaction import Sanitizer, normalise
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 FIXTURE = PROJECT_ROOT / "tests" / "fixtures" / "pii_labelled.jsonl"
 

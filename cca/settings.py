@@ -12,7 +12,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+from cca.package_data import data_path
 
 
 class Settings(BaseSettings):
@@ -26,12 +26,13 @@ class Settings(BaseSettings):
     database_name: str = "cca"
 
     # Data
-    banking77_dir: Path = PROJECT_ROOT.parent / "shared" / "datasets" / "banking77"
+    # Relative to the working directory: a checkout's ../shared beside it.
+    banking77_dir: Path = Path("../shared/datasets/banking77")
     banking77_url: str = (
         "https://raw.githubusercontent.com/PolyAI-LDN/task-specific-datasets/master/banking_data"
     )
     department_map: Path | None = None
-    rules_path: Path = PROJECT_ROOT / "rules" / "banking.yaml"
+    rules_path: Path = Field(default_factory=lambda: data_path("rules", "banking.yaml"))
     max_text_chars: int = 20_000
 
     # Embeddings
@@ -109,8 +110,8 @@ class Settings(BaseSettings):
     jira_token: SecretStr | None = None
     jira_service_desk_id: str | None = None
 
-    # Validation (Great Expectations suites live in the repo; results and Data Docs in home)
-    ge_suites_dir: Path = PROJECT_ROOT / "great_expectations"
+    # Validation (the suites ship with the pipelines package; results and Data Docs in home)
+    ge_suites_dir: Path = Field(default_factory=lambda: data_path("pipelines", "expectations"))
     min_text_chars: int = 2
     train_min_per_class: int = 5
     train_max_class_ratio: float = 50.0

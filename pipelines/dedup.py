@@ -131,6 +131,20 @@ def _namespace(conn: Connection) -> str:
                                 "WHERE connector = 'dedup:namespace'")).scalar_one()
 
 
+def forget_near_duplicates(db: Database, settings: Settings, ticket_ids: list[str]) -> int:
+    """Drop erased tickets from the Redis index; how many it held. Raises when Redis is down."""
+    if not ticket_ids:
+        return 0
+    with db.begin() as conn:
+        index = NearDuplicateIndex(settings, _namespace(conn))
+    removed = 0
+    for tid in ticket_ids:
+        if tid in index.lsh:
+            index.lsh.remove(tid)
+            removed += 1
+    return removed
+
+
 _PENDING = sa.text(
     """
     SELECT t.id, t.clean_subject, t.clean_body, t.clean_hash, l.label,

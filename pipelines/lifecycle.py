@@ -14,9 +14,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from cca.departments import load_department_map
+from cca.embeddings import get_deep_embedder, get_embedder
 from cca.errors import CCAError, StateError
 from cca.settings import Settings
 from cca.store import Database, exclusive, use_database
+from pipelines import dedup, index_tickets, ingest, retention, sanitize_tickets, validate_tickets
+from pipelines.connectors import connectors_from_settings
+from redaction import Sanitizer
 
 log = logging.getLogger("cca.lifecycle")
 Bar = Callable[[str], AbstractContextManager[Any]]
@@ -36,25 +40,20 @@ def _quiet_bar(description: str) -> Iterator[Any]:
 
 
 def ingest_inbox(settings: Settings | None = None, db: Database | None = None) -> dict:
-    from pipelines.ingest import ingest_inbox as run
-
     with use_database(settings, db) as (s, conn), exclusive(conn, "ingest-inbox"):
-        report = run(conn, s, load_department_map(s.department_map)).as_dict()
+        report = ingest.ingest_inbox(conn, s, load_department_map(s.department_map)).as_dict()
     log.info("ingest inbox: %s files, %s new tickets, %s quarantined", report["files"],
              report["tickets_new"], report["quarantined"])
     return report
 
 
 def ingest_connectors(settings: Settings | None = None, db: Database | None = None) -> dict:
-    from pipelines.connectors import connectors_from_settings
-    from pipelines.ingest import ingest_from_connector
-
     results, failed = [], []
     with use_database(settings, db) as (s, conn), exclusive(conn, "ingest-connectors"):
         departments = load_department_map(s.department_map)
         for connector in connectors_from_settings(s):
             try:  # one system down must not keep the others from being fetched
-                results.append(ingest_from_connector(conn, connector, departments))
+                results.append(ingest.ingest_from_connector(conn, connector, departments))
             except CCAError as exc:
                 log.error("ingest %s: %s", connector.name, exc)
                 failed.append(f"{connector.name}: {exc}")
@@ -67,13 +66,11 @@ def ingest_connectors(settings: Settings | None = None, db: Database | None = No
 
 def sanitize_pending(settings: Settings | None = None, db: Database | None = None,
                      bar: Bar = _quiet_bar) -> dict:
-    from pipelines.pii import Sanitizer
-    from pipelines.sanitize_tickets import sanitize_pending as run
-
     with (use_database(settings, db) as (s, conn), exclusive(conn, "sanitize"),
           bar("redacting PII") as advance):
-        report = run(conn, Sanitizer.from_settings(s), on_total=advance.set_total,
-                     progress=advance).as_dict()
+        report = sanitize_tickets.sanitize_pending(
+            conn, Sanitizer.from_settings(s), on_total=advance.set_total, progress=advance
+        ).as_dict()
     log.info("sanitize: %s tickets redacted (%s with PII: %s)", report["sanitized"],
              report["with_pii"], report["found"])
     return report
@@ -81,21 +78,18 @@ def sanitize_pending(settings: Settings | None = None, db: Database | None = Non
 
 def dedup_pending(settings: Settings | None = None, db: Database | None = None,
                   bar: Bar = _quiet_bar) -> dict:
-    from pipelines.dedup import dedup_pending as run
-
     with (use_database(settings, db) as (s, conn), exclusive(conn, "dedup"),
           bar("near-duplicates") as advance):
-        report = run(conn, s, on_total=advance.set_total, progress=advance).as_dict()
+        report = dedup.dedup_pending(conn, s, on_total=advance.set_total,
+                                     progress=advance).as_dict()
     log.info("dedup: %s checked, %s near-duplicates linked (%s with another label)",
              report["checked"], report["duplicates"], report["label_conflicts"])
     return report
 
 
 def validate_pending(settings: Settings | None = None, db: Database | None = None) -> dict:
-    from pipelines.validate_tickets import validate_pending as run
-
     with use_database(settings, db) as (s, conn), exclusive(conn, "validate"):
-        report = run(conn, s).as_dict()
+        report = validate_tickets.validate_pending(conn, s).as_dict()
     log.info("validate: %s tickets passed the raw and clean suites", report["checked"])
     return report
 
@@ -103,9 +97,6 @@ def validate_pending(settings: Settings | None = None, db: Database | None = Non
 def index_pending(settings: Settings | None = None, db: Database | None = None,
                   bar: Bar = _quiet_bar) -> dict:
     """The cache's vectors (searchable), then the deep model's (kept for training)."""
-    from cca.embeddings import get_deep_embedder, get_embedder
-    from pipelines.index_tickets import index_labelled_tickets
-
     out = []
     with use_database(settings, db) as (s, conn), exclusive(conn, "index"):
         since = datetime.now(UTC) - timedelta(days=s.retention_embedding_days)
@@ -113,8 +104,9 @@ def index_pending(settings: Settings | None = None, db: Database | None = None,
             if embedder is None:
                 continue
             with bar(f"embedding ({embedder.model_id})") as advance:
-                r = index_labelled_tickets(conn, embedder, hnsw=hnsw, since=since,
-                                           on_total=advance.set_total, progress=advance)
+                r = index_tickets.index_labelled_tickets(
+                    conn, embedder, hnsw=hnsw, since=since, on_total=advance.set_total,
+                    progress=advance)
             out.append({"model_id": r.model_id, "considered": r.considered,
                         "embedded": r.embedded, "relabelled": r.relabelled,
                         "dropped_duplicates": r.dropped_duplicates, "seconds": r.seconds,
@@ -137,10 +129,8 @@ def prepare(settings: Settings | None = None, db: Database | None = None,
 
 
 def purge_expired(settings: Settings | None = None, db: Database | None = None) -> dict:
-    from pipelines.retention import purge_expired as run
-
     with use_database(settings, db) as (s, conn), exclusive(conn, "retention"):
-        report = run(conn, s).as_dict()
+        report = retention.purge_expired(conn, s).as_dict()
     log.info("retention: raw text purged on %s tickets, %s embeddings deleted",
              report["raw_text_purged"], report["embeddings_deleted"])
     return report

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from cca.errors import InputError
-from pipelines.pii import Sanitizer
+from redaction import Sanitizer
 
 FIELDS: tuple[str, ...] = ("subject", "body")
 

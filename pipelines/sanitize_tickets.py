@@ -19,7 +19,7 @@ from cca.store import Database
 from cca.tickets import ticket_text
 
 if TYPE_CHECKING:
-    from pipelines.pii import Sanitizer
+    from redaction import Sanitizer
 
 Progress = Callable[[int], None]
 

@@ -22,6 +22,7 @@ import jwt
 from jwt.exceptions import PyJWTError
 
 from cca.errors import ConfigError, InputError
+from cca.keys import load_or_create_key
 from cca.settings import Settings
 from serving.jwks import JwksKeys, KeysUnavailable, UnknownKey
 
@@ -92,8 +93,6 @@ def _hs256_secret(settings: Settings) -> bytes:
             raise ConfigError("CCA_AUTH_SECRET must be at least 32 bytes for HS256 "
                               "(RFC 7518 §3.2); e.g. `openssl rand -hex 32`")
         return secret
-    from pipelines.pii.sanitizer import load_or_create_key  # 70 ms of regexes: only when needed
-
     return load_or_create_key(settings.secrets_dir / "jwt_hs256.key")
 
 

@@ -24,14 +24,16 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from cca.cascade import Cascade, Work
+from cascade.cascade import Cascade, Work
+from cca.keys import load_or_create_key
 from cca.settings import Settings
 from cca.store import Database
+from cca.store.quarantine import QuarantineItem, quarantine
 from cca.store.served import record_served, served_decisions
 from cca.store.vector_feed import VectorFeed
 from cca.tickets import Decision, Ticket
-from pipelines.pii.sanitizer import load_or_create_key
 from serving.audit_spool import AuditSpool
+from serving.erasure import erase_customer_everywhere
 from serving.idempotency import IdempotencyStore
 from serving.metrics import ServiceMetrics
 from serving.replay_lookup import ReplayLookup
@@ -286,8 +288,6 @@ class Engine:
             self.state_changed()
 
     def _deliver_one_by_one(self, records: list[dict[str, Any]]) -> None:
-        from cca.store.quarantine import QuarantineItem, quarantine
-
         for record in records:
             try:
                 with self.db.begin() as conn:
@@ -313,8 +313,6 @@ class Engine:
     # -- right to deletion ------------------------------------------------------------
     def erase(self, customer_ref: str, actor: str) -> dict[str, int]:
         """Every trace of a customer except the anonymised tombstone (``serving.erasure``)."""
-        from serving.erasure import erase_customer_everywhere
-
         return erase_customer_everywhere(self, customer_ref, actor)
 
     def wait_for_other_workers(self) -> None:

@@ -16,7 +16,8 @@ import sqlalchemy as sa
 
 from cca.errors import StateError
 from cca.store.served import erase_customer
-from pipelines.pii.sanitizer import canonical_customer
+from pipelines.dedup import forget_near_duplicates
+from redaction.sanitizer import canonical_customer
 from serving.redis_guard import RedisUnavailable
 
 if TYPE_CHECKING:
@@ -72,19 +73,8 @@ def _erase(engine: Engine, core: str, actor: str) -> dict[str, int]:
 def _forget_signatures(engine: Engine, ticket_ids: list[str]) -> int:
     """Drop the erased tickets from the Redis near-duplicate index (it is rebuilt from
     PostgreSQL, where their signatures are already gone, when it is found out of sync)."""
-    if not ticket_ids:
-        return 0
     try:
-        from pipelines.dedup import NearDuplicateIndex, _namespace
-
-        with engine.db.begin() as conn:
-            index = NearDuplicateIndex(engine.settings, _namespace(conn))
-        removed = 0
-        for tid in ticket_ids:
-            if tid in index.lsh:
-                index.lsh.remove(tid)
-                removed += 1
-        return removed
+        return forget_near_duplicates(engine.db, engine.settings, ticket_ids)
     except Exception as exc:  # Redis down: the next prepare run finds the index out of sync
         log.warning("near-duplicate index not updated (%s)", type(exc).__name__)
         return 0

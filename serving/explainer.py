@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from cca.llm_stage import LLMStage
+from cascade.llm_stage import LLMStage
 from cca.tickets import Decision, Ticket
-from pipelines.pii import Sanitizer
+from redaction import Sanitizer
 
 log = logging.getLogger("cca.serving.explainer")
 

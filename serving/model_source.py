@@ -12,6 +12,7 @@ import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from cca import model_registry as registry
 from cca.bundle import current_version
 from cca.errors import StateError
 from cca.settings import Settings
@@ -40,21 +41,12 @@ def _remember(settings: Settings, choice: ModelChoice) -> None:
 
 def _from_registry(settings: Settings, alias: str) -> ModelChoice | None:
     """The alias's version, its bundle copied under CCA_HOME; None when the alias is unset."""
-    from mlflow.exceptions import MlflowException
-
-    from training import tracking
-    from training.registry import ensure_local_bundle, number
-
-    tracking.check_reachable(settings, "serving the last good copy")
-    client = tracking.client(settings)
-    try:
-        mv = client.get_model_version_by_alias(settings.registered_model, alias)
-    except MlflowException as exc:
-        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
-            return None
-        raise
-    return ModelChoice(alias=alias, bundle_version=ensure_local_bundle(settings, mv),
-                       registry_version=number(mv), source="mlflow")
+    registry.check_reachable(settings, "serving the last good copy")
+    mv = registry.alias_version(registry.client(settings), settings.registered_model, alias)
+    if mv is None:
+        return None
+    return ModelChoice(alias=alias, bundle_version=registry.ensure_local_bundle(settings, mv),
+                       registry_version=registry.number(mv), source="mlflow")
 
 
 def resolve(settings: Settings, alias: str = "champion") -> ModelChoice | None:

@@ -12,14 +12,15 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from cascade.cascade import Cascade
 from cca.bundle import load_bundle
-from cca.cascade import Cascade
 from cca.errors import StateError, UnknownTicket
-from cca.feedback import apply_feedback
 from cca.settings import Settings
 from cca.store import Database, open_database
+from cca.store.served import explanations as stored_explanations
 from cca.store.vector_feed import VectorFeed
 from cca.tickets import Ticket
+from pipelines.feedback import apply_feedback
 from serving import worker_index
 from serving.engine import Engine
 from serving.explainer import Explainer
@@ -111,7 +112,7 @@ class Runtime:
         return runtime
 
     def feedback(self, ticket_id: str, label: str, actor: str) -> str:
-        """The continuous-learning loop (``cca.feedback``), then the cache's new track record.
+        """The continuous-learning loop (``pipelines.feedback``), then the cache's new track record.
 
         Waits for the spool first, so a ticket classified a moment ago is in the store; a
         ticket still unknown may have been served by another worker, so it is looked up once
@@ -141,11 +142,9 @@ class Runtime:
 
     def explanations(self, ticket_id: str) -> list[dict[str, Any]]:
         """Stored LLM explanations of a ticket, newest first (and one not yet delivered)."""
-        from cca.store.served import explanations
-
         try:
             with self.db.begin() as conn:
-                rows = explanations(conn, ticket_id)
+                rows = stored_explanations(conn, ticket_id)
         except sa.exc.OperationalError:
             rows = []
         recent = self.explainer.recent(ticket_id)

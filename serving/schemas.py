@@ -12,7 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from cca.tickets import Decision, Priority, Stage, Ticket, no_nul
-from pipelines.pii.sanitizer import normalise
+from redaction.sanitizer import normalise
 
 _TEXT_MAX = 20_000
 

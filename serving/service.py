@@ -39,6 +39,7 @@ from serving.schemas import (
     BatchResponse,
     ClassifyRequest,
     ClassifyResponse,
+    DecisionOut,
     ErasureResponse,
     ErrorOut,
     ExplainRequest,
@@ -288,6 +289,4 @@ CallCentreAgent.add_asgi_middleware(
 
 
 def _out(served: Served):
-    from serving.schemas import DecisionOut
-
     return DecisionOut.of(served.decision, served.replayed)

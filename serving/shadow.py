@@ -17,7 +17,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from cca.cascade import Cascade
+from cascade.cascade import Cascade
 from cca.tickets import Decision, Ticket
 from serving.metrics import ServiceMetrics
 

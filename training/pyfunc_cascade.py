@@ -3,13 +3,13 @@
 Artifacts: the bundle directory (classifier.joblib, bundle.json with labels, departments,
 thresholds, embedding model ids, rules version, data hash; model_card.md), the rule file and
 the department map. ``predict`` runs rules on the raw text, then redacts PII
-(``pipelines.pii.Sanitizer``) and runs the classifier on the redacted text at the bundle's
-threshold, as ``cca.cascade.Cascade`` does and as the training data was: raw text never reaches
+(``redaction.Sanitizer``) and runs the classifier on the redacted text at the bundle's
+threshold, as ``cascade.cascade.Cascade`` does and as the training data was: raw text never reaches
 an embedding model or the classifier. The redaction key (customer pseudonyms) comes from
 the loading environment: ``CCA_PII_HMAC_KEY``, else a per-home key created once under
 ``CCA_HOME/secrets``; only the tokens inside the text depend on it.
 The vector cache needs the PostgreSQL index and is not part of the pyfunc; the cascade that
-serves (``cca.cascade.Cascade``) loads the same bundle from ``CCA_HOME/models/CURRENT``.
+serves (``cascade.cascade.Cascade``) loads the same bundle from ``CCA_HOME/models/CURRENT``.
 
 The code comes from the installed ``call-centre-agent`` package (no ``code_paths``): a
 copy of the packages inside every model would shadow the installed ones when loaded in the
@@ -57,7 +57,7 @@ class CascadePyfunc(PythonModel):
 
     def load_context(self, context: Any) -> None:
         from cca.embeddings import get_deep_embedder, get_embedder
-        from pipelines.pii import Sanitizer
+        from redaction import Sanitizer
         from rules import load_rules
 
         bundle_dir = Path(context.artifacts["bundle"])
@@ -137,7 +137,7 @@ def log_cascade_model(bundle_dir: Path, settings: Settings, example: pd.DataFram
     import mlflow
     from mlflow.models import infer_signature
 
-    from pipelines.pii import Sanitizer
+    from redaction import Sanitizer
 
     model = CascadePyfunc(settings.embedding_provider, settings.deep_embedding_provider,
                           settings.rules_min_confidence, settings.pii_ner, settings.spacy_model)

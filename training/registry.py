@@ -11,21 +11,18 @@ from __future__ import annotations
 
 import getpass
 import json
-import shutil
-import tempfile
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 
 from cca.bundle import current_version, load_track_record_seeds, set_current
 from cca.errors import InputError, StateError
+from cca.model_registry import CHALLENGER, CHAMPION, champion, ensure_local_bundle, number
 from cca.settings import Settings
 from cca.store import Database, exclusive
 from training import tracking
 
-CHAMPION, CHALLENGER = "champion", "challenger"
 _MOVES = ("promote", "rollback")
 
 
@@ -80,23 +77,6 @@ def serving_note(settings: Settings, db: Database) -> str:
     return f"bundle {bundle} keeps serving" if bundle else "no model is serving yet"
 
 
-def champion(mlflow_client: Any, name: str) -> Any | None:
-    """The ``@champion`` model version, or None when there is none yet."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return mlflow_client.get_model_version_by_alias(name, CHAMPION)
-    except MlflowException as exc:
-        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
-            return None
-        raise
-
-
-def number(mv: Any) -> str:
-    """A version number as text: the SQLite store gives ints, the REST API strings."""
-    return str(mv.version)
-
-
 def model_version(mlflow_client: Any, name: str, version: str) -> Any:
     from mlflow.exceptions import MlflowException
 
@@ -106,28 +86,6 @@ def model_version(mlflow_client: Any, name: str, version: str) -> Any:
         if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
             raise InputError(f"{name} has no version {version}: see `cca models`") from exc
         raise
-
-
-def ensure_local_bundle(settings: Settings, mv: Any) -> str:
-    """The version's bundle under CCA_HOME/models, downloaded from MLflow if it is not there."""
-    bundle_version = mv.tags.get("bundle_version")
-    if not bundle_version:
-        raise StateError(f"{mv.name} v{number(mv)} has no bundle_version tag: not a cca model")
-    target = settings.models_dir / bundle_version
-    if (target / "bundle.json").exists() and (target / "classifier.joblib").exists():
-        return bundle_version
-    import mlflow.artifacts
-
-    with tempfile.TemporaryDirectory(dir=settings.home) as tmp:
-        local = Path(mlflow.artifacts.download_artifacts(
-            artifact_uri=f"models:/{mv.name}/{number(mv)}", dst_path=tmp,
-            tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri))
-        source = local / "artifacts" / bundle_version
-        if not (source / "bundle.json").exists():
-            raise StateError(f"{mv.name} v{number(mv)}: no bundle {bundle_version} in its "
-                             "artifacts")
-        shutil.copytree(source, target, dirs_exist_ok=True)
-    return bundle_version
 
 
 def apply_track_record_seeds(settings: Settings, db: Database, bundle_version: str) -> bool:

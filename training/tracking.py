@@ -12,57 +12,13 @@ import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 from cca.errors import StateError
+from cca.model_registry import check_reachable, client, first_line, is_local_default
 from cca.settings import Settings
 
-# A dying tracking server must fail in seconds, not after MLflow's default 7 retries of up to
-# 120 s each; an explicit environment setting still wins.
-_HTTP_DEFAULTS = {
-    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
-    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-    "MLFLOW_HTTP_REQUEST_TIMEOUT": "15",
-    # The pyfunc pins its requirements; the project's whole uv.lock (Airflow, GE, ...) would
-    # otherwise be copied into every model version.
-    "MLFLOW_LOG_UV_FILES": "false",
-    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",  # one-line logs, not progress bars
-}
 _URI_VARS = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
-
-
-def is_local_default(settings: Settings) -> bool:
-    return settings.mlflow_tracking_uri is None
-
-
-def check_reachable(settings: Settings, serving: str) -> None:
-    """Raise a one-line StateError naming what keeps serving if MLflow cannot be reached."""
-    for key, value in _HTTP_DEFAULTS.items():
-        os.environ.setdefault(key, value)
-    uri = settings.tracking_uri
-    try:
-        if uri.startswith(("http://", "https://")):
-            import httpx
-
-            httpx.get(uri.rstrip("/") + "/health", timeout=5.0).raise_for_status()
-        elif uri.startswith("sqlite:///"):
-            Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    except Exception as exc:  # httpx.HTTPError, OSError: all mean "cannot use MLflow now"
-        raise StateError(f"MLflow at {uri} is unreachable ({_first_line(exc)}): {serving}"
-                         ) from exc
-
-
-def client(settings: Settings) -> Any:
-    """An ``MlflowClient`` for this home (mlflow takes ~4 s to import: only when needed)."""
-    from mlflow import MlflowClient
-
-    return MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
 
 
 def experiment_id(settings: Settings) -> str:
@@ -101,7 +57,7 @@ def mlflow_session(settings: Settings, serving: str) -> Iterator[Any]:
     try:
         yield client(settings)
     except (MlflowException, requests.RequestException) as exc:
-        raise StateError(f"MLflow at {settings.tracking_uri} failed ({_first_line(exc)}): "
+        raise StateError(f"MLflow at {settings.tracking_uri} failed ({first_line(exc)}): "
                          f"{serving}") from exc
     finally:
         if mlflow.active_run() is not None:

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import accuracy_score
 
+from cascade.vector_cache import CachePolicy, decide, propose
 from cca.bundle import BundleInfo, ModelBundle, save_track_record_seeds, set_current
 from cca.classifier import ClassifierParams, TieredClassifier, threshold_for_precision
 from cca.embeddings import Embedder
@@ -31,7 +32,6 @@ from cca.store import Database
 from cca.store.tickets_repo import labelled_tickets
 from cca.store.vectors import nearest, seed_track_record, stored_vectors
 from cca.tickets import Neighbour
-from cca.vector_cache import CachePolicy, decide, propose
 from rules import load_rules
 from training.holdout import holdout_f1, split_by_id
 

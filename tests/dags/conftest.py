@@ -22,9 +22,9 @@ from typing import Any
 
 import pytest
 
-from cca.airflow_env import DAGS_FOLDER, airflow_env
 from cca.settings import Settings, get_settings
 from cca.store import Database, open_database
+from cli.airflow_env import DAGS_FOLDER, airflow_env
 from tests.conftest import FIXTURES
 
 HOME = Path(tempfile.mkdtemp(prefix="cca-dags-"))

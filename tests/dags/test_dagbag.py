@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from cca.airflow_env import DAGS_FOLDER
+from cli.airflow_env import DAGS_FOLDER
 
 # dag_id -> (schedule, {task_id: downstream task ids})
 EXPECTED: dict[str, tuple[Any, dict[str, set[str]]]] = {

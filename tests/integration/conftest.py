@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from cca.llm_local import LocalLLMServer
+from cascade.llm_local import LocalLLMServer
 from cca.settings import Settings
 from cca.store import Database, open_database
 from tests.conftest import FIXTURES, ROOT
@@ -62,7 +62,7 @@ def cli_env(settings: Settings, **extra: str) -> dict[str, str]:
 
 def run_cli(settings: Settings, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "cca.cli.main", *args],
+        [sys.executable, "-m", "cli.main", *args],
         cwd=ROOT, env=cli_env(settings, **env), capture_output=True, text=True, timeout=600,
     )
 

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from cca.llm_local import LocalLLMServer
+from cascade.llm_local import LocalLLMServer
 from cca.settings import Settings
 
 THREADS = 2  # the CI machine's cores; more only oversubscribes

@@ -187,7 +187,7 @@ def test_slow_provider_times_out(idp: IdentityProvider, tmp_path: Path) -> None:
 def cli(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CCA_")}
     env.update({"CCA_HOME": str(home), "CCA_NO_PROGRESS": "1", "COLUMNS": "200"})
-    return subprocess.run([sys.executable, "-m", "cca.cli.main", "token", *args], cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "cli.main", "token", *args], cwd=ROOT,
                           env=env, capture_output=True, text=True, timeout=120)
 
 

@@ -5,15 +5,15 @@ import json
 import pytest
 import sqlalchemy as sa
 
-from cca.cascade import Cascade
+from cascade.cascade import Cascade
 from cca.departments import load_department_map
 from cca.embeddings import get_deep_embedder, get_embedder
 from cca.errors import InputError
-from cca.feedback import apply_feedback
 from cca.store.audit import append_decisions
 from cca.store.tickets_repo import upsert_tickets
 from cca.store.vectors import seed_track_record, track_records
 from cca.tickets import Ticket
+from pipelines.feedback import apply_feedback
 from pipelines.import_tickets import import_parsed
 from pipelines.lifecycle import prepare
 from pipelines.read_tickets import Columns, read_ticket_file

@@ -63,7 +63,7 @@ def served(service_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
     log = tmp_path_factory.mktemp("serve") / "serve.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "cca.cli.main", "serve", "--port", str(port)],
+            [sys.executable, "-m", "cli.main", "serve", "--port", str(port)],
             cwd=ROOT, env=_env(service_home), stdout=out, stderr=subprocess.STDOUT,
             start_new_session=True)  # its own process group, as a terminal would give it
     server = Served(proc, port, log, service_home)
@@ -104,7 +104,7 @@ def _handles(home: Path) -> Path:
 
 def _token(home: Path, *scopes: str) -> str:
     args = [a for s in scopes for a in ("--scope", s)]
-    done = subprocess.run([sys.executable, "-m", "cca.cli.main", "token", *args], cwd=ROOT,
+    done = subprocess.run([sys.executable, "-m", "cli.main", "token", *args], cwd=ROOT,
                           env=_env(home), capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     return done.stdout.strip().splitlines()[-1]

@@ -21,7 +21,7 @@ import openai
 import pytest
 from openai import OpenAI
 
-from cca.llm_local import MODEL_ALIAS, LocalLLMServer, port_in_use
+from cascade.llm_local import MODEL_ALIAS, LocalLLMServer, port_in_use
 from tests.conftest import ROOT
 from tests.integration.llm_server import free_port
 
@@ -95,7 +95,7 @@ def test_cca_llm_serve_prints_the_settings_and_stops_on_ctrl_c(
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("CCA_")},
            "CCA_HOME": str(llm_server.settings.home), "CCA_NO_PROGRESS": "1"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "cca.cli.main", "llm", "serve", "--port", str(port),
+        [sys.executable, "-m", "cli.main", "llm", "serve", "--port", str(port),
          "--threads", "1", "--ctx", "1024"],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         start_new_session=True)  # a failed run can kill the CLI and its server child together

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from cca.llm_openai import OpenAICompatibleStage
-from cca.llm_prompt import SYSTEM_PROMPT, Example
+from cascade.llm_openai import OpenAICompatibleStage
+from cascade.llm_prompt import SYSTEM_PROMPT, Example
 from cca.settings import Settings
 from cca.tickets import Ticket
 from tests.conftest import FIXTURES
@@ -122,9 +122,9 @@ def test_no_known_pii_reaches_the_llm_server(service_home, llm_server):
 
 def test_the_llm_alone_is_asked_with_retrieved_examples(service_home, stage):
     """``cca evaluate --llm``'s LLM-only pass: retrieval still supplies few-shot examples."""
-    from cca.cascade import Cascade
+    from cascade.cascade import Cascade
     from cca.store import open_database
-    from pipelines.evaluate_llm import llm_only
+    from evaluation.llm_eval import llm_only
 
     settings = home_settings(service_home)
     db = open_database(settings)

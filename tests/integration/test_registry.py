@@ -23,9 +23,9 @@ from tests.integration.test_retrain import (
 )
 from training import registry, steps
 
-# The commands as `cca` will run them (cca/cli/main.py registers them), with the same
+# The commands as `cca` will run them (cli/main.py registers them), with the same
 # one-line error handling.
-CLI = ("import typer; from cca.cli.common import run_app; from cca.cli import registry_cmd as r; "
+CLI = ("import typer; from cli.common import run_app; from cli import registry_cmd as r; "
        "app = typer.Typer(); app.command('promote')(r.promote_cmd); "
        "app.command('rollback')(r.rollback_cmd); app.command('models')(r.models_cmd); "
        "run_app(app)")

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from cca.cascade import Cascade
+from cascade.cascade import Cascade
 from cca.departments import load_department_map
 from cca.settings import Settings
 from cca.store import open_database

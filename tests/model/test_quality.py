@@ -1,6 +1,6 @@
 """Quality floors on the Banking77 test split: a regression here is a regression for users."""
 
-from pipelines.evaluate import evaluate
+from evaluation.cascade_eval import evaluate
 from pipelines.read_tickets import read_ticket_file
 from tests.conftest import BANKING77
 from tests.model.conftest import COLS

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from cca import llm_local
-from cca.cli.main import app
+from cascade import llm_local
+from cascade.llm_local import LocalLLMServer, model_file, model_path
 from cca.errors import StateError
-from cca.llm_local import LocalLLMServer, model_file, model_path
 from cca.settings import Settings
+from cli.main import app
 from tests.servers import free_port
 
 CHUNKS = [b"GGUF" + os.urandom(3000), os.urandom(5000), os.urandom(17)]

@@ -13,13 +13,14 @@ from typing import Any
 
 import pytest
 
-from cca.circuit_breaker import CircuitBreaker, retry_after_s
-from cca.llm_openai import OpenAICompatibleStage
-from cca.llm_prompt import Example, build_messages, candidate_labels, leaks_prompt, parse_answer
-from cca.llm_stage import DisabledLLMStage, get_llm_stage
+from cascade.cascade import get_llm_stage
+from cascade.circuit_breaker import CircuitBreaker, retry_after_s
+from cascade.llm_openai import OpenAICompatibleStage
+from cascade.llm_prompt import Example, build_messages, candidate_labels, leaks_prompt, parse_answer
+from cascade.llm_stage import DisabledLLMStage
 from cca.settings import Settings
 from cca.tickets import Neighbour, Ticket
-from pipelines.pii import Sanitizer
+from redaction import Sanitizer
 from tests.fake_openai import FakeOpenAI, closed_port_url
 
 LABELS = ["billing_question", "cancel_subscription", "delivery_delay", "password_reset"]
@@ -345,7 +346,7 @@ def test_few_shot_is_capped_and_candidates_follow_the_evidence(fake, stage_for):
 
 
 def test_cascade_asks_the_llm_for_a_batch_concurrently(fake, stage_for, tmp_path):
-    from cca.cascade import Cascade, Work
+    from cascade.cascade import Cascade, Work
 
     fake.delay_s = 0.3
     settings = make_settings(tmp_path, fake.base_url, llm_max_concurrency=4)
@@ -386,7 +387,7 @@ def test_an_explanation_reciting_the_instructions_is_withheld(fake, stage_for):
 
 
 def test_a_hopeless_ticket_goes_to_review_without_an_llm_call(tmp_path):
-    from cca.cascade import Cascade, Work
+    from cascade.cascade import Cascade, Work
 
     cascade = Cascade.__new__(Cascade)
     cascade.settings = Settings(home=tmp_path, llm_min_top_probability=0.6)

@@ -11,10 +11,10 @@ import pytest
 
 from cca.errors import ConfigError, InputError
 from cca.settings import Settings
-from pipelines.pii import Sanitizer, normalise
-from pipelines.pii.detectors import Span, iban_ok, luhn_ok
-from pipelines.pii.evaluate import STRUCTURED, EvalReport, evaluate, load_fixture, score
+from evaluation.pii_eval import STRUCTURED, EvalReport, evaluate, load_fixture, score
 from pipelines.sanitize_file import sanitize_file
+from redaction import Sanitizer, normalise
+from redaction.detectors import Span, iban_ok, luhn_ok
 from tests.conftest import FIXTURES
 
 KEY = b"k" * 32
@@ -113,7 +113,7 @@ def test_key_file_is_created_once_with_mode_0600(tmp_path: Path) -> None:
 
 
 def _race_for_key(path: str, barrier, out) -> None:
-    from pipelines.pii.sanitizer import load_or_create_key
+    from cca.keys import load_or_create_key
 
     barrier.wait()
     try:
@@ -144,7 +144,7 @@ def test_processes_starting_together_share_one_whole_key(tmp_path: Path) -> None
 
 
 def test_a_damaged_key_file_is_a_clear_error(tmp_path: Path) -> None:
-    from pipelines.pii.sanitizer import load_or_create_key
+    from cca.keys import load_or_create_key
 
     path = tmp_path / "pii_hmac.key"
     for damaged in (b"", b"abc", b"\xff\xfe binary"):
@@ -241,7 +241,7 @@ def test_sanitize_file_rejects_bad_lines_and_writes_nothing(san: Sanitizer, tmp_
     ("i lost my card", False),
 ])
 def test_ner_runs_only_where_capitals_can_mark_a_name(text: str, needed: bool) -> None:
-    from pipelines.pii.names import needs_ner
+    from redaction.names import needs_ner
 
     plain = frozenset({"how", "i", "i'm", "my", "why", "do", "is", "still", "new", "card"})
     assert needs_ner(text, plain) is needed

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipelines.pii import Sanitizer
+from redaction import Sanitizer
 from training.pyfunc_cascade import predict_frame
 
 EMAIL = "alice.smith@example.com"

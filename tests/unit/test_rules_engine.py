@@ -5,8 +5,8 @@ import pytest
 
 from cca.errors import ConfigError
 from cca.tickets import Ticket
+from evaluation.rules_eval import evaluate_rules
 from rules import load_rules
-from rules.evaluate_rules import evaluate_rules
 from tests.conftest import ROOT
 
 BANKING = ROOT / "rules" / "banking.yaml"

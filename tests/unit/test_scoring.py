@@ -1,5 +1,5 @@
 from cca.tickets import Decision
-from pipelines.evaluate import score
+from evaluation.cascade_eval import score
 
 
 def d(label, stage="classifier"):

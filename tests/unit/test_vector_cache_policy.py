@@ -1,5 +1,5 @@
+from cascade.vector_cache import CachePolicy, decide, propose, track_record
 from cca.tickets import Neighbour
-from cca.vector_cache import CachePolicy, decide, propose, track_record
 
 POLICY = CachePolicy(min_similarity=0.92, min_track_record=0.85, topk_agree=3,
                      topk_min_confidence=0.85, prior_strength=2.0)

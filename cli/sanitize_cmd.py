@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from cca.cli.common import console, progress_bar, settings
+from cli.common import console, progress_bar, settings
 
 
 def sanitize_cmd(
@@ -15,8 +15,8 @@ def sanitize_cmd(
     out_path: Annotated[Path, typer.Argument(help="Where to write the redacted JSONL.")],
 ) -> None:
     """Replace PII in subject and body with typed placeholders; other fields are kept."""
-    from pipelines.pii import Sanitizer
     from pipelines.sanitize_file import sanitize_file
+    from redaction import Sanitizer
 
     sanitizer = Sanitizer.from_settings(settings())
     with progress_bar(f"sanitizing {in_path.name}") as advance:

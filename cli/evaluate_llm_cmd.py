@@ -13,8 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from cca.cli.common import console, progress_bar, settings
 from cca.settings import Settings
+from cli.common import console, progress_bar, settings
 from pipelines.read_tickets import Columns, read_ticket_file
 
 
@@ -25,7 +25,7 @@ def _endpoint(s: Settings) -> Iterator[Settings]:
     if s.llm_base_url:
         yield s
         return
-    from cca.llm_local import LocalLLMServer, model_file
+    from cascade.llm_local import LocalLLMServer, model_file
 
     with console.status("joining and verifying the local model"):
         path = model_file(s)
@@ -52,9 +52,9 @@ def _spread(items: list[Any], limit: int | None) -> list[int]:
 
 def run(db: Any, path: Path, cols: Columns, *, limit: int | None, llm_sample: int,
         price_in_per_m: float, price_out_per_m: float, json_out: Path | None) -> dict:
-    from cca.cascade import Cascade
-    from cca.llm_openai import OpenAICompatibleStage
-    from pipelines.evaluate_llm import compare, llm_only
+    from cascade.cascade import Cascade
+    from cascade.llm_openai import OpenAICompatibleStage
+    from evaluation.llm_eval import compare, llm_only
 
     base = settings().model_copy(update={"llm_price_in_per_1k_usd": price_in_per_m / 1000,
                                          "llm_price_out_per_1k_usd": price_out_per_m / 1000})

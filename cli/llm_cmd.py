@@ -11,9 +11,9 @@ from typing import Annotated
 import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
-from cca.cli.common import console, settings, stdout
 from cca.errors import StateError
 from cca.settings import Settings
+from cli.common import console, settings, stdout
 
 app = typer.Typer(help="The local LLM: llama.cpp's OpenAI-compatible server on the CPU.",
                   no_args_is_help=True)
@@ -21,7 +21,7 @@ app = typer.Typer(help="The local LLM: llama.cpp's OpenAI-compatible server on t
 
 def prepare_model(s: Settings) -> Path:
     """The verified GGUF, with a progress bar while it is joined or its sha256 checked."""
-    from cca.llm_local import MODEL_SIZE, model_file, model_path
+    from cascade.llm_local import MODEL_SIZE, model_file, model_path
 
     what = "verifying model" if model_path(s).is_file() else "joining model chunks"
     with Progress(TextColumn(what), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
@@ -48,7 +48,7 @@ def serve_cmd(
         min=512, help="Context window in tokens (default CCA_LLM_LOCAL_CTX, 4096).")] = None,
 ) -> None:
     """Serve the local LLM until Ctrl+C; prints the CCA_LLM_* lines that point cca at it."""
-    from cca.llm_local import LocalLLMServer
+    from cascade.llm_local import LocalLLMServer
 
     s = settings()
     model = prepare_model(s)

@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from cca.cli.common import console, settings
+from cli.common import console, settings
 
 
 def _check_scopes(values: list[str]) -> list[str]:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import f1_score
 
-from cca.cascade import Cascade
+from cascade.cascade import Cascade
 from cca.tickets import STAGES, Decision, Ticket
 
 REVIEW = "__review__"

@@ -15,14 +15,14 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from cca.cli.common import console, database, settings, stdout
-from cca.cli.data import do_import
-from cca.cli.lifecycle_cmd import do_prepare
-from cca.cli.model import do_evaluate, do_train
-from cca.settings import PROJECT_ROOT
+from cca.package_data import data_path
+from cli.common import console, database, settings, stdout
+from cli.data import do_import
+from cli.lifecycle_cmd import do_prepare
+from cli.model import do_evaluate, do_train
 from pipelines.read_tickets import Columns
 
-BANKING77_DEPARTMENTS = PROJECT_ROOT / "rules" / "departments" / "banking77.yaml"
+BANKING77_DEPARTMENTS = data_path("rules", "departments", "banking77.yaml")
 
 
 def run_cmd(

@@ -10,20 +10,16 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
 import re
-import secrets
 import threading
 import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cca.errors import ConfigError
-from cca.fsync import fsync_dir
-from pipelines.pii.detectors import (
+from cca.keys import load_or_create_key
+from redaction.detectors import (
     DEFAULT_CUSTOMER_PATTERNS,
     PLACEHOLDER_RE,
     Span,
@@ -31,7 +27,7 @@ from pipelines.pii.detectors import (
     detect_rules,
     resolve_overlaps,
 )
-from pipelines.pii.names import common_words, load_nlp, person_spans, plain_words
+from redaction.names import common_words, load_nlp, person_spans, plain_words
 
 if TYPE_CHECKING:
     from cca.settings import Settings
@@ -60,45 +56,6 @@ def normalise(text: str) -> str:
     text = "".join(c for c in text if c in "\n\t\r" or unicodedata.category(c) not in {"Cc", "Cf"})
     text = _WS_RUN.sub(lambda m: "\n" if "\n" in m.group() or "\r" in m.group() else " ", text)
     return text.strip()
-
-
-def load_or_create_key(path: Path) -> bytes:
-    """A random 32-byte key created once (mode 0600) and reused, so tokens stay stable.
-
-    Published whole (written to a private temporary file, then hard-linked into place), so
-    processes starting together all read the same key, never a file still being written: two
-    service workers once read an empty HS256 key that way and refused every token.
-    """
-    if path.exists():
-        return _read_key(path)
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    key = secrets.token_bytes(32)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(key.hex())
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.link(tmp, path)  # fails if another process published first
-        fsync_dir(path.parent)  # the name survives a power cut: a new key would orphan tokens
-    except FileExistsError:  # another process won the race: use its key
-        return _read_key(path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return key
-
-
-def _read_key(path: Path) -> bytes:
-    try:
-        key = bytes.fromhex(path.read_text().strip())
-    except ValueError:  # UnicodeDecodeError included
-        key = b""
-    if len(key) < 16:
-        raise ConfigError(f"{path} does not hold a key of at least 16 bytes in hex; "
-                         "delete it to create a new one (tokens and hashes made with the old "
-                         "key stop matching)")
-    return key
 
 
 def canonical_customer(ref: str) -> str:

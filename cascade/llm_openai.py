@@ -1,10 +1,10 @@
 """The LLM stage against any OpenAI-compatible chat endpoint (OpenAI, Azure OpenAI, vLLM,
-llama.cpp server): retrieval-augmented, constrained to candidate labels (``cca.llm_prompt``).
+llama.cpp server): retrieval-augmented, constrained to candidate labels (``cascade.llm_prompt``).
 
 A slow, failing or rate-limiting endpoint must not hold up the earlier stages' answers: each
 attempt has a short timeout, a 429 or 5xx is retried with jittered backoff (honouring
 Retry-After) only while the per-ticket deadline allows, and a circuit breaker skips the
-endpoint while it fails. A daily budget (``cca.llm_budget``) stops spending. Every problem
+endpoint while it fails. A daily budget (``cascade.llm_budget``) stops spending. Every problem
 makes the stage abstain (None: the ticket goes to human review) with a counted reason;
 nothing is raised into the cascade. Ticket text is never logged, not even redacted.
 
@@ -34,9 +34,9 @@ from openai import (
 )
 from tenacity import RetryCallState, Retrying, retry_if_exception, wait_random_exponential
 
-from cca.circuit_breaker import BreakerState, CircuitBreaker, retry_after_s
-from cca.llm_budget import DailyBudget
-from cca.llm_prompt import (
+from cascade.circuit_breaker import BreakerState, CircuitBreaker, retry_after_s
+from cascade.llm_budget import DailyBudget
+from cascade.llm_prompt import (
     MAX_EXPLANATION_CHARS,
     Example,
     build_messages,
@@ -46,7 +46,7 @@ from cca.llm_prompt import (
     parse_answer,
     response_format,
 )
-from cca.llm_stage import LLMAnswer
+from cascade.llm_stage import LLMAnswer
 from cca.settings import Settings
 from cca.tickets import Neighbour, Ticket
 

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from cca.cli.common import console, database, progress_bar, settings, stdout
+from cli.common import console, database, progress_bar, settings, stdout
 
 if TYPE_CHECKING:
     from cca.store import Database

@@ -12,12 +12,12 @@ from typing import Any
 
 import numpy as np
 
-from cca.cascade import Cascade, Work
-from cca.llm_batch import few_shot_texts
-from cca.llm_prompt import Example
-from cca.llm_stage import DisabledLLMStage, LLMStage
+from cascade.cascade import Cascade, Work
+from cascade.llm_batch import few_shot_texts
+from cascade.llm_prompt import Example
+from cascade.llm_stage import DisabledLLMStage, LLMStage
 from cca.tickets import Ticket
-from pipelines.evaluate import evaluate
+from evaluation.cascade_eval import evaluate
 
 Progress = Callable[[int], None]
 

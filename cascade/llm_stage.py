@@ -4,13 +4,10 @@ so the tickets that reach it go to human review rather than to a guess."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
-from cca.llm_prompt import Example
+from cascade.llm_prompt import Example
 from cca.tickets import Neighbour, Ticket
-
-if TYPE_CHECKING:
-    from cca.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -57,12 +54,3 @@ class DisabledLLMStage:
 
     def explain(self, text: str, label: str, evidence: str) -> LLMAnswer | None:
         return None
-
-
-def get_llm_stage(settings: Settings) -> LLMStage:
-    """The OpenAI-compatible stage when ``CCA_LLM_BASE_URL`` is set, else the disabled one."""
-    if not settings.llm_base_url:
-        return DisabledLLMStage()
-    from cca.llm_openai import OpenAICompatibleStage  # imports openai only when configured
-
-    return OpenAICompatibleStage(settings)

@@ -8,12 +8,12 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from cca.cli.common import console, settings, stdout
-from cca.cli.data import LabelCol, TextCol
 from cca.errors import InputError
+from cli.common import console, settings, stdout
+from cli.data import LabelCol, TextCol
+from evaluation.rules_eval import evaluate_rules
 from pipelines.read_tickets import Columns, read_ticket_file
 from rules import load_rules
-from rules.evaluate_rules import evaluate_rules
 
 app = typer.Typer(help="Check and measure the YAML rules.", no_args_is_help=True)
 RulesOpt = Annotated[Path | None, typer.Option("--rules", help="Rule file (default: settings).")]

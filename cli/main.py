@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from cca.cli import (
+from cli import (
     data,
     lifecycle_cmd,
     llm_cmd,
@@ -16,7 +16,7 @@ from cca.cli import (
     serve_cmd,
     token_cmd,
 )
-from cca.cli.common import console, run_app, settings
+from cli.common import console, run_app, settings
 
 app = typer.Typer(
     name="cca",
@@ -78,7 +78,7 @@ def db_status() -> None:
                                           "ignore_unknown_options": True})
 def airflow_cmd(ctx: typer.Context) -> None:
     """Run `airflow ARGS` with AIRFLOW_HOME under CCA_HOME and this project's dags/."""
-    from cca.airflow_env import exec_airflow
+    from cli.airflow_env import exec_airflow
 
     exec_airflow(list(ctx.args), settings())
 

@@ -10,8 +10,8 @@ from typing import Annotated
 
 import typer
 
-from cca.cli.common import console, database, print_json, settings
-from cca.settings import PROJECT_ROOT
+from cca.package_data import data_path
+from cli.common import console, database, print_json, settings
 
 shadow_app = typer.Typer(help="Shadow mode: the @challenger beside the champion.",
                          no_args_is_help=True)
@@ -51,10 +51,11 @@ def serve_cmd(
     console.print(f"serving on http://{bind} (OpenAPI: /api-docs); Ctrl+C stops")
     child = subprocess.Popen(
         [sys.executable, "-m", "bentoml", "serve", "serving.service:CallCentreAgent",
-         "--working-dir", str(PROJECT_ROOT),
+         # Where the packages are installed: the checkout, or site-packages for a wheel.
+         "--working-dir", str(data_path("serving").parent),
          "--port", env.get("CCA_SERVE_PORT", str(s.serve_port)),
          "--host", env.get("CCA_SERVE_HOST", s.serve_host)],
-        cwd=PROJECT_ROOT, env=env)
+        env=env)
     signal.signal(signal.SIGTERM, lambda *_: child.terminate())
     try:
         code = child.wait()
@@ -74,7 +75,7 @@ def shadow_report_cmd(
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Agreement of @challenger with the champion, and both models' accuracy on feedback."""
-    from serving.shadow_report import shadow_report
+    from evaluation.shadow_report import shadow_report
 
     with database() as db:
         report = shadow_report(db, days)

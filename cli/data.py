@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from cca.cli.common import console, database, progress_bar, settings
 from cca.departments import load_department_map
+from cli.common import console, database, progress_bar, settings
 from pipelines.read_tickets import Columns, read_ticket_file
 
 if TYPE_CHECKING:

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from cca.cli.common import console, database, settings, stdout
+from cli.common import console, database, settings, stdout
 
 Reason = Annotated[str, typer.Option("--reason", help="Why (recorded in model_events).")]
 Actor = Annotated[str | None, typer.Option(help="Who (default: the login name).")]

@@ -13,15 +13,15 @@ from typing import Protocol
 
 import sqlalchemy as sa
 
-from cca.llm_prompt import Example
-from cca.llm_stage import LLMAnswer, LLMStage
+from cascade.llm_prompt import Example
+from cascade.llm_stage import LLMAnswer, LLMStage
 from cca.store import Database
 from cca.store.tickets_repo import redacted_texts
 from cca.tickets import Neighbour, Ticket
 
 
 class Asked(Protocol):
-    """What the stage needs of a ticket in flight (``cca.cascade.Work``)."""
+    """What the stage needs of a ticket in flight (``cascade.cascade.Work``)."""
 
     ticket: Ticket
     neighbours: list[Neighbour]

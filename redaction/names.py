@@ -11,7 +11,7 @@ import re
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from pipelines.pii.detectors import Span
+from redaction.detectors import Span
 
 # Everything but NER is dead weight for us: the small model's NER has its own tok2vec.
 _EXCLUDE = ["tagger", "parser", "attribute_ruler", "senter", "morphologizer"]

@@ -12,9 +12,10 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-from cca.settings import PROJECT_ROOT, Settings, get_settings
+from cca.package_data import data_path
+from cca.settings import Settings, get_settings
 
-DAGS_FOLDER = PROJECT_ROOT / "dags"
+DAGS_FOLDER = data_path("dags")
 
 
 def airflow_env(settings: Settings, base: Mapping[str, str] | None = None,
@@ -48,5 +49,5 @@ def exec_airflow(args: list[str], settings: Settings | None = None) -> None:
     os.execvpe(command, [command, *args], airflow_env(s))
 
 
-if __name__ == "__main__":  # python -m cca.airflow_env dags test prepare_tickets
+if __name__ == "__main__":  # python -m cli.airflow_env dags test prepare_tickets
     exec_airflow(sys.argv[1:])

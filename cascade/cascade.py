@@ -16,18 +16,18 @@ import numpy as np
 import sqlalchemy as sa
 from threadpoolctl import threadpool_limits
 
+from cascade.llm_batch import ask_batch
+from cascade.llm_prompt import describe
+from cascade.llm_stage import DisabledLLMStage, LLMStage
+from cascade.vector_cache import CachePolicy, decide
 from cca.bundle import ModelBundle, load_bundle
 from cca.embeddings import Embedder, embedder_for_model
 from cca.errors import StateError
-from cca.llm_batch import ask_batch
-from cca.llm_prompt import describe
-from cca.llm_stage import DisabledLLMStage, LLMStage, get_llm_stage
 from cca.settings import Settings
 from cca.store import Database
 from cca.store.vectors import nearest, track_records
 from cca.tickets import Decision, Neighbour, Ticket
-from cca.vector_cache import CachePolicy, decide
-from pipelines.pii import Sanitizer
+from redaction import Sanitizer
 from rules import RuleSet, load_rules
 
 log = logging.getLogger(__name__)
@@ -306,3 +306,13 @@ class Cascade:
                 reason=f"no stage confident enough (classifier {best:.3f} < "
                 f"{self.threshold:.3f}); {why}",
             )
+
+
+def get_llm_stage(settings: Settings) -> LLMStage:
+    """The OpenAI-compatible stage when ``CCA_LLM_BASE_URL`` is set, else the disabled one."""
+    if not settings.llm_base_url:
+        return DisabledLLMStage()
+    # Deferred: the openai client is a heavy import, needed only when an endpoint is set.
+    from cascade.llm_openai import OpenAICompatibleStage
+
+    return OpenAICompatibleStage(settings)

@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from cca.cli.common import console, database, print_json, progress_bar, settings
-from cca.cli.data import LabelCol, TextCol, do_import
-from cca.cli.lifecycle_cmd import do_prepare
 from cca.errors import InputError
+from cli.common import console, database, print_json, progress_bar, settings
+from cli.data import LabelCol, TextCol, do_import
+from cli.lifecycle_cmd import do_prepare
 from pipelines.read_tickets import Columns, read_ticket_file
 
 if TYPE_CHECKING:
@@ -47,8 +47,8 @@ def do_train(db: Database, departments: Path | None = None) -> dict:
 
 def do_evaluate(db: Database, path: Path, cols: Columns, json_out: Path | None,
                 predictions: Path | None) -> dict:
-    from cca.cascade import Cascade
-    from pipelines.evaluate import evaluate, write_predictions
+    from cascade.cascade import Cascade
+    from evaluation.cascade_eval import evaluate, write_predictions
 
     s = settings()
     parsed = read_ticket_file(path, cols, max_chars=s.max_text_chars, collapse_duplicates=False)
@@ -88,7 +88,7 @@ def classify_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print full decisions as JSON.")] = False,
 ) -> None:
     """Classify and route tickets; each decision is stored and audited."""
-    from cca.cascade import Cascade
+    from cascade.cascade import Cascade
     from cca.store.audit import append_decisions
     from cca.store.tickets_repo import upsert_tickets
     from cca.tickets import Ticket
@@ -145,7 +145,7 @@ def evaluate_cmd(
     if not label_col:
         raise InputError("--label-col is required for evaluation")
     if llm:
-        from cca.cli import evaluate_llm_cmd
+        from cli import evaluate_llm_cmd
 
         with database() as db:
             report = evaluate_llm_cmd.run(
@@ -165,7 +165,7 @@ def feedback_cmd(
     label: Annotated[str, typer.Argument(help="The validated label.")],
 ) -> None:
     """Record a validated label: stored, indexed, and counted in the cache's track record."""
-    from cca.feedback import apply_feedback
+    from pipelines.feedback import apply_feedback
 
     s = settings()
     with database() as db:

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipelines.pii.detectors import TYPES, Span
-from pipelines.pii.sanitizer import Sanitizer, normalise
+from redaction.detectors import TYPES, Span
+from redaction.sanitizer import Sanitizer, normalise
 
 STRUCTURED = tuple(t for t in TYPES if t != "PERSON")
 

@@ -1,0 +1,1 @@
+"""Airflow DAG files: they declare tasks only; nothing imports this package."""
