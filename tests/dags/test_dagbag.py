@@ -22,7 +22,8 @@ EXPECTED: dict[str, tuple[Any, dict[str, set[str]]]] = {
 }
 # What a DAG file may import at module level: parsing must stay fast and need no database.
 PARSE_TIME_IMPORTS = {"__future__", "datetime", "pendulum", "airflow.sdk", "assets"}
-DAG_FILES = sorted(p for p in DAGS_FOLDER.glob("*.py") if p.name not in ("assets.py", "__init__.py"))
+DAG_FILES = sorted(p for p in DAGS_FOLDER.glob("*.py")
+                   if p.name not in ("assets.py", "__init__.py"))
 
 
 def test_no_import_errors(dagbag: Any) -> None:
