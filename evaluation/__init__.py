@@ -1,0 +1,1 @@
+"""Evaluation: reports on the cascade, the LLM stage, PII redaction, the rules and shadow runs."""
