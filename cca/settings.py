@@ -37,10 +37,10 @@ class Settings(BaseSettings):
 
     # Embeddings
     # The cache's embedder runs on every ticket past the rules, so it must be cheap; the deep
-    # one runs only where the classifier is unsure (README: measured choices).
+    # one runs only where the classifier is unsure (docs/models.md).
     embedding_provider: Literal["static-minilm", "onnx-minilm", "openai"] = "static-minilm"
     # onnx-minilm-dq8: the same MiniLM quantised for int8 products, derived once under
-    # CCA_HOME/embeddings (half the CPU of onnx-minilm, same accuracy on Banking77).
+    # CCA_HOME/embeddings: less CPU than onnx-minilm at the same accuracy (docs/models.md).
     deep_embedding_provider: Literal["onnx-minilm-dq8", "onnx-minilm", "openai", "none"] = (
         "onnx-minilm-dq8")
     embedding_model: str = "text-embedding-3-small"
@@ -54,9 +54,9 @@ class Settings(BaseSettings):
     openai_timeout_s: float = 10.0
 
     # Vector cache
-    # Measured on Banking77 (README): one neighbour at >= 0.92 is right only ~96.7% of the
-    # time, below the classifier on the same tickets, so the defaults ask for a near-duplicate
-    # or five agreeing neighbours, and a per-label track record of 98%.
+    # A single close neighbour was measured to be right less often than the classifier on the
+    # same tickets (docs/models.md, "The vector cache policy"), so the defaults ask for a
+    # near-duplicate or five agreeing neighbours, and a good per-label track record.
     cache_top_k: int = 5
     cache_min_similarity: float = 0.97
     cache_min_track_record: float = 0.98
@@ -64,16 +64,14 @@ class Settings(BaseSettings):
     cache_topk_min_confidence: float = 0.85
     cache_track_record_prior: float = 2.0
     # HNSW's search breadth (pgvector's hnsw.ef_search, its default 40), set on every
-    # connection. Measured on the Banking77 index (9,988 vectors, 3,080 test queries): the
-    # exact top 5 for 92.6 % of queries at 20, 97.1 % at 40, 99.3 % at 100 (the exact best
-    # match for 97.6 / 99.2 / 99.8 %); PostgreSQL's CPU per search 0.30 ms at 20, 0.40 at 40.
-    # The service searches its in-memory copy instead while it can (below). At least
-    # cache_top_k.
+    # connection. Below pgvector's default to spend less PostgreSQL CPU per search, at some
+    # loss of recall (the trade-off is measured in docs/models.md). The service searches its
+    # in-memory copy instead while it can (below). At least cache_top_k.
     cache_hnsw_ef_search: int = Field(default=20, ge=1, le=1000)
     # The service searches an in-memory HNSW copy of the labelled vectors in each worker
     # (``cca.memory_index``: no round trip to PostgreSQL) while there are at most this many;
-    # beyond, or at 0, it searches pgvector. Each worker holds its own copy: measured 3.4 KB
-    # per 384-dimension vector and 2.5 s to load 10,000 at start (README).
+    # beyond, or at 0, it searches pgvector. Each worker holds its own copy, loaded at start
+    # (memory per vector and load time: docs/configuration.md).
     cache_memory_max_vectors: int = Field(default=50_000, ge=0)
 
     # Classifier and cascade
@@ -143,8 +141,8 @@ class Settings(BaseSettings):
     llm_response_format: Literal["json_schema", "json_object_schema", "json_object"] = (
         "json_schema")
     llm_max_candidates: int = Field(default=8, ge=1, description="Labels offered to the LLM.")
-    # Tickets whose best classifier class is below this go to review without an LLM call
-    # (0.6 keeps ~9 % of Banking77 test tickets for the LLM instead of ~15 %).
+    # Tickets whose best classifier class is below this go to review without an LLM call:
+    # below it the candidates would not hold the answer (docs/models.md, "The local LLM").
     llm_min_top_probability: float = Field(default=0.6, ge=0, le=1)
     llm_daily_budget_usd: float | None = Field(default=None, ge=0)
     llm_azure_api_version: str | None = None
@@ -164,12 +162,12 @@ class Settings(BaseSettings):
     serve_host: str = "127.0.0.1"
     serve_port: int = Field(default=3000, ge=1, le=65535)
     serve_workers: int = Field(default=1, ge=1)
-    # onnxruntime threads per worker; unset: the cores shared out between the workers
-    # (2 workers x 1 thread measured ~25 % more req/s than 2 x 2 on 2 cores).
+    # onnxruntime threads per worker; unset: the cores shared out between the workers, which
+    # served more than two threads per worker on 2 cores (benchmarks/RESULTS.md).
     serve_embedding_threads: int | None = Field(default=None, ge=1)
     # How long a worker thread may hold the GIL while another waits for it (Python's default
     # is 5 ms). The event loop answering requests waits for it behind the cascade's thread;
-    # 1 ms cut the p95 at 200 req/s by ~4 ms in alternating runs (README, performance).
+    # a shorter interval gives it back sooner (measured in benchmarks/RESULTS.md).
     serve_gil_switch_ms: float = Field(default=1.0, gt=0, le=100)
     serve_max_batch: int = Field(default=256, ge=1, description="Tickets per /batch_classify.")
     serve_max_body_bytes: int = Field(default=1_000_000, ge=1_024)
