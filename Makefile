@@ -17,8 +17,11 @@ setup:
 run: setup
 	$(UV) run --frozen cca run
 
+# ruff, then the one import direction of docs/ARCHITECTURE.md (import-linter contracts in
+# pyproject.toml).
 lint: setup
 	$(UV) run --frozen ruff check .
+	$(UV) run --frozen lint-imports
 
 test: lint
 	$(UV) run --frozen pytest

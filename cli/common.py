@@ -40,6 +40,7 @@ def settings() -> Settings:
 
 @contextmanager
 def database() -> Iterator[Database]:
+    # deferred: SQLAlchemy and psycopg load only for commands that use the store
     from cca.store import open_database
 
     db = open_database(settings())

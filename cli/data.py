@@ -23,6 +23,7 @@ def do_import(
     db: Database, path: Path, cols: Columns, source: str | None, departments: Path | None,
     strict: bool = True,
 ) -> ImportReport:
+    # deferred: SQLAlchemy and psycopg load only for commands that use the store
     from pipelines.import_tickets import import_parsed
 
     s = settings()
@@ -41,6 +42,7 @@ def do_import(
 
 def do_index(db: Database) -> dict:
     """Embed and index what is new; the same function the prepare_tickets DAG runs last."""
+    # deferred: the lifecycle loads the embedders, spaCy, Great Expectations and datasketch
     from pipelines.lifecycle import index_pending
 
     report = index_pending(settings(), db, progress_bar)

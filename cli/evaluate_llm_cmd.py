@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from cascade.llm_local import LocalLLMServer, model_file
 from cca.settings import Settings
 from cli.common import console, progress_bar, settings
 from pipelines.read_tickets import Columns, read_ticket_file
@@ -25,8 +26,6 @@ def _endpoint(s: Settings) -> Iterator[Settings]:
     if s.llm_base_url:
         yield s
         return
-    from cascade.llm_local import LocalLLMServer, model_file
-
     with console.status("joining and verifying the local model"):
         path = model_file(s)
     server = LocalLLMServer(s)
@@ -52,6 +51,7 @@ def _spread(items: list[Any], limit: int | None) -> list[int]:
 
 def run(db: Any, path: Path, cols: Columns, *, limit: int | None, llm_sample: int,
         price_in_per_m: float, price_out_per_m: float, json_out: Path | None) -> dict:
+    # deferred: the cascade loads scikit-learn and onnxruntime, the LLM stage openai
     from cascade.cascade import Cascade
     from cascade.llm_openai import OpenAICompatibleStage
     from evaluation.llm_eval import compare, llm_only

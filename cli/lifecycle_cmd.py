@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich.table import Table
 
 from cli.common import console, database, progress_bar, settings, stdout
 
@@ -14,6 +15,7 @@ if TYPE_CHECKING:
 
 def do_prepare(db: Database) -> dict:
     """``lifecycle.prepare`` (what the prepare_tickets DAG runs), with bars and a summary."""
+    # deferred: the lifecycle loads the embedders, spaCy, Great Expectations and datasketch
     from pipelines import lifecycle
 
     report = lifecycle.prepare(settings(), db, progress_bar)
@@ -44,6 +46,7 @@ def prepare_cmd() -> None:
 
 def ingest_cmd() -> None:
     """Take the files in the inbox folder and fetch from configured ticketing systems."""
+    # deferred: the lifecycle loads the embedders, spaCy, Great Expectations and datasketch
     from pipelines import lifecycle
 
     s = settings()
@@ -59,6 +62,7 @@ def ingest_cmd() -> None:
 
 def purge_cmd() -> None:
     """Retention: purge raw text past CCA_RETENTION_RAW_DAYS, embeddings past 2 years."""
+    # deferred: the lifecycle loads the embedders, spaCy, Great Expectations and datasketch
     from pipelines import lifecycle
 
     with database() as db:
@@ -73,8 +77,7 @@ def quarantine_cmd(
     stage: Annotated[str | None, typer.Option(help="Only this stage (ingest, import…).")] = None,
 ) -> None:
     """What was refused and why: counts per stage and the newest rows (payloads not shown)."""
-    from rich.table import Table
-
+    # deferred: SQLAlchemy and psycopg load only for commands that use the store
     from cca.store.quarantine import open_counts, recent
 
     with database() as db, db.begin() as conn:

@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
+from cascade.llm_local import MODEL_SIZE, LocalLLMServer, model_file, model_path
 from cca.errors import StateError
 from cca.settings import Settings
 from cli.common import console, settings, stdout
@@ -21,8 +22,6 @@ app = typer.Typer(help="The local LLM: llama.cpp's OpenAI-compatible server on t
 
 def prepare_model(s: Settings) -> Path:
     """The verified GGUF, with a progress bar while it is joined or its sha256 checked."""
-    from cascade.llm_local import MODEL_SIZE, model_file, model_path
-
     what = "verifying model" if model_path(s).is_file() else "joining model chunks"
     with Progress(TextColumn(what), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                   console=console, transient=True,
@@ -48,8 +47,6 @@ def serve_cmd(
         min=512, help="Context window in tokens (default CCA_LLM_LOCAL_CTX, 4096).")] = None,
 ) -> None:
     """Serve the local LLM until Ctrl+C; prints the CCA_LLM_* lines that point cca at it."""
-    from cascade.llm_local import LocalLLMServer
-
     s = settings()
     model = prepare_model(s)
     server = LocalLLMServer(s, port=port, threads=threads, ctx=ctx)

@@ -16,6 +16,7 @@ from cli import (
     serve_cmd,
     token_cmd,
 )
+from cli.airflow_env import exec_airflow
 from cli.common import console, run_app, settings
 
 app = typer.Typer(
@@ -53,6 +54,7 @@ app.add_typer(db_app, name="db")
 @db_app.command("start")
 def db_start() -> None:
     """Start the embedded server and leave it running (later commands reuse it)."""
+    # deferred: SQLAlchemy and psycopg load only for commands that use the store
     from cca.store.server import start_embedded
 
     console.print(start_embedded(settings()))
@@ -61,6 +63,7 @@ def db_start() -> None:
 @db_app.command("stop")
 def db_stop() -> None:
     """Stop the embedded server if it is running."""
+    # deferred: SQLAlchemy and psycopg load only for commands that use the store
     from cca.store.server import stop_embedded
 
     console.print(stop_embedded(settings()))
@@ -69,6 +72,7 @@ def db_stop() -> None:
 @db_app.command("status")
 def db_status() -> None:
     """Say where the database is and whether it is up."""
+    # deferred: SQLAlchemy and psycopg load only for commands that use the store
     from cca.store.server import status
 
     console.print(status(settings()))
@@ -78,8 +82,6 @@ def db_status() -> None:
                                           "ignore_unknown_options": True})
 def airflow_cmd(ctx: typer.Context) -> None:
     """Run `airflow ARGS` with AIRFLOW_HOME under CCA_HOME and this project's dags/."""
-    from cli.airflow_env import exec_airflow
-
     exec_airflow(list(ctx.args), settings())
 
 

@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 
+from cca.errors import StateError
 from cca.package_data import data_path
 from cli.common import console, database, print_json, settings
 
@@ -25,8 +26,8 @@ def serve_cmd(
                                                 help="Also run @challenger, log only.")] = None,
 ) -> None:
     """Serve the cascade over HTTP (BentoML): the @champion from the MLflow registry."""
+    # deferred: the bundle loads scikit-learn, the store SQLAlchemy
     from cca.bundle import current_version
-    from cca.errors import StateError
     from cca.store.server import start_embedded, stop_embedded
 
     s = settings()
@@ -75,6 +76,7 @@ def shadow_report_cmd(
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Agreement of @challenger with the champion, and both models' accuracy on feedback."""
+    # deferred: the report loads SQLAlchemy and pandas
     from evaluation.shadow_report import shadow_report
 
     with database() as db:

@@ -15,6 +15,7 @@ from cli.common import console, settings
 
 
 def _check_scopes(values: list[str]) -> list[str]:
+    # deferred: PyJWT, cryptography and Redis load only for `cca token`
     from serving.auth import SCOPES
 
     bad = [v for v in values if v not in SCOPES]
@@ -31,6 +32,7 @@ def token_cmd(
     ttl: Annotated[int, typer.Option(help="Lifetime in seconds (60..CCA_AUTH_MAX_TTL_S).")] = 3600,
 ) -> None:
     """Print a bearer token signed with this home's HS256 secret (RS256: ask your IdP)."""
+    # deferred: PyJWT, cryptography and Redis load only for `cca token`
     from serving.auth import mint_token
 
     s = settings()
