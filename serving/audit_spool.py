@@ -67,7 +67,7 @@ class AuditSpool:
 
     def append(self, records: Sequence[dict[str, Any]], *, deliver_now: bool = True) -> None:
         """Durable when it returns (written, flushed and fsync'ed). Thread-safe; concurrent
-        appenders share one fsync (group commit) so 200+ appends/s stay cheap.
+        appenders share one fsync (group commit), so a busy service pays few of them.
 
         ``deliver_now=False`` leaves the records for the flusher's next round (within
         ``flush_interval_s``): under load one transaction then carries many requests' records

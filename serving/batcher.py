@@ -1,10 +1,10 @@
 """Group concurrent requests into one cascade batch on one worker thread.
 
-The cascade embeds, searches pgvector and runs the classifier once per batch, so 20 clients
-each sending one ticket cost about as much as one request of 20 tickets. There is no fixed
-wait by default: when the worker is idle a request starts at once, and whatever arrives while
-it is busy forms the next batch (up to ``max_size`` tickets). ``max_wait_s`` > 0 trades that
-latency for fuller batches.
+The cascade embeds, searches pgvector and runs the classifier once per batch, so many clients
+each sending one ticket cost about as much as one request carrying all their tickets. There is
+no fixed wait by default: when the worker is idle a request starts at once, and whatever
+arrives while it is busy forms the next batch (up to ``max_size`` tickets). ``max_wait_s`` > 0
+trades that latency for fuller batches.
 """
 
 from __future__ import annotations

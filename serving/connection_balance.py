@@ -1,14 +1,14 @@
 """Even out the workers' shares of keep-alive connections.
 
 BentoML's workers share one listening socket, and which one accepts a new connection is a
-race, not a choice: measured on 2 workers, 20 client connections opened 20 ms apart all went
-to one worker (95 % CPU, the other 0 %) for the 10 s until they were recycled, and p95 at
-200 req/s rose from 77 ms to 830 ms. Two remedies, both by answering with
+race, not a choice: a client's whole connection pool can land on one worker, which then does
+all the work while the other idles, and the tail latency rises with it (the measurement is in
+``docs/ARCHITECTURE.md``, "Serving"). Two remedies, both by answering with
 ``Connection: close`` so the client reconnects and the accept race is run again:
 
 - any keep-alive connection closes after ``max_requests`` (nginx's keepalive_requests), and
-  a ``/batch_classify`` answer always closes its connection (a batch takes 100+ ms, a
-  reconnect well under one);
+  a ``/batch_classify`` answer always closes its connection (a batch takes far longer than a
+  reconnect);
 - a worker with clearly more requests in flight than the others closes a connection after
   answering on it. Workers publish their in-flight counts in a small shared file (one slot
   each), so the busy worker sheds within milliseconds instead of after ``max_requests``.

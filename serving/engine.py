@@ -14,10 +14,8 @@ import json
 import logging
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any
@@ -31,12 +29,21 @@ from cca.store import Database
 from cca.store.quarantine import QuarantineItem, quarantine
 from cca.store.served import record_served, served_decisions
 from cca.store.vector_feed import VectorFeed
-from cca.tickets import Decision, Ticket
+from cca.tickets import Ticket
 from serving.audit_spool import AuditSpool
+from serving.batch import (
+    InBatch,
+    Job,
+    Pending,
+    Served,
+    answer_repeats,
+    replay_known,
+    to_classify,
+)
 from serving.erasure import erase_customer_everywhere
 from serving.idempotency import IdempotencyStore
 from serving.metrics import ServiceMetrics
-from serving.replay_lookup import ReplayLookup
+from serving.replay_lookup import Pair, ReplayLookup, Stored
 from serving.shadow import ShadowRunner
 
 log = logging.getLogger("cca.serving")
@@ -47,41 +54,10 @@ _CLASSIFY_WHILE_LOOKING_UP = 8
 _FLUSH_BEFORE_LOOKUP_S = 1.0
 
 
-@dataclass(frozen=True)
-class Job:
-    """One ticket of one request, with who asked and through which endpoint."""
-
-    ticket: Ticket
-    caller: str
-    request_id: str
-    endpoint: str
-
-
-@dataclass(frozen=True)
-class Served:
-    """A decision; ``durable`` (when set) is done once its audit record is fsync'ed, which
-    the answer must wait for (``serving.service``)."""
-
-    decision: Decision
-    replayed: bool
-    durable: Future[None] | None = None
-
-
-def audit_fsyncs(served: list[Served]) -> list[Future[None]]:
-    """The distinct fsyncs these answers wait for (one per cascade batch, shared)."""
-    return list({id(s.durable): s.durable for s in served if s.durable is not None}.values())
-
-
-@dataclass(frozen=True)
-class Pending:
-    """A ticket waiting for the LLM: item ``index`` of what ``future`` returns."""
-
-    future: Future[list[Served]]
-    index: int
-    replayed: bool = False
-
-
 class Engine:
+    """One per worker: answers the batcher's batches of jobs (``handle``), audits every
+    decision through its spool, and erases a customer on request."""
+
     def __init__(self, settings: Settings, db: Database, cascade: Cascade,
                  metrics: ServiceMetrics, shadow: ShadowRunner | None = None,
                  spool_name: str = "worker-1", vector_feed: VectorFeed | None = None) -> None:
@@ -99,7 +75,7 @@ class Engine:
         self.on_state: Callable[[], None] | None = None
         # Decisions made but not yet fsync'ed (so not yet in the idempotency store): a retry
         # arriving meanwhile replays them, and its answer waits for the same fsync.
-        self._not_durable: dict[tuple[str, str], Served] = {}
+        self._not_durable: dict[Pair, Served] = {}
         self._not_durable_lock = threading.Lock()
         self._llm_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="cca-llm-batch")
         self.replay = ReplayLookup(self.idempotency,
@@ -139,73 +115,76 @@ class Engine:
         so the others in the batch are answered without waiting for an LLM round trip.
         """
         t0 = time.perf_counter()
-        hashes = [self.request_hash(j.ticket) for j in jobs]
-        pairs = [(j.ticket.id, h) for j, h in zip(jobs, hashes, strict=True)]
-        # "Seen before?" (Redis, then PostgreSQL for Redis' misses: Redis restarted, or the
-        # entry expired) runs on the lookup thread while the cascade classifies the batch; a
-        # ticket found there is replayed and its fresh decision dropped unseen. Replays are
-        # rare (retried webhooks), so for a few tickets classifying them anyway costs less
-        # than this thread waiting on two round trips; a large batch asks first. The lookup
-        # has a deadline from its start (``serving.replay_lookup``): past it, the tickets
-        # count as new.
-        # Decisions not yet fsync'ed are looked at first: one that becomes durable meanwhile
-        # enters the idempotency store before it leaves this map, so the lookup after sees it.
-        with self._not_durable_lock:
-            unsynced = [self._not_durable.get(p) for p in pairs] if self._not_durable else None
-        seen, deadline = self.replay.start(pairs)
-        stored: list[dict[str, Any] | None] | None = None
-        if len(jobs) > _CLASSIFY_WHILE_LOOKING_UP or seen.done():
-            stored = self.replay.result(seen, deadline, len(pairs))
-        # The same ticket twice in one batch is classified once (the second is a replay).
-        first: dict[tuple[str, str], int] = {}
-        todo: list[int] = []
-        known = stored or [None] * len(pairs)
-        for i, pair in enumerate(pairs):
-            if (unsynced and unsynced[i] is not None) or known[i] is not None:
-                continue
-            if pair not in first:
-                first[pair] = i
-                todo.append(i)
-        work, waiting = (self.cascade.start_batch([jobs[i].ticket for i in todo]) if todo
-                         else ([], []))
-        if stored is None:
-            stored = self.replay.result(seen, deadline, len(pairs))
-        out: list[Served | Pending | None] = [
-            Served(Decision.model_validate(s), True) if s is not None else None for s in stored]
-        for i, s in enumerate(unsynced or ()):
-            if s is not None:
-                out[i] = Served(s.decision, True, s.durable)
-        fresh = [(i, w) for i, w in zip(todo, work, strict=True) if stored[i] is None]
+        batch = [InBatch(j, self.request_hash(j.ticket)) for j in jobs]
+        self._find_not_durable(batch)
+        stored, waiting = self._look_up_and_classify(batch)
+        replay_known(batch, stored)
+        fresh = [t for t in batch if t.work is not None and t.answer is None]
         if fresh:
-            self.metrics.batch_size.observe(len(fresh))
-            later_ids = {id(w) for w in waiting}
-            if later_ids and not self.cascade.llm_can_answer:
-                # Review at once: no call will be made.
-                self.cascade.finish_batch([w for _, w in fresh if id(w) in later_ids])
-                later_ids = set()
-            done = [(i, w) for i, w in fresh if id(w) not in later_ids]
-            later = [(i, w) for i, w in fresh if id(w) in later_ids]
-            served = self._record([(jobs[i], hashes[i], w.decision) for i, w in done])
-            for (i, _), s in zip(done, served, strict=True):
-                out[i] = s
-            if later:
-                future = self._llm_pool.submit(
-                    self._finish_later, [(jobs[i], hashes[i]) for i, _ in later],
-                    [w for _, w in later])
-                for k, (i, _) in enumerate(later):
-                    out[i] = Pending(future, k)
-        for i, pair in enumerate(pairs):
-            if out[i] is None:  # a repeat within this batch
-                src = out[first[pair]]
-                out[i] = (Pending(src.future, src.index, True) if isinstance(src, Pending)
-                          else Served(src.decision, True, src.durable))  # type: ignore[union-attr]
-        replays = sum(1 for s in out if s is not None and s.replayed)
+            self._answer_fresh(fresh, waiting)
+        answer_repeats(batch)
+        answers = [t.answer for t in batch if t.answer is not None]
+        replays = sum(1 for a in answers if a.replayed)
         if replays:
             self.metrics.replays.inc(replays)
         self.state_changed()
         log.debug("batch done", extra={"tickets": len(jobs), "replays": replays,
                                        "ms": round((time.perf_counter() - t0) * 1000, 2)})
-        return [s for s in out if s is not None]
+        return answers
+
+    def _find_not_durable(self, batch: list[InBatch]) -> None:
+        """Decisions not yet fsync'ed, looked at before the replay lookup starts: one that
+        becomes durable meanwhile enters the idempotency store before it leaves this map, so
+        the lookup after sees it."""
+        with self._not_durable_lock:
+            if self._not_durable:
+                for t in batch:
+                    t.unsynced = self._not_durable.get(t.pair)
+
+    def _look_up_and_classify(self, batch: list[InBatch]) -> tuple[Stored, list[Work]]:
+        """The lookup's answer for every ticket, and the classified tickets still waiting for
+        the LLM (each classified ticket gets its ``work``).
+
+        "Seen before?" (Redis, then PostgreSQL for Redis' misses: Redis restarted, or the
+        entry expired) runs on the lookup thread while the cascade classifies the batch; a
+        ticket found there is replayed and its fresh decision dropped unseen. Replays are
+        rare (retried webhooks), so for a few tickets classifying them anyway costs less
+        than this thread waiting on two round trips; a large batch asks first. The lookup
+        has a deadline from its start (``serving.replay_lookup``): past it, the tickets
+        count as new.
+        """
+        pairs = [t.pair for t in batch]
+        seen, deadline = self.replay.start(pairs)
+        stored: Stored | None = None
+        if len(batch) > _CLASSIFY_WHILE_LOOKING_UP or seen.done():
+            stored = self.replay.result(seen, deadline, len(pairs))
+        todo = to_classify(batch, stored)
+        waiting: list[Work] = []
+        if todo:
+            work, waiting = self.cascade.start_batch([t.job.ticket for t in todo])
+            for t, w in zip(todo, work, strict=True):
+                t.work = w
+        if stored is None:
+            stored = self.replay.result(seen, deadline, len(pairs))
+        return stored, waiting
+
+    def _answer_fresh(self, fresh: list[InBatch], waiting: list[Work]) -> None:
+        """Answer the tickets the cheaper stages decided; those ``waiting`` for the LLM get a
+        ``Pending`` and finish on the LLM threads."""
+        self.metrics.batch_size.observe(len(fresh))
+        later_ids = {id(w) for w in waiting}
+        if later_ids and not self.cascade.llm_can_answer:
+            # Review at once: no call will be made.
+            self.cascade.finish_batch([t.work for t in fresh if id(t.work) in later_ids])
+            later_ids = set()
+        done = [t for t in fresh if id(t.work) not in later_ids]
+        later = [t for t in fresh if id(t.work) in later_ids]
+        for t, served in zip(done, self._record(done), strict=True):
+            t.answer = served
+        if later:
+            future = self._llm_pool.submit(self._finish_later, later)
+            for k, t in enumerate(later):
+                t.answer = Pending(future, k)
 
     def _deliver_before_lookup(self) -> None:
         """With Redis down, PostgreSQL answers "seen before?", so decisions this worker made
@@ -213,28 +192,22 @@ class Engine:
         if self.spool.pending and self.database_up:
             self.spool.flush(timeout_s=_FLUSH_BEFORE_LOOKUP_S)
 
-    def _record(self, items: list[tuple[Job, str, Decision | None]]) -> list[Served]:
+    def _record(self, items: list[InBatch]) -> list[Served]:
         """Spool (durable), then make replayable, count, and hand to the shadow."""
         if not items:
             return []
         now = datetime.now(UTC).isoformat()
-        records = []
-        for j, h, d in items:
-            assert d is not None
-            records.append({
-                "kind": "decision", "record_id": str(uuid.uuid4()), "at": now,
-                "ticket": j.ticket.model_dump(mode="json", exclude_unset=True),
-                "request_hash": h, "decision": d.model_dump(mode="json"),
-                "caller": j.caller, "request_id": j.request_id, "endpoint": j.endpoint})
+        records = [t.audit_record(now) for t in items]
         # Durable before anyone can replay it, and before it is answered (the caller waits for
         # ``durable``); the fsync runs off this thread, which goes on with the next batch.
         # Delivered to PostgreSQL at once only while Redis is down, when PostgreSQL is where
         # another worker looks for a retried ticket.
         durable = self.spool.append_nowait(records, deliver_now=not self.idempotency.redis_up)
-        decisions = [d for _, _, d in items if d is not None]
+        decisions = [t.work.decision for t in items
+                     if t.work is not None and t.work.decision is not None]
         served = [Served(d, False, durable) for d in decisions]
-        replayable = [(j.ticket.id, h, r["decision"])
-                      for (j, h, _), r in zip(items, records, strict=True)]
+        replayable = [(t.job.ticket.id, t.request_hash, r["decision"])
+                      for t, r in zip(items, records, strict=True)]
         with self._not_durable_lock:
             for (tid, h, _), s in zip(replayable, served, strict=True):
                 self._not_durable[(tid, h)] = s
@@ -242,7 +215,7 @@ class Engine:
         durable.add_done_callback(partial(self._now_durable, replayable))
         self.metrics.observe_decisions(decisions)
         if self.shadow is not None:
-            self.shadow.submit([j.ticket for j, _, _ in items], decisions)
+            self.shadow.submit([t.job.ticket for t in items], decisions)
         return served
 
     def _now_durable(self, items: list[tuple[str, str, dict[str, Any]]],
@@ -260,10 +233,10 @@ class Engine:
                 for tid, h, _ in items:
                     self._not_durable.pop((tid, h), None)
 
-    def _finish_later(self, pairs: list[tuple[Job, str]], works: list[Work]) -> list[Served]:
-        self.cascade.finish_batch(works)
-        served = self._record([(j, h, w.decision) for (j, h), w in zip(pairs, works,
-                                                                        strict=True)])
+    def _finish_later(self, later: list[InBatch]) -> list[Served]:
+        """The LLM stage for the tickets ``start_batch`` left waiting (on an LLM thread)."""
+        self.cascade.finish_batch([t.work for t in later if t.work is not None])
+        served = self._record(later)
         self.state_changed()
         return served
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import sqlalchemy as sa
 
 from cca.errors import StateError
-from cca.store.served import erase_customer
+from cca.store.served import customer_refs, erase_customer
 from pipelines.dedup import forget_near_duplicates
 from redaction.sanitizer import canonical_customer
 from serving.redis_guard import RedisUnavailable
@@ -47,11 +47,7 @@ def erase_customer_everywhere(engine: Engine, customer_ref: str, actor: str) -> 
 
 def _erase(engine: Engine, core: str, actor: str) -> dict[str, int]:
     with engine.db.begin() as conn:
-        refs = [r for (r,) in conn.execute(sa.text(
-            "SELECT DISTINCT customer_ref FROM tickets WHERE customer_ref IS NOT NULL "
-            "AND upper(regexp_replace(customer_ref, '[^0-9A-Za-z]', '', 'g')) "
-            "IN (:core, 'CUST' || :core)"), {"core": core})
-            if canonical_customer(r) == core]
+        refs = [r for r in customer_refs(conn, core) if canonical_customer(r) == core]
         subject = hmac.new(engine.pii_key, core.encode(), hashlib.sha256).hexdigest()
         done = erase_customer(conn, refs, subject, actor)
         counts = dict(done.counts)

@@ -80,78 +80,104 @@ class GuardMiddleware:
                    for k, v in scope.get("headers", [])}
         rid = correlation_id(headers.get("x-request-id"))
         token = request_id.set(rid)
-        path, method = scope.get("path", ""), scope.get("method", "GET")
+        path = scope.get("path", "")
         endpoint = path if path in _ENDPOINTS else (
             "/customers" if path.startswith("/customers/") else "other")
         t0 = time.perf_counter()
-        state = {"code": 500, "started": False, "swallow": False}
+        response = _Response(scope, send, rid, self.balancer)
         self.balancer.enter()
-
-        async def send_wrapped(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                state["started"] = True
-                status = message["status"]
-                raw = dict(message.get("headers", []))
-                plain = raw.get(b"content-type", b"").startswith(b"text/plain")
-                if status in (404, 405) and plain:  # the outer router's own answer
-                    state["swallow"] = True
-                    allow = raw.get(b"allow", b"").decode("latin-1")
-                    text = (f"no endpoint {method} {path}" if status == 404 else
-                            f"method {method} not allowed on {path}"
-                            + (f" (allowed: {allow})" if allow else ""))
-                    state["code"] = status
-                    extra = {b"x-request-id": rid.encode(), b"x-content-type-options": b"nosniff"}
-                    if allow:
-                        extra[b"allow"] = allow.encode()
-                    await _send_json(send, status, text, extra)  # not send_wrapped: swallowing
-                    return
-                state["code"] = status
-                message["headers"] = [*message.get("headers", []),
-                                      (b"x-request-id", rid.encode()),
-                                      (b"x-content-type-options", b"nosniff")]
-                if self.balancer.close_after(scope):
-                    message["headers"].append((b"connection", b"close"))
-            elif state["swallow"]:
-                return
-            await send(message)
-
         try:
-            declared = headers.get("content-length")
-            if declared is not None and (not declared.isdigit() or int(declared) > self.max_body):
-                await _send_json(send_wrapped, 413, f"request body over {self.max_body} bytes")
-                return
-            ctype = headers.get("content-type", "").split(";")[0].strip().lower()
-            if method == "POST" and path in _JSON_POSTS and ctype != "application/json":
-                await _send_json(send_wrapped, 415, "Content-Type must be application/json"
-                                 f" (got {ctype or 'none'})")
-                return
-            seen = 0
-
-            async def receive_capped() -> Message:
-                nonlocal seen
-                message = await receive()
-                if message["type"] == "http.request":
-                    seen += len(message.get("body", b""))
-                    if seen > self.max_body:
-                        raise too_large(self.max_body)
-                return message
-
-            try:
-                await self.app(scope, receive_capped, send_wrapped)
-            except StarletteHTTPException as exc:  # raised outside the FastAPI app
-                if state["started"]:
-                    raise
-                await _send_json(send_wrapped, exc.status_code, str(exc.detail))
+            await self._guarded(scope, receive, headers, response)
         finally:
             self.balancer.leave()
             seconds = time.perf_counter() - t0
-            self.metrics.requests.labels(endpoint, str(state["code"])).inc()
+            self.metrics.requests.labels(endpoint, str(response.code)).inc()
             self.metrics.request_seconds.labels(endpoint).observe(seconds)
             # The access log: one JSON line per request, ids and numbers only.
-            log.log(logging.ERROR if state["code"] >= 500 else logging.INFO, "request",
-                    extra={"endpoint": endpoint, "status": state["code"],
+            log.log(logging.ERROR if response.code >= 500 else logging.INFO, "request",
+                    extra={"endpoint": endpoint, "status": response.code,
                            "ms": round(seconds * 1000, 2)})
             request_id.reset(token)
+
+    async def _guarded(self, scope: Scope, receive: Receive, headers: dict[str, str],
+                       response: _Response) -> None:
+        """The app behind the checks that need no body: a declared size over the cap, a
+        JSON endpoint without JSON; the body's real size is counted as it is read."""
+        path, method = scope.get("path", ""), scope.get("method", "GET")
+        declared = headers.get("content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.max_body):
+            await _send_json(response.send, 413, f"request body over {self.max_body} bytes")
+            return
+        ctype = headers.get("content-type", "").split(";")[0].strip().lower()
+        if method == "POST" and path in _JSON_POSTS and ctype != "application/json":
+            await _send_json(response.send, 415, "Content-Type must be application/json"
+                             f" (got {ctype or 'none'})")
+            return
+        try:
+            await self.app(scope, _capped(receive, self.max_body), response.send)
+        except StarletteHTTPException as exc:  # raised outside the FastAPI app
+            if response.started:
+                raise
+            await _send_json(response.send, exc.status_code, str(exc.detail))
+
+
+def _capped(receive: Receive, limit: int) -> Receive:
+    """``receive`` that raises 413 once the body read so far is over ``limit`` bytes."""
+    seen = 0
+
+    async def receive_capped() -> Message:
+        nonlocal seen
+        message = await receive()
+        if message["type"] == "http.request":
+            seen += len(message.get("body", b""))
+            if seen > limit:
+                raise too_large(limit)
+        return message
+
+    return receive_capped
+
+
+class _Response:
+    """One request's answer on its way out: its status (for the metrics and the access log),
+    the X-Request-ID and nosniff headers, the balancer's ``Connection: close``, and the
+    outer router's plain-text 404/405 replaced by the JSON error shape."""
+
+    def __init__(self, scope: Scope, send: Send, rid: str,
+                 balancer: ConnectionBalancer) -> None:
+        self._scope, self._send, self._rid, self._balancer = scope, send, rid, balancer
+        self.code, self.started, self._swallow = 500, False, False
+
+    async def send(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.started = True
+            status = message["status"]
+            raw = dict(message.get("headers", []))
+            plain = raw.get(b"content-type", b"").startswith(b"text/plain")
+            if status in (404, 405) and plain:  # the outer router's own answer
+                await self._router_error(status, raw.get(b"allow", b"").decode("latin-1"))
+                return
+            self.code = status
+            message["headers"] = [*message.get("headers", []),
+                                  (b"x-request-id", self._rid.encode()),
+                                  (b"x-content-type-options", b"nosniff")]
+            if self._balancer.close_after(self._scope):
+                message["headers"].append((b"connection", b"close"))
+        elif self._swallow:
+            return
+        await self._send(message)
+
+    async def _router_error(self, status: int, allow: str) -> None:
+        """The JSON error instead of the router's text; its own body is swallowed."""
+        self._swallow = True
+        method, path = self._scope.get("method", "GET"), self._scope.get("path", "")
+        text = (f"no endpoint {method} {path}" if status == 404 else
+                f"method {method} not allowed on {path}"
+                + (f" (allowed: {allow})" if allow else ""))
+        self.code = status
+        extra = {b"x-request-id": self._rid.encode(), b"x-content-type-options": b"nosniff"}
+        if allow:
+            extra[b"allow"] = allow.encode()
+        await _send_json(self._send, status, text, extra)  # not self.send: swallowing
 
 
 async def _send_json(send: Send, status: int, message: str,

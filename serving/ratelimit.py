@@ -7,7 +7,7 @@ If Redis is down the service keeps answering: each worker then limits on its own
 
 Leases: a worker takes up to ``lease`` tokens per Redis call and spends them from memory, so
 a busy client costs one round trip per ``lease`` requests instead of one each (the call
-blocks the event loop: at 200 requests/s it was the largest wait on a worker's main thread).
+blocks the event loop, where under load it was the largest wait: ``docs/ARCHITECTURE.md``).
 Tokens are taken from the shared bucket before they are spent, so the workers together
 admit no more than it gave them. A worker holds fewer than ``lease`` of a client's tokens at a
 time, for at most the time the bucket takes to fill after its last take (then they are

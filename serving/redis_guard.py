@@ -1,9 +1,10 @@
 """Redis behind short timeouts and a small breaker, shared by the rate limiter and idempotency.
 
-The request path must never wait on a dead or stalled Redis: every call gets ~50 ms to connect
-and ~100 ms to answer, and after a failure the breaker skips Redis for ``cooldown_s`` so only
-one call per cooldown (the probe) can pay a timeout. Callers catch :class:`RedisUnavailable`
-and fall back; the guard logs one warning per outage, not one per request.
+The request path must never wait on a dead or stalled Redis: every call gets
+``connect_timeout_s`` to connect and ``read_timeout_s`` to answer (50 and 100 ms by default),
+and after a failure the breaker skips Redis for ``cooldown_s`` so only one call per cooldown
+(the probe) can pay a timeout. Callers catch :class:`RedisUnavailable` and fall back; the
+guard logs one warning per outage, not one per request.
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ class RedisGuard:
         self.up = True
         self.failures = 0  # calls that failed (each one paid at most one timeout)
         self.outages = 0  # up -> down transitions
-        self.skipped = 0  # calls refused by the open breaker (cost ~1 us each)
+        self.skipped = 0  # calls refused by the open breaker (no network, no wait)
 
     def run(self, op: Callable[[redis.Redis], T], *, force: bool = False) -> T:
         """Run ``op(client)``; raise :class:`RedisUnavailable` instead of any Redis error.

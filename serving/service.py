@@ -27,9 +27,9 @@ from cca.errors import CCAError, InputError, UnknownTicket
 from cca.settings import Settings
 from cca.tickets import Ticket
 from serving.auth import Authenticator, AuthError, Caller
+from serving.batch import Job, Pending, Served, audit_fsyncs
 from serving.batcher import MicroBatcher
 from serving.connection_balance import ConnectionBalancer
-from serving.engine import Job, Pending, Served, audit_fsyncs
 from serving.http_guard import GuardMiddleware, ServiceError, install_error_handlers
 from serving.logs import configure, request_id
 from serving.metrics import ServiceMetrics
@@ -51,9 +51,9 @@ from serving.schemas import (
 )
 
 log = logging.getLogger("cca.serving")
-# Each worker is a process with its share of the cores: the tokenizers' own thread pool only
-# adds CPU on the other core (a batch of two texts: 0.17 ms of process CPU for 0.07 ms of
-# work, measured). An operator's explicit setting wins.
+# Each worker is a process with its share of the cores: on the service's small batches the
+# tokenizers' own thread pool costs more CPU than it saves (docs/ARCHITECTURE.md). An
+# operator's explicit setting wins.
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 _settings = Settings()
 _metrics = ServiceMetrics()
@@ -75,8 +75,9 @@ install_error_handlers(app)
 
 def _caller(scope: str):
     # Async, so a request does not pay a hop to the thread pool: a recently verified token and
-    # the rate limiter's Redis call (breaker-guarded, 100 ms at worst) run on the event loop;
-    # only a token not seen lately is verified on a thread (an RS256 key fetch may block).
+    # the rate limiter's Redis call (breaker-guarded, one short timeout at worst) run on the
+    # event loop; only a token not seen lately is verified on a thread (an RS256 key fetch
+    # may block).
     async def dependency(request: Request) -> Caller:
         service = _service()
         header = request.headers.get("authorization")
@@ -239,9 +240,9 @@ async def status(caller: Annotated[Caller, Depends(_caller("admin"))]) -> dict:
     metrics={"enabled": True, "namespace": "bentoml_service"},
     # serving.http_guard writes the access log as JSON with the request id.
     logging={"access": {"enabled": False}},
-    # BentoML records an OpenTelemetry span per request even when it samples none: ~10 % of
-    # the event loop's time under load. Off unless CCA_SERVE_TRACING (then BentoML's own
-    # tracing configuration applies).
+    # BentoML records an OpenTelemetry span per request even when it samples none, a real
+    # share of the event loop's time under load (docs/ARCHITECTURE.md). Off unless
+    # CCA_SERVE_TRACING (then BentoML's own tracing configuration applies).
     **({} if _settings.serve_tracing else {"tracing": {"excluded_urls": [".*"]}}),
 )
 @bentoml.asgi_app(app, path="/")
@@ -255,9 +256,10 @@ class CallCentreAgent:
         self.batcher: MicroBatcher[Job, Served | Pending] = MicroBatcher(
             self.runtime.engine.handle, self.settings.serve_batch_max_size,
             self.settings.serve_batch_wait_ms / 1000)
-        # What is loaded now (models, vocabularies, spaCy: ~400,000 objects) lives as long as
-        # the worker. Frozen, the cyclic collector no longer walks it: a full collection took
-        # ~250 ms with it, holding the interpreter lock and every request of this worker.
+        # What is loaded now (models, vocabularies, spaCy: hundreds of thousands of objects)
+        # lives as long as the worker. Frozen, the cyclic collector no longer walks it: a full
+        # collection over it holds the interpreter lock, and so every request of this worker,
+        # for a long pause (docs/ARCHITECTURE.md, "Serving").
         gc.collect()
         gc.freeze()
         # The event loop gets the interpreter lock back sooner from the cascade's threads.

@@ -115,21 +115,23 @@ def record_served(conn: Connection, records: Sequence[dict[str, Any]]) -> None:
              "decision": json.dumps(r["decision"]), "served_at": r["at"]}
             for r in decisions])
     if shadows:
-        known = {row[0] for row in conn.execute(
-            sa.text("SELECT id FROM tickets WHERE id = ANY(:ids)"),
-            {"ids": [r["ticket_id"] for r in shadows]})}
-        rows = [{k: v for k, v in r.items() if k != "kind"} for r in shadows
-                if r["ticket_id"] in known]  # an erased ticket's late shadow run is dropped
+        rows = _of_stored_tickets(conn, shadows)
         if rows:
             conn.execute(_SHADOW, [{**r, "decided_at": r.pop("at")} for r in rows])
     if explanations:
-        known = {row[0] for row in conn.execute(
-            sa.text("SELECT id FROM tickets WHERE id = ANY(:ids)"),
-            {"ids": [r["ticket_id"] for r in explanations]})}
-        rows = [{k: v for k, v in r.items() if k != "kind"}
-                for r in explanations if r["ticket_id"] in known]
+        rows = _of_stored_tickets(conn, explanations)
         if rows:
             conn.execute(_EXPLANATION, rows)
+
+
+def _of_stored_tickets(conn: Connection, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The records (without their ``kind``) whose ticket is stored: an erased ticket's late
+    shadow run or explanation is dropped."""
+    known = {row[0] for row in conn.execute(
+        sa.text("SELECT id FROM tickets WHERE id = ANY(:ids)"),
+        {"ids": [r["ticket_id"] for r in records]})}
+    return [{k: v for k, v in r.items() if k != "kind"} for r in records
+            if r["ticket_id"] in known]
 
 
 def served_decisions(conn: Connection, items: Sequence[tuple[str, str]]) -> list[dict | None]:
@@ -143,6 +145,17 @@ def served_decisions(conn: Connection, items: Sequence[tuple[str, str]]) -> list
         "WHERE ticket_id = ANY(%(ids)s)", {"ids": list({t for t, _ in items})})
     found = {(t, h): d for t, h, d in rows}
     return [dict(found[key]) if key in found else None for key in items]
+
+
+def customer_refs(conn: Connection, core: str) -> list[str]:
+    """The distinct customer references that, stripped to ASCII letters and digits and
+    upper-cased, read ``core`` or ``CUST`` + ``core``: the candidates for one customer, which
+    the caller (the right to deletion) narrows to those whose canonical form is ``core``."""
+    rows = conn.execute(sa.text(
+        "SELECT DISTINCT customer_ref FROM tickets WHERE customer_ref IS NOT NULL "
+        "AND upper(regexp_replace(customer_ref, '[^0-9A-Za-z]', '', 'g')) "
+        "IN (:core, 'CUST' || :core)"), {"core": core})
+    return [ref for (ref,) in rows]
 
 
 @dataclass
