@@ -28,7 +28,7 @@ from cca.settings import get_settings
 from cca.tickets import Ticket
 from pipelines.banking77 import banking77_file
 from pipelines.read_tickets import Columns, read_ticket_file
-from serving.engine import Job, Served, audit_fsyncs
+from serving.batch import Job, Served, audit_fsyncs
 from serving.metrics import ServiceMetrics
 from serving.runtime import Runtime
 

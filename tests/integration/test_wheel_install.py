@@ -113,7 +113,7 @@ def test_code_and_data_come_from_the_install(installed: Installed) -> None:
     outside = [p for p in paths if not p.startswith(site)]
     assert not outside, f"found outside the virtualenv: {outside}"
     assert all(Path(p).exists() for p in paths), paths
-    assert not str(ROOT) in " ".join(paths)
+    assert str(ROOT) not in " ".join(paths)
 
 
 def test_help(installed: Installed) -> None:
