@@ -10,20 +10,37 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import sqlalchemy as sa
 
 from cca.errors import StateError
+from cca.settings import Settings
+from cca.store import Database
 from cca.store.served import customer_refs, erase_customer
+from cca.store.vector_feed import VectorFeed
 from pipelines.dedup import forget_near_duplicates
 from redaction.sanitizer import canonical_customer
+from serving.audit_spool import AuditSpool
+from serving.idempotency import IdempotencyStore
 from serving.redis_guard import RedisUnavailable
 
-if TYPE_CHECKING:
-    from serving.engine import Engine
-
 log = logging.getLogger("cca.serving")
+
+
+class Engine(Protocol):
+    """What an erasure needs of the service's engine (``serving.engine.Engine``), named here
+    so this module does not import the engine that calls it."""
+
+    settings: Settings
+    db: Database
+    spool: AuditSpool
+    idempotency: IdempotencyStore
+    vector_feed: VectorFeed | None
+    pii_key: bytes
+    database_up: bool
+
+    def wait_for_other_workers(self) -> None: ...
 
 
 def erase_customer_everywhere(engine: Engine, customer_ref: str, actor: str) -> dict[str, int]:
