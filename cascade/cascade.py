@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 import numpy as np
-import sqlalchemy as sa
 from threadpoolctl import threadpool_limits
 
 from cascade.llm_batch import ask_batch
@@ -24,7 +23,7 @@ from cca.bundle import ModelBundle, load_bundle
 from cca.embeddings import Embedder, embedder_for_model
 from cca.errors import StateError
 from cca.settings import Settings
-from cca.store import Database
+from cca.store import Database, StoreUnavailable
 from cca.store.vectors import nearest, track_records
 from cca.tickets import Decision, Neighbour, Ticket
 from redaction import Sanitizer
@@ -87,8 +86,8 @@ class Cascade:
         self.vector_search: Callable[[np.ndarray, int], list[list[Neighbour]] | None] | None = None
         self.refresh_track_records()
         # scikit-learn's BLAS threads spin after each call and starve onnxruntime's threads on
-        # a small machine (measured 245 -> 317 tickets/s on 2 cores); one BLAS thread is
-        # plenty for the small matrices the classifier multiplies.
+        # a small machine (throughput in benchmarks/RESULTS.md); one BLAS thread is plenty
+        # for the small matrices the classifier multiplies.
         threadpool_limits(limits=settings.blas_threads, user_api="blas")
 
     @classmethod
@@ -162,6 +161,14 @@ class Cascade:
             for w in waiting:
                 self._finalize(w)
 
+    def retrieve(self, ticket: Ticket) -> Work:
+        """The ticket redacted, embedded and with its nearest labelled neighbours: what the
+        LLM stage is given (to evaluate the LLM alone; any cache answer is left unused)."""
+        work = [Work(ticket=ticket, timings={})]
+        self._redact(work)  # the LLM only ever sees redacted text
+        self._embed_and_search(work)
+        return work[0]
+
     @property
     def llm_can_answer(self) -> bool:
         """False when the LLM stage makes no call (disabled, circuit breaker open, or the
@@ -229,7 +236,7 @@ class Cascade:
                 return found
         try:
             return self.db.read(lambda conn: nearest(conn, self.embedder.model_id, vectors, k))
-        except sa.exc.OperationalError as exc:
+        except StoreUnavailable as exc:
             # PostgreSQL down: the cache is skipped and the classifier answers, so a
             # database outage costs cache hits, never answers.
             log.warning("vector cache skipped, PostgreSQL unreachable: %s",

@@ -11,11 +11,9 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
-import sqlalchemy as sa
-
 from cascade.llm_prompt import Example
 from cascade.llm_stage import LLMAnswer, LLMStage
-from cca.store import Database
+from cca.store import Database, StoreUnavailable
 from cca.store.tickets_repo import redacted_texts
 from cca.tickets import Neighbour, Ticket
 
@@ -41,7 +39,7 @@ def few_shot_texts(db: Database, todo: Sequence[Asked], k: int) -> dict[str, str
     try:
         with db.begin() as conn:
             return redacted_texts(conn, ids)
-    except sa.exc.OperationalError:  # PostgreSQL down: the LLM goes without examples
+    except StoreUnavailable:  # PostgreSQL down: the LLM goes without examples
         return {}
 
 
@@ -62,7 +60,7 @@ def ask_batch(llm: LLMStage, db: Database, todo: Sequence[Asked], labels: list[s
 
     workers = min(max_concurrency, len(todo))
     # No threads when no call can reach the network (disabled stage, or its circuit breaker
-    # open): they would only add latency (measured ~11 ms for 64 tickets).
+    # open): they would only add latency.
     if workers <= 1 or not can_call:
         return [ask(w) for w in todo]
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cca-llm") as pool:

@@ -35,6 +35,7 @@ class DailyBudget:
         self._redis_down_until = 0.0
         if limit_usd is not None and redis_url:
             try:
+                # Deferred: redis is an optional dependency (the serving extra).
                 import redis
 
                 self._redis = redis.Redis.from_url(redis_url, socket_timeout=0.1,

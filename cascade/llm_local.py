@@ -154,7 +154,8 @@ class LocalLLMServer:
     The chat template comes from the GGUF's own metadata (llama-cpp-python's default when no
     ``--chat_format`` is given), so prompts are formatted exactly as Qwen was trained on.
     ``logits_all`` is off: only logprobs need it, and it keeps the logits of every prompt
-    token (vocabulary 152k): measured peak RSS 1.4 GB instead of 0.82 GB, and slower.
+    token over the whole vocabulary, which costs much memory and some speed
+    (benchmarks/RESULTS.md).
     """
 
     def __init__(self, settings: Settings, *, port: int | None = None,
@@ -254,9 +255,9 @@ class LocalLLMServer:
 
 def _child_env() -> dict[str, str]:
     """OpenMP threads that sleep instead of spinning while they wait: on a busy machine (tests,
-    the cascade beside the server) spinning threads fight the other processes for the cores;
-    measured on 2 cores with one busy process: ~8 s instead of ~12 s per 300-token request,
-    no difference when idle."""
+    the cascade beside the server) spinning threads fight the other processes for the cores
+    and requests take markedly longer; on an idle machine it makes no difference
+    (benchmarks/RESULTS.md)."""
     return {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
 
 

@@ -29,6 +29,7 @@ from openai import (
     APIConnectionError,
     APIStatusError,
     APITimeoutError,
+    AzureOpenAI,
     OpenAI,
     RateLimitError,
 )
@@ -330,8 +331,6 @@ def _client(settings: Settings, api_key: str | None) -> OpenAI:
     """OpenAI, or Azure OpenAI when ``CCA_LLM_AZURE_API_VERSION`` is set (the base URL is
     then the resource endpoint and the model the deployment name)."""
     if settings.llm_azure_api_version:
-        from openai import AzureOpenAI
-
         return AzureOpenAI(azure_endpoint=settings.llm_base_url,
                            api_version=settings.llm_azure_api_version,
                            api_key=api_key or "not-needed", max_retries=0,

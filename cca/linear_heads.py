@@ -1,9 +1,9 @@
 """Fitted scikit-learn linear models and TF-IDF unions, evaluated as plain array arithmetic.
 
 On the serving path a batch holds a handful of tickets, and scikit-learn's per-call work
-(input validation, feature-name checks, joblib dispatch in ``FeatureUnion``) cost more than
-the arithmetic: 4.0 ms of CPU to classify one ticket, 0.9 ms of it in three
-``predict_proba`` calls (measured on 2 cores). The same numbers come from the fitted
+(input validation, feature-name checks, joblib dispatch in ``FeatureUnion``) costs more than
+the arithmetic: a sizeable share of the CPU a ticket's classification takes went to the
+``predict_proba`` calls alone (benchmarks/RESULTS.md). The same numbers come from the fitted
 coefficients in one product each; a ``StandardScaler`` in front folds into the weights.
 Anything else falls back to scikit-learn, so the result never depends on this module.
 """
@@ -107,10 +107,10 @@ def _tfidf_rows(vectorizer: TfidfVectorizer, texts: list[str]
     """(sorted column indices, TF-IDF weights) of each text, as ``transform`` computes them.
 
     scikit-learn's ``transform`` builds, validates and re-validates sparse matrices around
-    the counting; for the handful of short texts of a served batch that cost 2-3 times the
-    counting itself, and it was the largest Python cost left on the cascade's thread
-    (measured under load with py-spy). Counting the same n-grams with the fitted analyzer
-    and vocabulary gives the same matrix without it.
+    the counting; for the handful of short texts of a served batch that costs more than the
+    counting itself, and it was the largest Python cost left on the cascade's thread (a
+    profile under load). Counting the same n-grams with the fitted analyzer and vocabulary
+    gives the same matrix without it.
     """
     try:
         analyze = _analyzers[vectorizer]

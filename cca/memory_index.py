@@ -2,12 +2,11 @@
 
 The service asks for neighbours once per batch, on the cascade's one thread. Asking pgvector
 costs a round trip in which that thread waits for PostgreSQL's backend to be scheduled, and
-PostgreSQL's own CPU on the same two cores. Measured on the Banking77 index (9,988 vectors,
-384 dimensions, 2 cores, README): pgvector 0.36 ms of the worker's CPU plus ~0.3 ms of
-PostgreSQL's per query; an exact numpy search 0.6 ms, which A/B load runs showed no better;
-this index 0.19 ms. Like pgvector's, the graph is approximate; its similarities are exact
-float32 cosines, so the cache's thresholds mean the same. ``cca.store.vector_feed`` keeps
-the copy equal to the table.
+PostgreSQL's own CPU on the same cores. On the Banking77 index this graph answers in less of
+the worker's CPU than either pgvector or an exact numpy search (benchmarks/RESULTS.md). Like
+pgvector's, the graph is approximate; its similarities are exact float32 cosines, so the
+cache's thresholds mean the same. ``cca.store.vector_feed`` keeps the copy equal to the
+table.
 """
 
 from __future__ import annotations

@@ -2,12 +2,11 @@
 
 The packaged model stores its weights as int8 but computes in float32: onnxruntime folds the
 weights back to float32 at load, so every MatMul runs in float32. Dynamic quantisation
-(per-channel int8 weights, activations quantised per call) runs them as integer products.
-Measured on 2 cores (AVX2): 11.7 -> 6.1 ms of CPU for one ticket, embeddings with a mean
-cosine of 0.993 to the packaged model's, and Banking77 test accuracy of the tiered classifier
-93.8 % -> 93.7 % (retrained on each; 98.7 % right on the 82 % it is >= 0.9 sure of, both).
-Nothing is downloaded: the input is the installed model, checked by sha256; the output is
-cached beside the static table with the hashes it came from.
+(per-channel int8 weights, activations quantised per call) runs them as integer products:
+about half the CPU a ticket, with embeddings close to the packaged model's and the same
+Banking77 accuracy (docs/models.md, benchmarks/RESULTS.md). Nothing is downloaded: the
+input is the installed model, checked by sha256; the output is cached beside the static
+table with the hashes it came from.
 """
 
 from __future__ import annotations
@@ -69,6 +68,8 @@ def _no_preprocess_advice(record: logging.LogRecord) -> bool:
 
 
 def _derive(source: Path, target: Path) -> None:
+    # Deferred: onnxruntime (and its quantisation tools) are heavy imports, needed only the
+    # first time a home derives the model.
     import onnxruntime as ort
     from onnxruntime.quantization import QuantType, quantize_dynamic
 

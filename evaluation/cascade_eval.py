@@ -17,6 +17,7 @@ from sklearn.metrics import f1_score
 
 from cascade.cascade import Cascade
 from cca.tickets import STAGES, Decision, Ticket
+from evaluation.metrics import percentiles
 
 REVIEW = "__review__"
 
@@ -96,11 +97,9 @@ def evaluate(
         latencies.append((time.perf_counter() - t1) * 1000)
     info = cascade.bundle.info
     report = score(decisions, truths, set(info.labels), info.departments)
-    lat = np.asarray(latencies) if latencies else np.zeros(1)
     report.update(
         {
-            "latency_ms": {p: round(float(np.percentile(lat, q)), 2)
-                           for p, q in (("p50", 50), ("p95", 95), ("p99", 99))},
+            "latency_ms": percentiles(latencies or [0.0], digits=2),
             "latency_sample": len(latencies),
             "throughput_per_s": round(len(tickets) / elapsed, 1),
             "batch_size": batch_size,

@@ -10,24 +10,15 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
-
-from cascade.cascade import Cascade, Work
+from cascade.cascade import Cascade
 from cascade.llm_batch import few_shot_texts
 from cascade.llm_prompt import Example
 from cascade.llm_stage import DisabledLLMStage, LLMStage
 from cca.tickets import Ticket
 from evaluation.cascade_eval import evaluate
+from evaluation.metrics import percentiles, rate
 
 Progress = Callable[[int], None]
-
-
-def _pcts(ms: list[float]) -> dict[str, float | None]:
-    if not ms:
-        return {"p50": None, "p95": None, "p99": None}
-    arr = np.asarray(ms)
-    return {p: round(float(np.percentile(arr, q)), 1) for p, q in
-            (("p50", 50), ("p95", 95), ("p99", 99))}
 
 
 def _tokens(stage: LLMStage) -> dict[str, int]:
@@ -47,9 +38,9 @@ def compare(cascade: Cascade, stage: LLMStage, tickets: list[Ticket], truths: li
     with_llm, decisions = evaluate(cascade, tickets, truths, latency_sample=latency_sample,
                                    progress=progress)
     asked = [d for d in decisions if "llm" in d.timings_ms]
-    with_llm["llm_share"] = round(len(asked) / n, 4) if n else 0.0
+    with_llm["llm_share"] = rate(len(asked), n)
     with_llm["llm_answered_share"] = with_llm["stage_share"].get("llm", 0.0)
-    with_llm["llm_ms"] = _pcts([d.timings_ms["llm"] for d in asked])
+    with_llm["llm_ms"] = percentiles([d.timings_ms["llm"] for d in asked], digits=1)
     return {"n": n, "without_llm": without, "with_llm": with_llm}
 
 
@@ -62,11 +53,8 @@ def llm_only(cascade: Cascade, stage: LLMStage, tickets: list[Ticket], truths: l
     before = _tokens(stage)
     correct, answered, ms = 0, 0, []
     for ticket, truth in zip(tickets, truths, strict=True):
-        work = [Work(ticket=ticket, timings={})]
-        cascade._redact(work)  # the LLM only ever sees redacted text
-        cascade._embed_and_search(work)
-        texts = few_shot_texts(cascade.db, work, cascade.settings.llm_max_few_shot)
-        w = work[0]
+        w = cascade.retrieve(ticket)
+        texts = few_shot_texts(cascade.db, [w], cascade.settings.llm_max_few_shot)
         shots = [Example(texts[nb.ticket_id], nb.label) for nb in w.neighbours
                  if nb.ticket_id in texts]
         t0 = time.perf_counter()
@@ -82,8 +70,7 @@ def llm_only(cascade: Cascade, stage: LLMStage, tickets: list[Ticket], truths: l
     used = {k: v - before[k] for k, v in _tokens(stage).items()}
     cost = (used["prompt_tokens"] * price_in_per_m
             + used["completion_tokens"] * price_out_per_m) / 1e6
-    return {"n": n, "accuracy": round(correct / n, 4) if n else 0.0,
-            "answered": round(answered / n, 4) if n else 0.0,
-            "accuracy_when_answered": round(correct / answered, 4) if answered else 0.0,
-            "latency_ms": _pcts(ms), **used,
-            "cost_per_ticket_usd": round(cost / n, 8) if n else 0.0}
+    return {"n": n, "accuracy": rate(correct, n), "answered": rate(answered, n),
+            "accuracy_when_answered": rate(correct, answered),
+            "latency_ms": percentiles(ms, digits=1), **used,
+            "cost_per_ticket_usd": rate(cost, n, digits=8)}

@@ -11,21 +11,19 @@ from __future__ import annotations
 
 import pickle
 import re
-import uuid
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import redis
-import sqlalchemy as sa
 from datasketch import MinHash, MinHashLSH
 from sqlalchemy.engine import Connection
 
 from cca.errors import StateError
 from cca.settings import Settings
-from cca.store import Database
+from cca.store import Database, dedup_repo
+from cca.store.dedup_repo import DedupLink, PendingTicket
+from pipelines.progress import Progress
 
-Progress = Callable[[int], None]
 _WS = re.compile(r"\s+")
 
 
@@ -103,32 +101,13 @@ class NearDuplicateIndex:
     def rebuild(self, conn: Connection) -> None:
         for key in self.redis.scan_iter(match=f"{self.basename}_*", count=1000):
             self.redis.delete(key)
-        rows = conn.execute(
-            sa.text("SELECT m.ticket_id, m.signature FROM ticket_minhash m "
-                    "JOIN tickets t ON t.id = m.ticket_id "
-                    "WHERE m.params = :p AND t.duplicate_of IS NULL"),
-            {"p": self.params},
-        ).all()
+        rows = dedup_repo.original_signatures(conn, self.params)
         with self.lsh.insertion_session(buffer_size=5000) as session:
             for tid, raw in rows:
-                session.insert(tid, _from_bytes(bytes(raw), self.num_perm), check_duplication=False)
+                session.insert(tid, _from_bytes(raw, self.num_perm), check_duplication=False)
 
     def in_sync(self, conn: Connection) -> bool:
-        stored = conn.execute(
-            sa.text("SELECT count(*) FROM ticket_minhash m JOIN tickets t ON t.id = m.ticket_id "
-                    "WHERE m.params = :p AND t.duplicate_of IS NULL"),
-            {"p": self.params},
-        ).scalar()
-        return int(stored or 0) == self.size()
-
-
-def _namespace(conn: Connection) -> str:
-    """A random id stored in the database, so two databases never share Redis keys."""
-    conn.execute(sa.text("INSERT INTO ingest_cursors (connector, cursor) "
-                         "VALUES ('dedup:namespace', :v) ON CONFLICT DO NOTHING"),
-                 {"v": uuid.uuid4().hex[:12]})
-    return conn.execute(sa.text("SELECT cursor FROM ingest_cursors "
-                                "WHERE connector = 'dedup:namespace'")).scalar_one()
+        return dedup_repo.count_original_signatures(conn, self.params) == self.size()
 
 
 def forget_near_duplicates(db: Database, settings: Settings, ticket_ids: list[str]) -> int:
@@ -136,7 +115,7 @@ def forget_near_duplicates(db: Database, settings: Settings, ticket_ids: list[st
     if not ticket_ids:
         return 0
     with db.begin() as conn:
-        index = NearDuplicateIndex(settings, _namespace(conn))
+        index = NearDuplicateIndex(settings, dedup_repo.namespace(conn))
     removed = 0
     for tid in ticket_ids:
         if tid in index.lsh:
@@ -145,34 +124,18 @@ def forget_near_duplicates(db: Database, settings: Settings, ticket_ids: list[st
     return removed
 
 
-_PENDING = sa.text(
-    """
-    SELECT t.id, t.clean_subject, t.clean_body, t.clean_hash, l.label,
-           m.ticket_id IS NOT NULL AS had_signature
-    FROM tickets t
-    LEFT JOIN ticket_labels l ON l.ticket_id = t.id AND l.validated
-    LEFT JOIN ticket_minhash m ON m.ticket_id = t.id
-    WHERE t.sanitized_for = t.content_hash
-      AND (t.dedup_for IS DISTINCT FROM t.clean_hash
-           OR m.params IS DISTINCT FROM :params)  -- new MinHash parameters: sign again
-    ORDER BY t.created_at, t.id
-    """
-)
-
-
 def dedup_pending(db: Database, settings: Settings, batch_size: int = 2000,
-                  on_total: Callable[[int], None] | None = None,
                   progress: Progress | None = None) -> DedupReport:
     """Check every redacted ticket not yet checked (or changed since) against all history."""
     report = DedupReport()
     with db.begin() as conn:
-        index = NearDuplicateIndex(settings, _namespace(conn))
+        index = NearDuplicateIndex(settings, dedup_repo.namespace(conn))
         if not index.in_sync(conn):
             index.rebuild(conn)
             report.rebuilt_index = True
-        pending = conn.execute(_PENDING, {"params": index.params}).mappings().all()
-    if on_total:
-        on_total(len(pending))
+        pending = dedup_repo.pending(conn, index.params)
+    if progress:
+        progress.set_total(len(pending))
     for _ in range(3):  # a changed original sends its duplicates round once more
         for start in range(0, len(pending), batch_size):
             chunk = pending[start : start + batch_size]
@@ -180,7 +143,7 @@ def dedup_pending(db: Database, settings: Settings, batch_size: int = 2000,
             if progress:
                 progress(len(chunk))
         with db.begin() as conn:
-            pending = conn.execute(_PENDING, {"params": index.params}).mappings().all()
+            pending = dedup_repo.pending(conn, index.params)
         if not pending:
             break
     return report
@@ -201,69 +164,69 @@ def _history_candidates(index: NearDuplicateIndex, sigs: list[MinHash]) -> list[
     return found
 
 
-def _dedup_chunk(db: Database, index: NearDuplicateIndex, chunk: list, report: DedupReport
-                 ) -> None:
-    ids = [r["id"] for r in chunk]
-    sigs = [signature(f"{r['clean_subject'] or ''}\n{r['clean_body'] or ''}", index.num_perm,
+def _dedup_chunk(db: Database, index: NearDuplicateIndex, chunk: list[PendingTicket],
+                 report: DedupReport) -> None:
+    """Check one chunk against history and against itself; links, signatures and the Redis
+    index move together."""
+    ids = [r.id for r in chunk]
+    sigs = [signature(f"{r.clean_subject or ''}\n{r.clean_body or ''}", index.num_perm,
                       index.k) for r in chunk]
-    changed = [row["id"] for row in chunk if row["had_signature"]]
+    changed = [row.id for row in chunk if row.had_signature]
     for tid in changed:
         if tid in index.lsh:
             index.lsh.remove(tid)  # its text changed: check it afresh
     history = _history_candidates(index, sigs)
-    local = MinHashLSH(threshold=index.threshold, num_perm=index.num_perm)  # this chunk
-    known: dict[str, tuple[MinHash, str | None]] = {}
-    links: list[dict] = []
-    originals: list[tuple[str, MinHash]] = []
     with db.begin() as conn:
         wanted = sorted(set().union(*history) - set(ids)) if history else []
-        for cid, raw, label in conn.execute(
-            sa.text("SELECT m.ticket_id, m.signature, l.label FROM ticket_minhash m "
-                    "LEFT JOIN ticket_labels l ON l.ticket_id = m.ticket_id AND l.validated "
-                    "WHERE m.ticket_id = ANY(:ids)"),
-            {"ids": wanted},
-        ):
-            known[cid] = (_from_bytes(bytes(raw), index.num_perm), label)
-        for row, sig, found in zip(chunk, sigs, history, strict=True):
-            tid = row["id"]
-            candidates = (found | set(local.query(sig))) - {tid}
-            best = max(((sig.jaccard(known[c][0]), c) for c in candidates if c in known),
-                       default=(0.0, None))
-            original = best[1] if best[0] >= index.threshold else None
-            report.checked += 1
-            if original is None:
-                report.originals += 1
-                local.insert(tid, sig, check_duplication=False)
-                originals.append((tid, sig))
-            else:
-                report.duplicates += 1
-                conflict = row["label"] is not None and known[original][1] not in (
-                    None, row["label"])
-                report.label_conflicts += int(conflict)
-                if len(report.examples) < 5:
-                    report.examples.append({"ticket": tid, "original": original,
-                                            "jaccard": round(best[0], 3),
-                                            "label_conflict": conflict})
-            known[tid] = (sig, row["label"])
-            links.append({"id": tid, "dup": original, "h": row["clean_hash"],
-                          "sig": sig.hashvalues.astype(np.uint32).tobytes(), "p": index.params})
-        conn.execute(
-            sa.text("INSERT INTO ticket_minhash (ticket_id, params, clean_hash, signature) "
-                    "VALUES (:id, :p, :h, :sig) ON CONFLICT (ticket_id) DO UPDATE SET "
-                    "params = EXCLUDED.params, clean_hash = EXCLUDED.clean_hash, "
-                    "signature = EXCLUDED.signature, created_at = now()"),
-            links,
-        )
-        conn.execute(
-            sa.text("UPDATE tickets SET duplicate_of = :dup, dedup_for = :h WHERE id = :id"),
-            links,
-        )
+        known = {k.ticket_id: (_from_bytes(k.signature, index.num_perm), k.label)
+                 for k in dedup_repo.known_signatures(conn, wanted)}
+        links, originals = _link(index, list(zip(chunk, sigs, history, strict=True)), known,
+                                 report)
+        dedup_repo.save_links(conn, links)
         if changed:  # what was linked to a changed ticket may no longer be a duplicate of it
-            conn.execute(sa.text("UPDATE tickets SET dedup_for = NULL "
-                                 "WHERE duplicate_of = ANY(:ids) AND NOT id = ANY(:chunk)"),
-                         {"ids": changed, "chunk": ids})
+            dedup_repo.recheck_duplicates_of(conn, changed, ids)
         # Redis last: if this fails the transaction rolls back, and a Redis index that ran
         # ahead of PostgreSQL is caught by the size check and rebuilt on the next run.
         with index.lsh.insertion_session(buffer_size=5000) as session:
             for tid, sig in originals:
                 session.insert(tid, sig, check_duplication=False)
+
+
+Known = dict[str, tuple[MinHash, str | None]]  # ticket id -> (signature, validated label)
+
+
+def _link(index: NearDuplicateIndex, items: list[tuple[PendingTicket, MinHash, set[str]]],
+          known: Known, report: DedupReport) -> tuple[list[DedupLink], list[tuple[str, MinHash]]]:
+    """Each ticket's original among its candidates (history, and earlier tickets of this
+    chunk), if one is similar enough; (links to store, the new originals for Redis)."""
+    local = MinHashLSH(threshold=index.threshold, num_perm=index.num_perm)  # this chunk
+    links: list[DedupLink] = []
+    originals: list[tuple[str, MinHash]] = []
+    for row, sig, found in items:
+        tid = row.id
+        candidates = (found | set(local.query(sig))) - {tid}
+        best = max(((sig.jaccard(known[c][0]), c) for c in candidates if c in known),
+                   default=(0.0, None))
+        original = best[1] if best[0] >= index.threshold else None
+        report.checked += 1
+        if original is None:
+            report.originals += 1
+            local.insert(tid, sig, check_duplication=False)
+            originals.append((tid, sig))
+        else:
+            _count_duplicate(report, row, original, best[0], known)
+        known[tid] = (sig, row.label)
+        links.append(DedupLink(ticket_id=tid, duplicate_of=original, clean_hash=row.clean_hash,
+                               signature=sig.hashvalues.astype(np.uint32).tobytes(),
+                               params=index.params))
+    return links, originals
+
+
+def _count_duplicate(report: DedupReport, row: PendingTicket, original: str, jaccard: float,
+                     known: Known) -> None:
+    report.duplicates += 1
+    conflict = row.label is not None and known[original][1] not in (None, row.label)
+    report.label_conflicts += int(conflict)
+    if len(report.examples) < 5:
+        report.examples.append({"ticket": row.id, "original": original,
+                                "jaccard": round(jaccard, 3), "label_conflict": conflict})

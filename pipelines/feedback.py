@@ -51,11 +51,11 @@ def apply_feedback(settings: Settings, db: Database, ticket_id: str, label: str,
         last = last_decision(conn, ticket_id)
         verdict = "no earlier decision"
         if last is not None:
-            if last["stage"] == "cache" and last["label"]:
-                confirmed = last["label"] == label
-                record_feedback(conn, embedder.model_id, last["label"], confirmed)
+            if last.stage == "cache" and last.label:
+                confirmed = last.label == label
+                record_feedback(conn, embedder.model_id, last.label, confirmed)
                 verdict = f"cache answer {'confirmed' if confirmed else 'corrected'}"
             else:
-                verdict = f"earlier answer by {last['stage']}: {last['label'] or 'review'}"
+                verdict = f"earlier answer by {last.stage}: {last.label or 'review'}"
     indexed = "added to the index" if ticket else "indexed after the next `cca prepare`"
     return f"ticket {ticket_id} labelled {label} ({department}); {verdict}; {indexed}"

@@ -11,9 +11,7 @@ import shutil
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-import sqlalchemy as sa
 import yaml
 from pydantic import ValidationError
 from sqlalchemy.engine import Connection
@@ -21,15 +19,14 @@ from sqlalchemy.engine import Connection
 from cca.departments import DepartmentMap
 from cca.errors import CCAError, InputError, describe_yaml_error
 from cca.settings import Settings
-from cca.store import Database
+from cca.store import Database, ingest_repo
+from cca.store.ingest_repo import IngestedFile
 from cca.store.quarantine import QuarantineItem, quarantine
 from cca.store.tickets_repo import upsert_tickets
 from cca.tickets import Ticket
+from pipelines.connectors.base import TicketConnector
 from pipelines.import_tickets import ImportReport, import_parsed
 from pipelines.read_tickets import Columns, file_columns, read_ticket_file
-
-if TYPE_CHECKING:
-    from pipelines.connectors import TicketConnector
 
 TICKET_SUFFIXES = (".csv", ".tsv", ".jsonl", ".ndjson")
 # Canonical column names tried in order when a file comes without a sidecar mapping.
@@ -106,8 +103,7 @@ def ingest_file(db: Database, settings: Settings, path: Path,
     """One dropped file: good records stored, bad ones quarantined, in one transaction."""
     digest = _sha256(path)
     with db.begin() as conn:
-        seen = conn.execute(sa.text("SELECT 1 FROM ingested_files WHERE sha256 = :h"),
-                            {"h": digest}).first()
+        seen = ingest_repo.file_ingested(conn, digest)
     if seen:
         return {"file": path.name, "skipped": "already ingested (same content)"}
     cols, source = columns_for(path)
@@ -117,12 +113,9 @@ def ingest_file(db: Database, settings: Settings, path: Path,
     def remember(conn: Connection, report: ImportReport) -> None:
         # Same commit as the tickets and quarantine rows: a retried task skips the file
         # instead of quarantining its bad records twice.
-        conn.execute(
-            sa.text("INSERT INTO ingested_files (sha256, name, source, tickets, quarantined) "
-                    "VALUES (:h, :n, :s, :t, :q) ON CONFLICT DO NOTHING"),
-            {"h": digest, "n": path.name, "s": source or path.stem,
-             "t": len(parsed.tickets), "q": len(report.rejected)},
-        )
+        ingest_repo.record_file(conn, IngestedFile(
+            sha256=digest, name=path.name, source=source or path.stem,
+            tickets=len(parsed.tickets), quarantined=len(report.rejected)))
 
     report = import_parsed(db, parsed, departments, strict=False, stage="ingest",
                            also=remember)
@@ -170,8 +163,7 @@ def ingest_from_connector(db: Database, connector: TicketConnector,
                           departments: DepartmentMap) -> dict:
     """Fetch everything since the stored cursor; tickets, quarantine and cursor in one commit."""
     with db.begin() as conn:
-        cursor = conn.execute(sa.text("SELECT cursor FROM ingest_cursors WHERE connector = :c"),
-                              {"c": connector.name}).scalar()
+        cursor = ingest_repo.get_cursor(conn, connector.name)
     batch = connector.fetch(cursor)
     tickets, labels, items = [], {}, []
     for record in batch.records:
@@ -199,12 +191,7 @@ def ingest_from_connector(db: Database, connector: TicketConnector,
         counts = upsert_tickets(conn, tickets, labels, origin=connector.name)
         quarantine(conn, items)
         if batch.next_cursor:
-            conn.execute(
-                sa.text("INSERT INTO ingest_cursors (connector, cursor) VALUES (:c, :v) "
-                        "ON CONFLICT (connector) DO UPDATE SET cursor = EXCLUDED.cursor, "
-                        "updated_at = now()"),
-                {"c": connector.name, "v": batch.next_cursor},
-            )
+            ingest_repo.set_cursor(conn, connector.name, batch.next_cursor)
     return {"connector": connector.name, "new": counts.inserted, "updated": counts.updated,
             "unchanged": counts.unchanged, "labelled": len(labels), "quarantined": len(items),
             "cursor": batch.next_cursor}

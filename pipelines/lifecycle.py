@@ -20,10 +20,11 @@ from cca.settings import Settings
 from cca.store import Database, exclusive, use_database
 from pipelines import dedup, index_tickets, ingest, retention, sanitize_tickets, validate_tickets
 from pipelines.connectors import connectors_from_settings
+from pipelines.progress import Progress
 from redaction import Sanitizer
 
 log = logging.getLogger("cca.lifecycle")
-Bar = Callable[[str], AbstractContextManager[Any]]
+Bar = Callable[[str], AbstractContextManager[Progress]]
 
 
 @contextmanager
@@ -69,7 +70,7 @@ def sanitize_pending(settings: Settings | None = None, db: Database | None = Non
     with (use_database(settings, db) as (s, conn), exclusive(conn, "sanitize"),
           bar("redacting PII") as advance):
         report = sanitize_tickets.sanitize_pending(
-            conn, Sanitizer.from_settings(s), on_total=advance.set_total, progress=advance
+            conn, Sanitizer.from_settings(s), progress=advance
         ).as_dict()
     log.info("sanitize: %s tickets redacted (%s with PII: %s)", report["sanitized"],
              report["with_pii"], report["found"])
@@ -80,8 +81,7 @@ def dedup_pending(settings: Settings | None = None, db: Database | None = None,
                   bar: Bar = _quiet_bar) -> dict:
     with (use_database(settings, db) as (s, conn), exclusive(conn, "dedup"),
           bar("near-duplicates") as advance):
-        report = dedup.dedup_pending(conn, s, on_total=advance.set_total,
-                                     progress=advance).as_dict()
+        report = dedup.dedup_pending(conn, s, progress=advance).as_dict()
     log.info("dedup: %s checked, %s near-duplicates linked (%s with another label)",
              report["checked"], report["duplicates"], report["label_conflicts"])
     return report
@@ -105,8 +105,7 @@ def index_pending(settings: Settings | None = None, db: Database | None = None,
                 continue
             with bar(f"embedding ({embedder.model_id})") as advance:
                 r = index_tickets.index_labelled_tickets(
-                    conn, embedder, hnsw=hnsw, since=since, on_total=advance.set_total,
-                    progress=advance)
+                    conn, embedder, hnsw=hnsw, since=since, progress=advance)
             out.append({"model_id": r.model_id, "considered": r.considered,
                         "embedded": r.embedded, "relabelled": r.relabelled,
                         "dropped_duplicates": r.dropped_duplicates, "seconds": r.seconds,

@@ -153,31 +153,14 @@ def read_ticket_file(
         if rec is None:
             parsed.rejects.append(Reject(line, error, {}))
             continue
-        bad = _bad_encoding(rec)
-        if bad:
-            parsed.rejects.append(Reject(line, bad, rec))
+        problem = _problem(rec, cols, max_chars)
+        if problem:
+            parsed.rejects.append(Reject(line, problem, rec))
             continue
-        body = rec.get(cols.text)
-        if not isinstance(body, str) or not body.strip():
-            parsed.rejects.append(Reject(line, f"empty or missing text in {cols.text!r}", rec))
-            continue
-        if len(body) > max_chars:
-            parsed.rejects.append(
-                Reject(line, f"text is {len(body)} characters (limit {max_chars})", rec)
-            )
-            continue
-        label = None
-        if cols.label:
-            label = rec.get(cols.label)
-            if not isinstance(label, str | int) or not str(label).strip():
-                parsed.rejects.append(
-                    Reject(line, f"empty or missing label in {cols.label!r}", rec))
-                continue
-            label = str(label).strip()
-        subject = str(rec.get(cols.subject) or "") if cols.subject else ""
+        label = str(rec[cols.label]).strip() if cols.label else None
         tid = str(rec.get(cols.id) or "").strip() if cols.id else ""
         derived = not tid
-        tid = tid or _text_id(source, f"{subject}\n{body}".strip())
+        tid = tid or _text_id(source, f"{_subject(rec, cols)}\n{rec[cols.text]}".strip())
         if tid in first_line:
             if derived and parsed.labels.get(tid) == label:
                 parsed.duplicates += 1
@@ -190,19 +173,9 @@ def read_ticket_file(
                     Reject(line, f"{why} {tid!r} (first at line {first_line[tid]})", rec)
                 )
                 continue
-        fields: dict = {"id": tid, "source": source, "subject": subject, "body": body}
-        if cols.customer and rec.get(cols.customer):
-            fields["customer_ref"] = str(rec[cols.customer])
-        if cols.created_at and rec.get(cols.created_at):
-            fields["created_at"] = rec[cols.created_at]
-        if cols.priority and rec.get(cols.priority):
-            fields["priority"] = str(rec[cols.priority]).lower()
-        try:
-            ticket = Ticket(**fields)
-        except ValidationError as exc:
-            err = exc.errors()[0]
-            where = ".".join(map(str, err["loc"]))
-            parsed.rejects.append(Reject(line, f"{where}: {err['msg']}", rec))
+        ticket = _to_ticket(rec, cols, tid, source)
+        if isinstance(ticket, str):
+            parsed.rejects.append(Reject(line, ticket, rec))
             continue
         first_line[tid] = line
         parsed.lines[tid] = line
@@ -210,3 +183,41 @@ def read_ticket_file(
         if label is not None:
             parsed.labels[tid] = label
     return parsed
+
+
+def _problem(rec: dict, cols: Columns, max_chars: int) -> str | None:
+    """Why the record cannot be a ticket (bytes, text or label), or None."""
+    bad = _bad_encoding(rec)
+    if bad:
+        return bad
+    body = rec.get(cols.text)
+    if not isinstance(body, str) or not body.strip():
+        return f"empty or missing text in {cols.text!r}"
+    if len(body) > max_chars:
+        return f"text is {len(body)} characters (limit {max_chars})"
+    if cols.label:
+        label = rec.get(cols.label)
+        if not isinstance(label, str | int) or not str(label).strip():
+            return f"empty or missing label in {cols.label!r}"
+    return None
+
+
+def _subject(rec: dict, cols: Columns) -> str:
+    return str(rec.get(cols.subject) or "") if cols.subject else ""
+
+
+def _to_ticket(rec: dict, cols: Columns, tid: str, source: str) -> Ticket | str:
+    """The record as a ticket, or the first field the ticket model refused, as a reason."""
+    fields: dict = {"id": tid, "source": source, "subject": _subject(rec, cols),
+                    "body": rec[cols.text]}
+    if cols.customer and rec.get(cols.customer):
+        fields["customer_ref"] = str(rec[cols.customer])
+    if cols.created_at and rec.get(cols.created_at):
+        fields["created_at"] = rec[cols.created_at]
+    if cols.priority and rec.get(cols.priority):
+        fields["priority"] = str(rec[cols.priority]).lower()
+    try:
+        return Ticket(**fields)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        return f"{'.'.join(map(str, err['loc']))}: {err['msg']}"

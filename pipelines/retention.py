@@ -14,10 +14,11 @@ import shutil
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 
-import sqlalchemy as sa
-
 from cca.settings import Settings
 from cca.store import Database
+from cca.store.lifecycle_repo import purge_raw_text
+from cca.store.quarantine import purge_payloads
+from cca.store.vectors import delete_created_before
 
 
 @dataclass
@@ -54,20 +55,9 @@ def purge_expired(db: Database, settings: Settings, now: datetime | None = None
     raw_cutoff = now - timedelta(days=settings.retention_raw_days)
     emb_cutoff = now - timedelta(days=settings.retention_embedding_days)
     with db.begin() as conn:
-        purged = conn.execute(
-            sa.text("UPDATE tickets SET subject = '', body = '', customer_ref = NULL, "
-                    "raw_purged_at = :now WHERE created_at < :cut AND raw_purged_at IS NULL "
-                    "AND sanitized_for = content_hash"),
-            {"now": now, "cut": raw_cutoff},
-        ).rowcount
-        payloads = conn.execute(
-            sa.text("UPDATE quarantine SET payload = '{}'::jsonb "
-                    "WHERE quarantined_at < :cut AND payload <> '{}'::jsonb"),
-            {"cut": raw_cutoff},
-        ).rowcount
-        deleted = conn.execute(
-            sa.text("DELETE FROM ticket_embeddings WHERE created_at < :cut"), {"cut": emb_cutoff}
-        ).rowcount
+        purged = purge_raw_text(conn, raw_cutoff, now)
+        payloads = purge_payloads(conn, raw_cutoff)
+        deleted = delete_created_before(conn, emb_cutoff)
     return RetentionReport(raw_text_purged=purged, quarantine_payloads_purged=payloads,
                            embeddings_deleted=deleted,
                            inbox_folders_deleted=_purge_inbox(settings, raw_cutoff),

@@ -7,21 +7,16 @@ indexed, trained on, sent to an LLM or logged.
 from __future__ import annotations
 
 import hashlib
-import json
+import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING
-
-import sqlalchemy as sa
 
 from cca.store import Database
+from cca.store.lifecycle_repo import Redacted, save_redacted, to_sanitize
 from cca.tickets import ticket_text
-
-if TYPE_CHECKING:
-    from redaction import Sanitizer
-
-Progress = Callable[[int], None]
+from pipelines.progress import Progress
+from redaction import Sanitizer
 
 
 @dataclass
@@ -40,47 +35,32 @@ def clean_hash(subject: str, body: str) -> str:
     return hashlib.sha256(ticket_text(subject, body).encode("utf-8")).hexdigest()
 
 
-_PENDING = """
-    SELECT id, subject, body, content_hash FROM tickets
-    WHERE sanitized_for IS DISTINCT FROM content_hash AND raw_purged_at IS NULL
-      AND (CAST(:ids AS text[]) IS NULL OR id = ANY(:ids))
-    ORDER BY created_at, id
-"""
-
-
 def sanitize_pending(
     db: Database, sanitizer: Sanitizer, ids: Sequence[str] | None = None,
-    batch_size: int = 512, on_total: Callable[[int], None] | None = None,
-    progress: Progress | None = None,
+    batch_size: int = 512, progress: Progress | None = None,
 ) -> SanitizeReport:
-    import time
-
+    """Redact in batches, each batch committed on its own (a crash loses one batch of work)."""
     t0 = time.perf_counter()
     report = SanitizeReport()
     found: Counter[str] = Counter()
     with db.begin() as conn:
-        rows = conn.execute(sa.text(_PENDING),
-                            {"ids": list(ids) if ids is not None else None}).mappings().all()
-    if on_total:
-        on_total(len(rows))
+        rows = to_sanitize(conn, list(ids) if ids is not None else None)
+    if progress:
+        progress.set_total(len(rows))
     for start in range(0, len(rows), batch_size):
         chunk = rows[start : start + batch_size]
-        subjects = sanitizer.redact_many([r["subject"] or "" for r in chunk])
-        bodies = sanitizer.redact_many([r["body"] or "" for r in chunk])
+        subjects = sanitizer.redact_many([r.subject or "" for r in chunk])
+        bodies = sanitizer.redact_many([r.body or "" for r in chunk])
         updates = []
         for row, subj, body in zip(chunk, subjects, bodies, strict=True):
             counts = Counter(subj.counts) + Counter(body.counts)
             found.update(counts)
             report.with_pii += int(bool(counts))
-            updates.append({"id": row["id"], "s": subj.text, "b": body.text,
-                            "h": clean_hash(subj.text, body.text), "for": row["content_hash"],
-                            "pii": json.dumps(dict(counts))})
+            updates.append(Redacted(id=row.id, subject=subj.text, body=body.text,
+                                    clean_hash=clean_hash(subj.text, body.text),
+                                    sanitized_for=row.content_hash, pii_found=dict(counts)))
         with db.begin() as conn:
-            conn.execute(
-                sa.text("UPDATE tickets SET clean_subject = :s, clean_body = :b, clean_hash = :h,"
-                        " sanitized_for = :for, pii_found = CAST(:pii AS jsonb) WHERE id = :id"),
-                updates,
-            )
+            save_redacted(conn, updates)
         report.sanitized += len(chunk)
         if progress:
             progress(len(chunk))

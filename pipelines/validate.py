@@ -6,7 +6,7 @@ great_expectations`` (never into the repo); a failure raises :class:`ValidationF
 names the suite, the first failed expectations and that page, so the caller stops before
 training and the current champion keeps serving.
 
-Great Expectations is imported on first use only: the import alone takes ~7 s.
+Great Expectations is imported on first use only: the import alone takes seconds.
 """
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ from pipelines.validation_suites import (
     training_frame,
 )
 
-# GE logs ~240 "Skipping registering function ..." lines at INFO while importing, and more at
-# run time; its warnings and errors still come through.
+# GE logs hundreds of "Skipping registering function ..." lines at INFO while importing, and
+# more at run time; its warnings and errors still come through.
 logging.getLogger("great_expectations").setLevel(logging.WARNING)
 
 SITE = "local_site"
@@ -155,6 +155,7 @@ def _context(ge_home: Path) -> Any:
     folder is wanted; the two stores that matter are pointed at the filesystem so Data Docs'
     index lists earlier runs too. Progress bars off: they would write to stderr per run.
     """
+    # Deferred: Great Expectations is a heavy import (see the module's docstring).
     import great_expectations as gx
     from great_expectations.data_context.types.base import (
         DataContextConfig,
@@ -220,6 +221,7 @@ def _run_suite(
     (A ValidationDefinition or Checkpoint run would store the raw result, ticket text
     included, before we could touch it.)
     """
+    # Deferred: Great Expectations is a heavy import (see the module's docstring).
     import great_expectations as gx
     from great_expectations.core.run_identifier import RunIdentifier
     from great_expectations.data_context.types.resource_identifiers import (

@@ -15,33 +15,16 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import pandas as pd
-import sqlalchemy as sa
 
 from cca.settings import Settings
 from cca.store import Database
-from cca.store.quarantine import QuarantineItem, quarantine
+from cca.store.lifecycle_repo import mark_checked, to_validate
+from cca.store.quarantine import QuarantineItem, quarantine, release
 from pipelines.validate import (
     ValidationFailed,
     ValidationReport,
     validate_clean,
     validate_raw,
-)
-
-# A refused ticket comes back once its text, its record (e.g. a corrected date) or its label
-# changed after it was refused.
-_PENDING = sa.text(
-    """
-    SELECT t.id, t.source, t.subject, t.body, t.created_at, t.clean_subject, t.clean_body,
-           t.clean_hash, l.label
-    FROM tickets t LEFT JOIN ticket_labels l ON l.ticket_id = t.id AND l.validated
-    WHERE t.sanitized_for = t.content_hash AND t.dedup_for = t.clean_hash
-      AND t.checked_for IS DISTINCT FROM t.clean_hash
-      AND (t.checked_for IS DISTINCT FROM 'refused:' || t.clean_hash
-           OR greatest(t.updated_at, l.labelled_at) > (
-               SELECT max(q.quarantined_at) FROM quarantine q
-               WHERE q.stage = 'validate' AND q.location = 'ticket:' || t.id))
-    ORDER BY t.created_at, t.id
-    """
 )
 
 
@@ -85,10 +68,10 @@ def _run(check: Callable[[pd.DataFrame, Settings], ValidationReport], frame: pd.
 def validate_pending(db: Database, settings: Settings) -> ValidateReport:
     """Raises ``ValidationFailed`` (naming the Data Docs page) for a batch-level failure."""
     with db.begin() as conn:
-        rows = conn.execute(_PENDING).mappings().all()
+        rows = to_validate(conn)
     if not rows:
         return ValidateReport(checked=0, raw_suite=None, clean_suite=None)
-    df = pd.DataFrame([dict(r) for r in rows])
+    df = pd.DataFrame([asdict(r) for r in rows])
     refused: dict[str, tuple[ValidationReport, list[str]]] = {}
     raw = df[df["body"].ne("") | df["subject"].ne("")]  # raw text may already be purged
     raw_report = _run(validate_raw, raw[["id", "source", "subject", "body", "created_at",
@@ -101,17 +84,13 @@ def validate_pending(db: Database, settings: Settings) -> ValidateReport:
                                    f"Data Docs: {report.data_docs}",
                             payload={"ticket_id": tid})
              for tid, (report, broken) in refused.items()]
-    passed = [r["id"] for r in rows if r["id"] not in refused]
+    passed = [r.id for r in rows if r.id not in refused]
     with db.begin() as conn:
-        conn.execute(sa.text("UPDATE tickets SET checked_for = :h WHERE id = :id"),
-                     [{"id": r["id"], "h": r["clean_hash"] if r["id"] not in refused
-                       else f"refused:{r['clean_hash']}"} for r in rows])
+        mark_checked(conn, [(r.id, r.clean_hash if r.id not in refused
+                             else f"refused:{r.clean_hash}") for r in rows])
         quarantine(conn, items)
         if passed:  # an earlier refusal of a ticket that now passes is resolved
-            conn.execute(sa.text("UPDATE quarantine SET released_at = now() "
-                                 "WHERE stage = 'validate' AND released_at IS NULL "
-                                 "AND location = ANY(:locs)"),
-                         {"locs": [f"ticket:{tid}" for tid in passed]})
+            release(conn, "validate", [f"ticket:{tid}" for tid in passed])
     return ValidateReport(
         checked=len(passed),
         raw_suite=_summary(raw_report) if raw_report else None,

@@ -1,6 +1,6 @@
 """The pandas side of validation: suite files, the frames the suites see, readable failures.
 
-Nothing here imports Great Expectations (its import costs ~7 s), so callers and tests of the
+Nothing here imports Great Expectations (its import takes seconds), so callers and tests of the
 derivations stay cheap. The suites themselves are JSON in ``great_expectations/`` so analysts
 can read and review them without Python.
 """

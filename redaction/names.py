@@ -48,6 +48,7 @@ def load_nlp(model: str) -> Any:
     The lemmatizer is loaded but disabled: only its WordNet word index is used (see
     ``common_words``).
     """
+    # Deferred: spaCy is a heavy import, needed only when NER is on.
     import spacy
 
     try:
@@ -88,7 +89,8 @@ def needs_ner(text: str, plain_words: frozenset[str] = frozenset()) -> bool:
     sentence are (acronyms and words with digits do not count). A text whose only capitals
     start sentences with ``plain_words`` ("How", "I'm", "Card") skips NER too: NER could only
     find a lone word there, and a lone dictionary word is dropped anyway (``ner_names``).
-    Weekdays are never names. This spares NER on ~90 % of Banking77 queries.
+    Weekdays are never names. This spares NER on most Banking77 queries
+    (benchmarks/RESULTS.md).
     """
     words: list[str] = []
     initial: list[bool] = []

@@ -97,7 +97,7 @@ class Sanitizer:
 
     @property
     def nlp(self) -> Any:
-        """The spaCy pipeline, loaded on first use (≈0.4 s) and only when NER is on."""
+        """The spaCy pipeline, loaded on first use (it takes a moment) and only when NER is on."""
         if self.ner and self._nlp is None:
             with self._lock:
                 if self._nlp is None:

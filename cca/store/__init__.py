@@ -1,5 +1,11 @@
 """PostgreSQL + pgvector: the system of record for tickets, labels, vectors and decisions."""
 
-from cca.store.database import Database, exclusive, open_database, use_database
+from cca.store.database import (
+    Database,
+    StoreUnavailable,
+    exclusive,
+    open_database,
+    use_database,
+)
 
-__all__ = ["Database", "exclusive", "open_database", "use_database"]
+__all__ = ["Database", "StoreUnavailable", "exclusive", "open_database", "use_database"]

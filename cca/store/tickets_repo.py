@@ -72,51 +72,61 @@ def upsert_tickets(
     counts = UpsertCounts()
     if not tickets:
         return counts
-    # The whole record is compared, not only the text: a corrected date or priority must be
-    # stored (and lets a ticket refused by validation be checked again).
-    existing = {
-        row[0]: tuple(row[1:])
-        for row in conn.execute(
-            sa.text("SELECT id, content_hash, customer_ref, created_at, priority, metadata "
-                    "FROM tickets WHERE id = ANY(:ids)"),
-            {"ids": [t.id for t in tickets]},
-        ).all()
-    }
-    rows = []
-    for t in tickets:
-        digest = t.content_hash()
-        # A record without its own created_at (defaulted to now) keeps the stored date.
-        given = "created_at" in t.model_fields_set
-        # The source is provenance (often the file's name), not content: not compared.
-        record = (digest, t.customer_ref, t.created_at, t.priority, t.metadata)
-        if t.id in existing and not given:
-            record = (*record[:2], existing[t.id][2], *record[3:])
-        if t.id not in existing:
-            counts.inserted += 1
-        elif existing[t.id] != record:
-            counts.updated += 1
-        else:
-            counts.unchanged += 1
-            continue
-        rows.append(
-            {
-                "id": t.id,
-                "source": t.source,
-                "subject": t.subject,
-                "body": t.body,
-                "customer_ref": t.customer_ref,
-                "created_at": t.created_at,
-                "created_given": given,
-                "priority": t.priority,
-                "metadata": json.dumps(t.metadata),
-                "content_hash": digest,
-            }
-        )
+    existing = _stored_records(conn, [t.id for t in tickets])
+    rows = [row for t in tickets if (row := _changed_row(t, existing, counts)) is not None]
     if rows:
         conn.execute(_UPSERT_TICKET, rows)
     if labels:
         set_labels(conn, labels, origin=origin)
     return counts
+
+
+# What decides whether a stored ticket changed: content hash, customer, date, priority,
+# metadata. The source is provenance (often the file's name), not content: not compared.
+_Record = tuple[str, str | None, datetime, str, dict]
+
+
+def _stored_records(conn: Connection, ids: list[str]) -> dict[str, _Record]:
+    # The whole record is compared, not only the text: a corrected date or priority must be
+    # stored (and lets a ticket refused by validation be checked again).
+    return {
+        row[0]: tuple(row[1:])
+        for row in conn.execute(
+            sa.text("SELECT id, content_hash, customer_ref, created_at, priority, metadata "
+                    "FROM tickets WHERE id = ANY(:ids)"),
+            {"ids": ids},
+        ).all()
+    }
+
+
+def _changed_row(t: Ticket, existing: dict[str, _Record], counts: UpsertCounts
+                 ) -> dict | None:
+    """The upsert's parameters for a new or changed ticket (counted), None if unchanged."""
+    digest = t.content_hash()
+    # A record without its own created_at (defaulted to now) keeps the stored date.
+    given = "created_at" in t.model_fields_set
+    record = (digest, t.customer_ref, t.created_at, t.priority, t.metadata)
+    if t.id in existing and not given:
+        record = (*record[:2], existing[t.id][2], *record[3:])
+    if t.id not in existing:
+        counts.inserted += 1
+    elif existing[t.id] != record:
+        counts.updated += 1
+    else:
+        counts.unchanged += 1
+        return None
+    return {
+        "id": t.id,
+        "source": t.source,
+        "subject": t.subject,
+        "body": t.body,
+        "customer_ref": t.customer_ref,
+        "created_at": t.created_at,
+        "created_given": given,
+        "priority": t.priority,
+        "metadata": json.dumps(t.metadata),
+        "content_hash": digest,
+    }
 
 
 def set_labels(

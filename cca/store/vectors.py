@@ -16,6 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from cca.errors import ConfigError
+from cca.store.tickets_repo import COUNTS_AS_ORIGINAL
 from cca.tickets import Neighbour
 
 _SAFE_MODEL_ID = re.compile(r"^[A-Za-z0-9._:/-]{1,120}$")
@@ -93,6 +94,40 @@ def upsert_vectors(
     )
 
 
+def drop_counted_out(conn: Connection, model_id: str) -> int:
+    """Remove the vectors of tickets found to be counted-out near-duplicates after they were
+    indexed (``COUNTS_AS_ORIGINAL``); how many."""
+    return conn.execute(
+        sa.text("DELETE FROM ticket_embeddings e USING tickets t WHERE e.ticket_id = t.id "
+                f"AND e.model_id = :m AND NOT {COUNTS_AS_ORIGINAL}"),
+        {"m": model_id},
+    ).rowcount
+
+
+def sync_labels(conn: Connection, model_id: str) -> int:
+    """Copy changed labels onto this model's vectors without re-embedding; how many moved."""
+    return conn.execute(
+        sa.text(
+            """
+            UPDATE ticket_embeddings e SET label = l.label, department = l.department,
+                   validated = l.validated
+            FROM ticket_labels l
+            WHERE e.ticket_id = l.ticket_id AND e.model_id = :m
+              AND (e.label, e.department, e.validated)
+                  IS DISTINCT FROM (l.label, l.department, l.validated)
+            """
+        ),
+        {"m": model_id},
+    ).rowcount
+
+
+def delete_created_before(conn: Connection, cutoff: datetime) -> int:
+    """Retention: every model's vectors of tickets created before ``cutoff``; how many."""
+    return conn.execute(
+        sa.text("DELETE FROM ticket_embeddings WHERE created_at < :cut"), {"cut": cutoff}
+    ).rowcount
+
+
 def relabel(conn: Connection, ticket_id: str, label: str, department: str) -> int:
     """A validated label moves into every model's index for that ticket."""
     return conn.execute(
@@ -118,8 +153,8 @@ def nearest(
     model = _model_literal(model_id)
     exclude = exclude_ids if exclude_ids is not None else [""] * len(queries)
     # The driver's own SQL (exec_driver_sql): SQLAlchemy's text() compilation and parameter
-    # processing cost 0.09 ms of CPU per lookup on top of psycopg's 0.25 (measured), on the
-    # cascade's thread, once per served batch.
+    # processing add CPU on the cascade's thread, once per served batch, for nothing this
+    # fixed query needs (docs/ARCHITECTURE.md).
     sql = (
         f"""
         SELECT q.i, n.ticket_id, n.label, n.sim

@@ -11,11 +11,12 @@ import redis
 import sqlalchemy as sa
 
 from cca.departments import load_department_map
+from cca.store.dedup_repo import namespace
 from cca.store.tickets_repo import upsert_tickets
 from cca.tickets import Ticket
 from pipelines import lifecycle
 from pipelines.connectors import ServiceNowConnector
-from pipelines.dedup import NearDuplicateIndex, _namespace
+from pipelines.dedup import NearDuplicateIndex
 from pipelines.ingest import ingest_from_connector
 from pipelines.validate import ValidationFailed
 from tests.conftest import FIXTURES
@@ -115,7 +116,7 @@ def test_prepare_redacts_links_near_duplicates_validates_and_indexes(settings, f
 def test_lost_redis_index_is_rebuilt_from_postgres(settings, fresh):
     prepared(settings, fresh)
     with fresh.begin() as conn:
-        index = NearDuplicateIndex(settings, _namespace(conn))
+        index = NearDuplicateIndex(settings, namespace(conn))
     r = redis.Redis.from_url(settings.redis_url)
     for key in r.scan_iter(match=f"{index.basename}*"):
         r.delete(key)
