@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from cca.errors import InputError
+from cca.tickets import Ticket
+from cli import evaluate_llm_cmd
 from cli.common import console, database, print_json, progress_bar, settings
 from cli.data import LabelCol, TextCol, do_import
 from cli.lifecycle_cmd import do_prepare
@@ -17,13 +19,13 @@ from pipelines.read_tickets import Columns, read_ticket_file
 if TYPE_CHECKING:
     from cca.store import Database
 
-# scikit-learn, onnxruntime and the models load inside the commands that need them, so
-# `cca --help` and `cca rules check` answer at once.
+# scikit-learn, onnxruntime, SQLAlchemy and the models load inside the commands that need
+# them (the deferred imports below), so `cca --help` and `cca rules check` answer at once.
 
 
 def do_train(db: Database, departments: Path | None = None) -> dict:
     """train → evaluate → register → gated promotion: the steps of the weekly_retrain DAG."""
-    from training.steps import retrain
+    from training.steps import retrain  # deferred: scikit-learn and SQLAlchemy
 
     s = settings()
     if departments is not None and departments != s.department_map:
@@ -47,6 +49,7 @@ def do_train(db: Database, departments: Path | None = None) -> dict:
 
 def do_evaluate(db: Database, path: Path, cols: Columns, json_out: Path | None,
                 predictions: Path | None) -> dict:
+    # deferred: the cascade loads scikit-learn and SQLAlchemy
     from cascade.cascade import Cascade
     from evaluation.cascade_eval import evaluate, write_predictions
 
@@ -88,10 +91,10 @@ def classify_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print full decisions as JSON.")] = False,
 ) -> None:
     """Classify and route tickets; each decision is stored and audited."""
+    # deferred: the cascade and the store load scikit-learn and SQLAlchemy
     from cascade.cascade import Cascade
     from cca.store.audit import append_decisions
     from cca.store.tickets_repo import upsert_tickets
-    from cca.tickets import Ticket
 
     s = settings()
     if (text is None) == (file is None):
@@ -145,8 +148,6 @@ def evaluate_cmd(
     if not label_col:
         raise InputError("--label-col is required for evaluation")
     if llm:
-        from cli import evaluate_llm_cmd
-
         with database() as db:
             report = evaluate_llm_cmd.run(
                 db, data, Columns(text=text_col, label=label_col), limit=limit,
@@ -165,7 +166,7 @@ def feedback_cmd(
     label: Annotated[str, typer.Argument(help="The validated label.")],
 ) -> None:
     """Record a validated label: stored, indexed, and counted in the cache's track record."""
-    from pipelines.feedback import apply_feedback
+    from pipelines.feedback import apply_feedback  # deferred: scikit-learn, SQLAlchemy
 
     s = settings()
     with database() as db:

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
 from cli.common import console, database, settings, stdout
+from training import tracking
+
+# training.registry loads scikit-learn (the bundle) and SQLAlchemy: imported inside the
+# commands, so `cca --help` answers at once.
 
 Reason = Annotated[str, typer.Option("--reason", help="Why (recorded in model_events).")]
 Actor = Annotated[str | None, typer.Option(help="Who (default: the login name).")]
@@ -19,7 +24,7 @@ def promote_cmd(
     actor: Actor = None,
 ) -> None:
     """Make a registered version champion and serve it (no gate: your reason is the record)."""
-    from training.registry import actor_name, promote
+    from training.registry import actor_name, promote  # deferred: see above
 
     s = settings()
     with database() as db:
@@ -33,7 +38,7 @@ def promote_cmd(
 
 def rollback_cmd(reason: Reason, actor: Actor = None) -> None:
     """Put the previous champion back (from the model_events history) and serve it."""
-    from training.registry import actor_name, rollback
+    from training.registry import actor_name, rollback  # deferred: see above
 
     s = settings()
     with database() as db:
@@ -46,7 +51,7 @@ def models_cmd(
     events: Annotated[int, typer.Option(help="How many recent events to show.")] = 10,
 ) -> None:
     """Registered versions with their aliases and holdout scores, and the latest events."""
-    from training import registry, tracking
+    from training import registry  # deferred: see above
 
     s = settings()
     with database() as db:
@@ -67,11 +72,9 @@ def models_cmd(
                       f"{mv.creation_timestamp and _when(mv.creation_timestamp)}")
     stdout.print(table)
     for e in recent:
-        stdout.print(f"{e['at']:%Y-%m-%d %H:%M} {e['action']:<12} v{e['version'] or '-':<4} "
-                     f"{e['actor']}: {e['reason']}", highlight=False)
+        stdout.print(f"{e.at:%Y-%m-%d %H:%M} {e.action:<12} v{e.version or '-':<4} "
+                     f"{e.actor}: {e.reason}", highlight=False)
 
 
 def _when(ms: int) -> str:
-    from datetime import UTC, datetime
-
     return f"{datetime.fromtimestamp(ms / 1000, UTC):%Y-%m-%d %H:%M}"

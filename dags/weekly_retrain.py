@@ -29,36 +29,40 @@ def weekly_retrain() -> None:
        `CCA_PROMOTION_MAX_CLASS_DROP` F1. A refusal is a result, not a failure; either way the
        decision goes to `model_events` and `cca://models/champion` is updated.
 
-    Task logic lives in `training/steps.py`.
+    Task logic lives in `training/steps.py` (`training/dag_steps.py` for the XComs).
     """
+
+    # Each task imports its step when it runs, not when the scheduler parses this file
+    # (deferred: the steps load scikit-learn, SciPy and SQLAlchemy). Results travel between
+    # tasks as JSON dicts (training/dag_steps.py).
 
     @task
     def train() -> dict:
         """Fit and calibrate a candidate cascade model."""
-        from training.steps import train_candidate
+        from training.dag_steps import train_task
 
-        return train_candidate()
+        return train_task()
 
     @task
     def evaluate(candidate: dict) -> dict:
         """Score the candidate (and the champion) on the holdout."""
-        from training.steps import evaluate_candidate
+        from training.dag_steps import evaluate_task
 
-        return evaluate_candidate(candidate)
+        return evaluate_task(candidate)
 
     @task
     def register(evaluation: dict) -> dict:
         """Register the candidate as a new model version, alias `@challenger`."""
-        from training.steps import register_candidate
+        from training.dag_steps import register_task
 
-        return register_candidate(evaluation)
+        return register_task(evaluation)
 
     @task(outlets=[CHAMPION_MODEL])
     def promote(registered: dict) -> dict:
         """Move `@champion` to the candidate if it passes the promotion gate."""
-        from training.steps import promote_if_better
+        from training.dag_steps import promote_task
 
-        return promote_if_better(registered)
+        return promote_task(registered)
 
     promote(register(evaluate(train())))
 

@@ -13,15 +13,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypedDict
+from typing import TYPE_CHECKING
+
+from training.results import Registration, Scores
 
 if TYPE_CHECKING:
     from cca.settings import Settings
-
-
-class Scores(TypedDict):
-    macro_f1: float
-    per_class_f1: dict[str, float]
 
 
 @dataclass(frozen=True)
@@ -94,30 +91,31 @@ def promotion_gate(candidate: Scores, champion: Scores | None, policy: GatePolic
     return GateResult(passed=not reasons, reasons=reasons, notes=notes)
 
 
-def gate_decision(evaluation: dict[str, Any], current: str | None,
+def gate_decision(registered: Registration, current: str | None,
                   policy: GatePolicy) -> GateResult:
-    """The gate on an evaluation (the XCom of ``steps.evaluate_candidate``).
+    """The gate on a registered candidate (the result of ``steps.register_candidate``).
 
     ``current`` is the champion's version now. Refused as well: a champion that changed since
     the evaluation, and one that could not be scored on this holdout (other embeddings).
     """
-    champ = evaluation.get("champion") or {}
-    scores = champ.get("scores")
-    result = promotion_gate(evaluation["candidate_scores"], scores, policy,
-                            champ.get("kept_in_fit", ()))
+    evaluation = registered.evaluation
+    champ = evaluation.champion
+    scores = champ.scores if champ else None
+    result = promotion_gate(evaluation.candidate_scores, scores, policy,
+                            champ.kept_in_fit if champ else ())
     if champ and scores is None:
         result.notes.remove("no champion to compare with")
         result.reasons.append(
-            f"champion v{champ['version']} was trained with embeddings "
-            f"{tuple(champ.get('embeddings') or ())}, not the configured "
-            f"{tuple(champ.get('configured') or ())}; cannot compare on the same holdout: "
-            f"promote by hand with `cca promote {evaluation.get('model_version', 'VERSION')}` "
-            "if intended")
-    kept = evaluation.get("kept_in_fit") or []
+            f"champion v{champ.version} was trained with embeddings "
+            f"{tuple(champ.embeddings)}, not the configured {tuple(champ.configured)}; "
+            f"cannot compare on the same holdout: promote by hand with "
+            f"`cca promote {registered.model_version}` if intended")
+    kept = evaluation.candidate.kept_in_fit
     if kept:
         result.notes.append(f"not scored, kept whole in the candidate's fit: {', '.join(kept)}")
-    if current != champ.get("version"):
+    evaluated = champ.version if champ else None
+    if current != evaluated:
         result.reasons.append(f"champion changed since evaluation "
-                              f"(v{champ.get('version')} -> v{current}): re-evaluate")
+                              f"(v{evaluated} -> v{current}): re-evaluate")
     result.passed = not result.reasons
     return result

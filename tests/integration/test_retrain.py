@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import socket
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -27,7 +28,8 @@ from pipelines.read_tickets import Columns, read_ticket_file
 from tests.conftest import FIXTURES
 from training import registry, steps
 from training.holdout import in_holdout
-from training.train_classifier import train_from_store
+from training.results import Candidate, Registration
+from training.train_classifier import TrainOptions, train_from_store
 
 COLS = Columns(text="message", label="intent", id="ticket_id", subject="subject",
                priority="priority")
@@ -119,6 +121,11 @@ def test_first_candidate_is_promoted_served_and_fully_logged(s, db, first):
     print(f"first retrain (incl. MLflow DB init) {first['_seconds']:.1f}s, "
           f"MLflow logging {first['mlflow_seconds']}s, pyfunc {first['pyfunc_log_seconds']}s")
     json.dumps({k: v for k, v in first.items() if k != "_seconds"})  # XCom-safe
+    # the flat dict reads back as the registration it came from (what the DAG passes on)
+    promotion_only = {"promoted", "reasons", "serving", "already_decided", "retrain_seconds",
+                      "_seconds"}
+    assert Registration.from_dict(first).to_dict() == {
+        k: v for k, v in first.items() if k not in promotion_only}
     assert first["promoted"] is True and first["reasons"] == []
     assert first["champion"] is None and first["model_version"] == "1"
     assert current_version(s.models_dir) == first["bundle_version"]
@@ -155,21 +162,21 @@ def test_holdout_is_stable_and_never_fitted(s, db, first):
     candidate = steps.train_candidate(s, db)
     # training a candidate leaves the serving cache's track record alone ...
     assert serving_seeds(db, model_id)["sentinel"] == (7, 3)
-    assert bundle_seeds(s, candidate["bundle_version"])[0] == model_id  # ... and saves its own
+    assert bundle_seeds(s, candidate.bundle_version)[0] == model_id  # ... and saves its own
     registry.apply_track_record_seeds(s, db, first["bundle_version"])  # the champion's again
     assert "sentinel" not in serving_seeds(db, model_id)
-    assert candidate["n_holdout"] == first["n_holdout"] > 0
-    assert candidate["holdout_ids"] == first["holdout_ids"]
-    assert candidate["n_fit"] + candidate["n_holdout"] == 48
+    assert candidate.n_holdout == first["n_holdout"] > 0
+    assert candidate.holdout_ids == first["holdout_ids"]
+    assert candidate.n_fit + candidate.n_holdout == 48
     # the same holdout, so the same candidate scores on it as the first model's
     evaluation = steps.evaluate_candidate(candidate, s, db)
-    assert evaluation["champion"]["version"] == "1"
-    assert evaluation["holdout_n"] == first["holdout_n"]
+    assert evaluation.champion is not None and evaluation.champion.version == "1"
+    assert evaluation.holdout_n == first["holdout_n"]
     assert current_version(s.models_dir) == first["bundle_version"]  # training alone serves nothing
     # what was fitted: no holdout ticket, and only ids outside the hash holdout (bar classes
     # kept whole in fit)
     _, report = train_from_store(s, db, get_embedder(s), {}, get_deep_embedder(s),
-                                 make_current=False)
+                                 options=TrainOptions(make_current=False))
     fitted = dict(zip(report.fit_ids, report.fit_labels, strict=True))
     assert set(report.holdout_ids) == set(first["holdout_ids"])
     assert not set(fitted) & set(report.holdout_ids)
@@ -180,17 +187,18 @@ def test_holdout_is_stable_and_never_fitted(s, db, first):
 
 def test_evaluation_scores_exactly_the_candidates_holdout(s, db, first):
     ids, labels = first["holdout_ids"][:5], first["holdout_labels"][:5]
-    evaluation = steps.evaluate_candidate({**first, "holdout_ids": ids,
-                                           "holdout_labels": labels}, s, db)
-    assert evaluation["holdout_n"] == 5 and evaluation["notes"] == []
-    assert set(evaluation["candidate_scores"]["per_class_f1"]) == set(labels)
-    assert (evaluation["champion"]["scores"]["per_class_f1"]
-            == evaluation["candidate_scores"]["per_class_f1"])  # v1 is this very bundle
+    candidate = Candidate.from_dict(first).with_holdout(ids, labels)
+    evaluation = steps.evaluate_candidate(candidate, s, db)
+    assert evaluation.holdout_n == 5 and evaluation.notes == []
+    assert set(evaluation.candidate_scores["per_class_f1"]) == set(labels)
+    assert evaluation.champion is not None and evaluation.champion.scores is not None
+    assert (evaluation.champion.scores["per_class_f1"]
+            == evaluation.candidate_scores["per_class_f1"])  # v1 is this very bundle
 
 
 def test_deciding_again_is_idempotent(s, db, first):
-    again = steps.promote_if_better(first, s, db)
-    assert again["already_decided"] and again["promoted"]
+    again = steps.promote_if_better(Registration.from_dict(first), s, db)
+    assert again.already_decided and again.promoted
     assert len(registry.events(db, s.registered_model, ("promote",))) == 1
 
 
@@ -205,8 +213,8 @@ def test_candidate_below_the_floor_is_refused_and_champion_keeps_serving(s, db, 
     challenger = client.get_model_version_by_alias(s.registered_model, "challenger")
     assert registry.number(challenger) == result["model_version"] != "1"
     refused = registry.events(db, s.registered_model, ("gate-refused",))
-    assert refused[-1]["version"] == result["model_version"]
-    assert "required" in refused[-1]["reason"]
+    assert refused[-1].version == result["model_version"]
+    assert "required" in refused[-1].reason
 
 
 def test_candidate_trained_on_shuffled_labels_is_refused(s, db, first):
@@ -240,7 +248,8 @@ def test_mlflow_unreachable_fails_in_one_line_and_changes_nothing(s, db, first):
     assert "\n" not in message and "is unreachable" in message
     assert message.endswith(f"champion v1 ({first['bundle_version']}) keeps serving")
     with pytest.raises(StateError, match="unreachable"):
-        steps.promote_if_better({**first, "model_version": "99"}, down, db)
+        steps.promote_if_better(replace(Registration.from_dict(first), model_version="99"),
+                                down, db)
     assert champion_of(s) == "1" and current_version(s.models_dir) == first["bundle_version"]
 
 
@@ -270,20 +279,21 @@ def test_an_interrupted_promotion_is_completed_not_refused(s, db, first):
     """The alias moved but CURRENT, the seeds and the event did not: a retry finishes it."""
     registered = steps.register_candidate(
         steps.evaluate_candidate(steps.train_candidate(s, db), s, db), s, db)
-    version = registered["model_version"]
-    model_id, seeds = bundle_seeds(s, registered["bundle_version"])
+    version = registered.model_version
+    bundle_version = registered.evaluation.candidate.bundle_version
+    model_id, seeds = bundle_seeds(s, bundle_version)
     plant_sentinel_seed(db, model_id)
     client = MlflowClient(s.tracking_uri, s.tracking_uri)
     client.set_registered_model_alias(s.registered_model, "champion", version)  # then a crash
     result = steps.promote_if_better(registered, s, db)
-    assert result["promoted"] is True and result["reasons"] == [], result
+    assert result.promoted is True and result.reasons == [], result
     assert champion_of(s) == version
-    assert current_version(s.models_dir) == registered["bundle_version"]
+    assert current_version(s.models_dir) == bundle_version
     assert serving_seeds(db, model_id) == {k: v for k, v in seeds.items() if v != (0, 0)}
     assert not registry.events(db, s.registered_model, ("gate-refused",), version)
     event = registry.events(db, s.registered_model, ("promote",), version)[-1]
-    assert event["actor"] == steps.GATE_ACTOR and event["details"]["from"] == "1"
-    assert registry.champion_history(db, s.registered_model)[-1]["version"] == version
+    assert event.actor == steps.GATE_ACTOR and event.details["from"] == "1"
+    assert registry.champion_history(db, s.registered_model)[-1].version == version
     again = steps.promote_if_better(registered, s, db)
-    assert again["promoted"] and again["already_decided"]
+    assert again.promoted and again.already_decided
     assert len(registry.events(db, s.registered_model, ("promote",), version)) == 1

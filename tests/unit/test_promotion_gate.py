@@ -2,8 +2,18 @@
 
 from __future__ import annotations
 
+import json
+
 from training.gate import GatePolicy, gate_decision, promotion_gate
 from training.holdout import holdout_f1, in_holdout, split_by_id
+from training.results import (
+    Candidate,
+    ChampionScores,
+    Evaluation,
+    LoggedRun,
+    Promotion,
+    Registration,
+)
 
 POLICY = GatePolicy(min_macro_f1=0.88, max_class_drop=0.05, tolerance=0.0)
 
@@ -86,15 +96,31 @@ def test_classes_the_champion_kept_whole_in_fit_are_not_compared():
     assert "(on the 2 classes compared)" in worse.reasons[0]
 
 
-def evaluation(champion: dict | None, **extra: object) -> dict:
-    return {"candidate_scores": scores(0.95, a=0.95), "champion": champion,
-            "model_version": "3", **extra}
+def registered(champion: ChampionScores | None, kept_in_fit: list[str] | None = None
+               ) -> Registration:
+    """Version 3, registered after training and evaluation (what the gate reads)."""
+    run = LoggedRun(run_id="r1", model_uri="models:/m-1", model_id="m-1", mlflow_seconds=1.0,
+                    pyfunc_log_seconds=0.5)
+    candidate = Candidate(
+        bundle_version="clf-1", since="2026-01-01T00:00:00+00:00",
+        metrics={"holdout_accuracy": 0.95}, n_fit=40, n_holdout=8, labels=2,
+        kept_in_fit=kept_in_fit or [], fit_seconds=0.1, holdout_ids=["t1", "t2"],
+        holdout_labels=["a", "a"], run=run)
+    evaluation = Evaluation(candidate=candidate, holdout_n=2, notes=[],
+                            candidate_scores=scores(0.95, a=0.95), champion=champion)
+    return Registration(evaluation=evaluation, model_version="3")
+
+
+def champion_v2(champion_scores: dict | None, embeddings: tuple[str, str] = ("s", "d"),
+                configured: tuple[str, str] = ("s", "d")) -> ChampionScores:
+    return ChampionScores(version="2", bundle_version="clf-0", scores=champion_scores,
+                          kept_in_fit=[], embeddings=list(embeddings),
+                          configured=list(configured))
 
 
 def test_a_champion_that_could_not_be_scored_refuses_promotion():
-    champion = {"version": "2", "scores": None, "embeddings": ["static-a", "deep-a"],
-                "configured": ["static-b", "deep-b"]}
-    result = gate_decision(evaluation(champion), "2", POLICY)
+    champion = champion_v2(None, ("static-a", "deep-a"), ("static-b", "deep-b"))
+    result = gate_decision(registered(champion), "2", POLICY)
     assert not result.passed and "no champion to compare with" not in result.notes
     assert result.reasons == [
         "champion v2 was trained with embeddings ('static-a', 'deep-a'), not the configured "
@@ -103,14 +129,31 @@ def test_a_champion_that_could_not_be_scored_refuses_promotion():
 
 
 def test_gate_decision_checks_the_champion_and_reports_kept_classes():
-    first = gate_decision(evaluation(None, kept_in_fit=["tiny"]), None, POLICY)
+    first = gate_decision(registered(None, kept_in_fit=["tiny"]), None, POLICY)
     assert first.passed
     assert first.notes[-1] == "not scored, kept whole in the candidate's fit: tiny"
-    champion = {"version": "2", "scores": scores(0.90, a=0.90), "kept_in_fit": []}
-    assert gate_decision(evaluation(champion), "2", POLICY).passed
-    moved = gate_decision(evaluation(champion), "4", POLICY)
+    champion = champion_v2(scores(0.90, a=0.90))
+    assert gate_decision(registered(champion), "2", POLICY).passed
+    moved = gate_decision(registered(champion), "4", POLICY)
     assert not moved.passed and moved.reasons == [
         "champion changed since evaluation (v2 -> v4): re-evaluate"]
+
+
+def test_step_results_travel_as_json_and_read_back_unchanged():
+    for champion in (None, champion_v2(scores(0.90, a=0.90))):
+        registration = registered(champion, kept_in_fit=["tiny"])
+        flat = json.loads(json.dumps(registration.to_dict()))  # an Airflow XCom
+        assert Registration.from_dict(flat) == registration
+        evaluation = registration.evaluation
+        assert Evaluation.from_dict(json.loads(json.dumps(evaluation.to_dict()))) == evaluation
+        assert Candidate.from_dict(flat) == evaluation.candidate
+    # each step's dict keeps every key of the step before it, and adds its own
+    promotion = Promotion(registration, promoted=False, reasons=["r"], notes=["n"],
+                          serving="champion v2 keeps serving")
+    keys = list(promotion.to_dict())
+    assert keys[:len(registration.to_dict())] == list(registration.to_dict())
+    assert keys[-4:] == ["promoted", "reasons", "serving", "already_decided"]
+    assert {"run_id", "model_uri", "bundle_version", "holdout_ids", "model_version"} <= set(keys)
 
 
 def test_identical_texts_land_on_the_same_side():

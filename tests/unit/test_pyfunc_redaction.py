@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from redaction import Sanitizer
-from training.pyfunc_cascade import predict_frame
+from training.pyfunc_cascade import Stages, predict_frame
 
 EMAIL = "alice.smith@example.com"
 
@@ -44,7 +44,9 @@ def test_pii_is_redacted_after_rules_and_before_embedding_and_classifying():
         classifier_threshold=0.5, departments={"a": "A"}))
     frame = pd.DataFrame({"subject": [f"From {EMAIL}"],
                           "body": [f"Please write to {EMAIL} about my refund"]})
-    out = predict_frame(bundle, rec, Sanitizer(b"k" * 32, ner=False), rec, rec, 0.9, frame)
+    stages = Stages(bundle=bundle, rules=rec, sanitizer=Sanitizer(b"k" * 32, ner=False),
+                    embedder=rec, deep_embedder=rec, rules_min_confidence=0.9)
+    out = predict_frame(stages, frame)
     assert list(out["label"]) == ["a"] and list(out["department"]) == ["A"]
     assert EMAIL in rec.rules_saw[0]
     seen = rec.embedded + rec.classified
