@@ -42,7 +42,7 @@ def test_shadow_mode_logs_the_challenger_and_reports(service_home):
     db = open_database(s)
     try:
         registered = register_candidate(evaluate_candidate(train_candidate(s, db), s, db), s, db)
-        assert registered.get("model_version")
+        assert registered.model_version
         with service(service_home, CCA_SERVE_SHADOW="true") as c:
             status = c.get("/status", headers=token(service_home, "admin")).json()
             assert status["challenger"]["alias"] == "challenger", status
