@@ -2,7 +2,7 @@
 and that version's bundle on local disk.
 
 Serving and training both read the registry; only ``training.registry`` moves aliases. mlflow
-takes ~4 s to import, so it is imported inside the functions that talk to it.
+is a heavy import, so it is imported inside the functions that talk to it.
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
+
+import httpx
 
 from cca.errors import StateError
 from cca.settings import Settings
@@ -46,8 +48,6 @@ def check_reachable(settings: Settings, serving: str) -> None:
     uri = settings.tracking_uri
     try:
         if uri.startswith(("http://", "https://")):
-            import httpx
-
             httpx.get(uri.rstrip("/") + "/health", timeout=5.0).raise_for_status()
         elif uri.startswith("sqlite:///"):
             Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
@@ -57,8 +57,8 @@ def check_reachable(settings: Settings, serving: str) -> None:
 
 
 def client(settings: Settings) -> Any:
-    """An ``MlflowClient`` for this home (mlflow takes ~4 s to import: only when needed)."""
-    from mlflow import MlflowClient
+    """An ``MlflowClient`` for this home."""
+    from mlflow import MlflowClient  # deferred: mlflow is a heavy import, only when needed
 
     return MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
 
@@ -93,7 +93,7 @@ def ensure_local_bundle(settings: Settings, mv: Any) -> str:
     target = settings.models_dir / bundle_version
     if (target / "bundle.json").exists() and (target / "classifier.joblib").exists():
         return bundle_version
-    import mlflow.artifacts
+    import mlflow.artifacts  # deferred: mlflow is a heavy import
 
     with tempfile.TemporaryDirectory(dir=settings.home) as tmp:
         local = Path(mlflow.artifacts.download_artifacts(

@@ -89,6 +89,6 @@ def quarantine_cmd(
         for col in ("id", "when", "stage", "source", "location", "reason"):
             table.add_column(col)
         for r in rows:
-            table.add_row(str(r["id"]), f"{r['quarantined_at']:%Y-%m-%d %H:%M}", r["stage"],
-                          r["source"], r["location"], r["reason"])
+            table.add_row(str(r.id), f"{r.quarantined_at:%Y-%m-%d %H:%M}", r.stage, r.source,
+                          r.location, r.reason)
         stdout.print(table)

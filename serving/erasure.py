@@ -12,11 +12,9 @@ import hmac
 import logging
 from typing import Protocol
 
-import sqlalchemy as sa
-
 from cca.errors import StateError
 from cca.settings import Settings
-from cca.store import Database
+from cca.store import Database, StoreUnavailable
 from cca.store.served import customer_refs, erase_customer
 from cca.store.vector_feed import VectorFeed
 from pipelines.dedup import forget_near_duplicates
@@ -57,7 +55,7 @@ def erase_customer_everywhere(engine: Engine, customer_ref: str, actor: str) -> 
     engine.wait_for_other_workers()
     try:
         return _erase(engine, core, actor)
-    except sa.exc.OperationalError as exc:
+    except StoreUnavailable as exc:
         raise StateError("PostgreSQL is unreachable: erasure not done, try again later"
                          ) from exc
 

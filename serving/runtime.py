@@ -10,13 +10,11 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-import sqlalchemy as sa
-
 from cascade.cascade import Cascade
 from cca.bundle import load_bundle
 from cca.errors import StateError, UnknownTicket
 from cca.settings import Settings
-from cca.store import Database, open_database
+from cca.store import Database, StoreUnavailable, open_database
 from cca.store.served import explanations as stored_explanations
 from cca.store.vector_feed import VectorFeed
 from cca.tickets import Ticket
@@ -135,7 +133,7 @@ class Runtime:
             feed = self.engine.vector_feed
             if feed is None or not feed.catch_up():
                 self.cascade.refresh_track_records()
-        except sa.exc.OperationalError as exc:
+        except StoreUnavailable as exc:
             raise StateError("PostgreSQL is unreachable: feedback not stored, try again "
                              "later") from exc
         return message
@@ -145,7 +143,7 @@ class Runtime:
         try:
             with self.db.begin() as conn:
                 rows = stored_explanations(conn, ticket_id)
-        except sa.exc.OperationalError:
+        except StoreUnavailable:
             rows = []
         recent = self.explainer.recent(ticket_id)
         if recent is not None and not any(r["explanation"] == recent["explanation"]

@@ -64,15 +64,27 @@ def open_counts(conn: Connection) -> dict[str, int]:
     return {stage: int(n) for stage, n in rows}
 
 
-def recent(conn: Connection, limit: int = 20, stage: str | None = None) -> list[dict[str, Any]]:
+@dataclass(frozen=True)
+class QuarantinedRow:
+    """An open quarantine row as ``cca quarantine`` lists it (never its payload)."""
+
+    id: int
+    quarantined_at: datetime
+    stage: str
+    source: str
+    location: str
+    reason: str
+
+
+def recent(conn: Connection, limit: int = 20, stage: str | None = None) -> list[QuarantinedRow]:
     """The newest unreleased rows, without payloads (they may hold raw text)."""
     rows = conn.execute(
         sa.text("SELECT id, quarantined_at, stage, source, location, reason FROM quarantine "
                 "WHERE released_at IS NULL AND (CAST(:stage AS text) IS NULL OR stage = :stage) "
                 "ORDER BY id DESC LIMIT :limit"),
         {"stage": stage, "limit": limit},
-    ).mappings().all()
-    return [dict(r) for r in rows]
+    ).all()
+    return [QuarantinedRow(*r) for r in rows]
 
 
 def release(conn: Connection, stage: str, locations: list[str]) -> None:

