@@ -26,8 +26,10 @@ class Settings(BaseSettings):
     database_name: str = "cca"
 
     # Data
-    # Relative to the working directory: a checkout's ../shared beside it.
-    banking77_dir: Path = Path("../shared/datasets/banking77")
+    # In a checkout, ../shared beside it (an installed package finds nothing there and
+    # downloads instead).
+    banking77_dir: Path = Field(default_factory=lambda: data_path("cca").parent.parent
+                                / "shared" / "datasets" / "banking77")
     banking77_url: str = (
         "https://raw.githubusercontent.com/PolyAI-LDN/task-specific-datasets/master/banking_data"
     )

@@ -50,13 +50,14 @@ def serve_cmd(
         console.print(message)
     bind = f"{env.get('CCA_SERVE_HOST', s.serve_host)}:{env.get('CCA_SERVE_PORT', s.serve_port)}"
     console.print(f"serving on http://{bind} (OpenAPI: /api-docs); Ctrl+C stops")
+    app_dir = data_path("serving").parent
     child = subprocess.Popen(
         [sys.executable, "-m", "bentoml", "serve", "serving.service:CallCentreAgent",
          # Where the packages are installed: the checkout, or site-packages for a wheel.
-         "--working-dir", str(data_path("serving").parent),
+         "--working-dir", str(app_dir),
          "--port", env.get("CCA_SERVE_PORT", str(s.serve_port)),
          "--host", env.get("CCA_SERVE_HOST", s.serve_host)],
-        env=env)
+        cwd=app_dir, env=env)
     signal.signal(signal.SIGTERM, lambda *_: child.terminate())
     try:
         code = child.wait()

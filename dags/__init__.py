@@ -1,1 +1,1 @@
-"""Airflow DAG files: they declare tasks only; nothing imports this package."""
+"""Workflow files for the scheduler: they declare tasks only; nothing imports this package."""

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 from cca.store import Database
-from cca.store.lifecycle_repo import Redacted, save_redacted, to_sanitize
+from cca.store.lifecycle_repo import RedactedText, save_redacted, to_sanitize
 from cca.tickets import ticket_text
 from pipelines.progress import Progress
 from redaction import Sanitizer
@@ -56,7 +56,7 @@ def sanitize_pending(
             counts = Counter(subj.counts) + Counter(body.counts)
             found.update(counts)
             report.with_pii += int(bool(counts))
-            updates.append(Redacted(id=row.id, subject=subj.text, body=body.text,
+            updates.append(RedactedText(id=row.id, subject=subj.text, body=body.text,
                                     clean_hash=clean_hash(subj.text, body.text),
                                     sanitized_for=row.content_hash, pii_found=dict(counts)))
         with db.begin() as conn:

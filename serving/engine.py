@@ -20,12 +20,10 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
-import sqlalchemy as sa
-
 from cascade.cascade import Cascade, Work
 from cca.keys import load_or_create_key
 from cca.settings import Settings
-from cca.store import Database
+from cca.store import Database, RecordRefused
 from cca.store.quarantine import QuarantineItem, quarantine
 from cca.store.served import record_served, served_decisions
 from cca.store.vector_feed import VectorFeed
@@ -250,7 +248,7 @@ class Engine:
         try:
             with self.db.begin() as conn:
                 record_served(conn, records)
-        except (sa.exc.DataError, sa.exc.IntegrityError):
+        except RecordRefused:
             # The database refused the data, not the connection: retrying the batch forever
             # would stop the audit. Store record by record; what is refused is quarantined.
             self._deliver_one_by_one(records)
@@ -265,7 +263,7 @@ class Engine:
             try:
                 with self.db.begin() as conn:
                     record_served(conn, [record])
-            except (sa.exc.DataError, sa.exc.IntegrityError) as exc:
+            except RecordRefused as exc:
                 reason = str(exc.orig or exc).strip().splitlines()[0][:300]
                 tid = record.get("ticket", {}).get("id") or record.get("ticket_id", "?")
                 with self.db.begin() as conn:

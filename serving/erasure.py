@@ -17,7 +17,6 @@ from cca.settings import Settings
 from cca.store import Database, StoreUnavailable
 from cca.store.served import customer_refs, erase_customer
 from cca.store.vector_feed import VectorFeed
-from pipelines.dedup import forget_near_duplicates
 from redaction.sanitizer import canonical_customer
 from serving.audit_spool import AuditSpool
 from serving.idempotency import IdempotencyStore
@@ -85,6 +84,9 @@ def _forget_signatures(engine: Engine, ticket_ids: list[str]) -> int:
     """Drop the erased tickets from the Redis near-duplicate index (it is rebuilt from
     PostgreSQL, where their signatures are already gone, when it is found out of sync)."""
     try:
+        # deferred: datasketch comes with the lifecycle extra; without it the index is skipped
+        from pipelines.dedup import forget_near_duplicates
+
         return forget_near_duplicates(engine.db, engine.settings, ticket_ids)
     except Exception as exc:  # Redis down: the next prepare run finds the index out of sync
         log.warning("near-duplicate index not updated (%s)", type(exc).__name__)

@@ -27,7 +27,7 @@ from cca.store.tickets_repo import labelled_tickets
 from cca.store.vectors import nearest, stored_vectors
 from cca.tickets import Neighbour, Ticket
 
-Progress = Callable[[str], None]
+TrainProgress = Callable[[str], None]
 _LOO_BATCH = 512  # tickets per nearest-neighbour query
 
 
@@ -77,7 +77,7 @@ def take(seq: Sequence[str], idx: np.ndarray) -> list[str]:
 
 
 def load_labelled_set(db: Database, embedders: tuple[Embedder, Embedder | None],
-                      since: datetime | None, say: Progress) -> LabelledSet:
+                      since: datetime | None, say: TrainProgress) -> LabelledSet:
     """Validated labels given since ``since`` (all if None); at least two classes."""
     with db.begin() as conn:
         rows = labelled_tickets(conn, since=since)

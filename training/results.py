@@ -137,6 +137,12 @@ class Promotion:
     already_decided: bool = False  # decided (or promoted by hand) before this call
 
     def to_dict(self) -> dict[str, Any]:
-        return {**self.registration.to_dict(), "promoted": self.promoted,
-                "reasons": self.reasons, "notes": self.notes, "serving": self.serving,
-                "already_decided": self.already_decided}
+        """The keys each path has always had: ``already_decided`` only when true, and then no
+        ``serving`` (nothing was decided now)."""
+        out = {**self.registration.to_dict(), "promoted": self.promoted,
+               "reasons": self.reasons, "notes": self.notes}
+        if self.already_decided:
+            out["already_decided"] = True
+        else:
+            out["serving"] = self.serving
+        return out

@@ -33,7 +33,7 @@ from training.holdout_cascade import EarlierStages, HoldoutCascade, score_holdou
 from training.labelled_set import (
     CacheTrackRecord,
     LabelledSet,
-    Progress,
+    TrainProgress,
     cache_track_record,
     load_labelled_set,
     take,
@@ -49,7 +49,7 @@ class TrainOptions:
     """How to train, beyond the data, the embedding models and the department map."""
 
     params: ClassifierParams = field(default_factory=ClassifierParams)
-    progress: Progress | None = None
+    progress: TrainProgress | None = None
     since: datetime | None = None  # labels given since then; None: all of them
     # False saves the bundle (with its track-record seeds) without pointing CURRENT at it or
     # touching the serving cache: a candidate serves only once the promotion gate lets it.

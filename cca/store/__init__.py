@@ -2,10 +2,12 @@
 
 from cca.store.database import (
     Database,
+    RecordRefused,
     StoreUnavailable,
     exclusive,
     open_database,
     use_database,
 )
 
-__all__ = ["Database", "StoreUnavailable", "exclusive", "open_database", "use_database"]
+__all__ = ["Database", "RecordRefused", "StoreUnavailable", "exclusive", "open_database",
+           "use_database"]

@@ -30,6 +30,9 @@ T = TypeVar("T")
 # the store (the vector cache, the LLM's few-shot examples) catch this name, so they need not
 # know the store is built on SQLAlchemy.
 StoreUnavailable = sa.exc.OperationalError
+# What PostgreSQL raises for a record it refuses (a value it cannot store, a broken
+# constraint): the service quarantines that record instead of retrying it forever.
+RecordRefused = (sa.exc.DataError, sa.exc.IntegrityError)
 
 
 @dataclass

@@ -29,7 +29,7 @@ class RawText:
 
 
 @dataclass(frozen=True)
-class Redacted:
+class RedactedText:
     id: str
     subject: str
     body: str
@@ -54,7 +54,7 @@ def to_sanitize(conn: Connection, ids: list[str] | None = None) -> list[RawText]
     return [RawText(**row) for row in conn.execute(_TO_SANITIZE, {"ids": ids}).mappings()]
 
 
-def save_redacted(conn: Connection, redacted: list[Redacted]) -> None:
+def save_redacted(conn: Connection, redacted: list[RedactedText]) -> None:
     conn.execute(
         sa.text("UPDATE tickets SET clean_subject = :s, clean_body = :b, clean_hash = :h,"
                 " sanitized_for = :for, pii_found = CAST(:pii AS jsonb) WHERE id = :id"),

@@ -66,8 +66,10 @@ class Installed:
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Built as `pip install .` builds from a published sdist: the sdist first, then the wheel
+    from it (the source tree's links are not in an sdist)."""
     out = tmp_path_factory.mktemp("dist")
-    _run([_uv(), "build", "--wheel", "--out-dir", str(out)], ROOT)
+    _run([_uv(), "build", "--out-dir", str(out)], ROOT)
     (built,) = out.glob("*.whl")
     return built
 
