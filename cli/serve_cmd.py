@@ -12,6 +12,7 @@ import typer
 
 from cca.errors import StateError
 from cca.package_data import data_path
+from cca.settings import Settings
 from cli.common import console, database, print_json, settings
 
 shadow_app = typer.Typer(help="Shadow mode: the @challenger beside the champion.",
@@ -34,14 +35,9 @@ def serve_cmd(
     if current_version(s.models_dir) is None and not list(s.models_dir.glob("LAST_GOOD_*")):
         raise StateError(f"nothing to serve under {s.models_dir}: run `cca run` (Banking77) or "
                          "`cca import` + `cca prepare` + `cca train` first")
-    env = {**os.environ, "BENTOML_HOME": str(s.bentoml_home), "BENTOML_DO_NOT_TRACK": "True",
-           "CCA_HOME": str(s.home)}
-    for key, value in (("CCA_SERVE_PORT", port), ("CCA_SERVE_HOST", host),
-                       ("CCA_SERVE_WORKERS", workers), ("CCA_SERVE_SHADOW", shadow)):
-        if value is not None:
-            env[key] = str(value).lower() if isinstance(value, bool) else str(value)
     if port is not None and not 1 <= port <= 65535:
         raise typer.BadParameter(f"port {port} is not in 1..65535", param_hint="--port")
+    env = _service_env(s, port=port, host=host, workers=workers, shadow=shadow)
     started_db = False
     if not s.database_url:
         # One server for every worker process, up before they start.
@@ -69,6 +65,17 @@ def serve_cmd(
             console.print(stop_embedded(s))
     if code not in (0, -signal.SIGINT, -signal.SIGTERM):
         raise typer.Exit(code if code > 0 else 1)
+
+
+def _service_env(s: Settings, **options: int | str | bool | None) -> dict[str, str]:
+    """The service's environment: this home, and the command's options as CCA_SERVE_*."""
+    env = {**os.environ, "BENTOML_HOME": str(s.bentoml_home), "BENTOML_DO_NOT_TRACK": "True",
+           "CCA_HOME": str(s.home)}
+    for name, value in options.items():
+        if value is not None:
+            env[f"CCA_SERVE_{name.upper()}"] = (str(value).lower() if isinstance(value, bool)
+                                                 else str(value))
+    return env
 
 
 @shadow_app.command("report")
