@@ -147,13 +147,20 @@ def test_step_results_travel_as_json_and_read_back_unchanged():
         evaluation = registration.evaluation
         assert Evaluation.from_dict(json.loads(json.dumps(evaluation.to_dict()))) == evaluation
         assert Candidate.from_dict(flat) == evaluation.candidate
-    # each step's dict keeps every key of the step before it, and adds its own
+    # each step's dict keeps every key of the step before it, and adds its own: a decision
+    # made now says what keeps serving, one made earlier says so instead (as before #19)
     promotion = Promotion(registration, promoted=False, reasons=["r"], notes=["n"],
                           serving="champion v2 keeps serving")
-    keys = list(promotion.to_dict())
+    flat = promotion.to_dict()
+    keys = list(flat)
     assert keys[:len(registration.to_dict())] == list(registration.to_dict())
-    assert keys[-4:] == ["promoted", "reasons", "serving", "already_decided"]
+    assert keys[-3:] == ["promoted", "reasons", "serving"] and flat["notes"] == ["n"]
+    assert "already_decided" not in flat
     assert {"run_id", "model_uri", "bundle_version", "holdout_ids", "model_version"} <= set(keys)
+    earlier = Promotion(registration, promoted=True, reasons=[], notes=["n"],
+                        already_decided=True).to_dict()
+    assert list(earlier)[-3:] == ["promoted", "reasons", "already_decided"]
+    assert earlier["already_decided"] is True and "serving" not in earlier
 
 
 def test_identical_texts_land_on_the_same_side():
