@@ -16,6 +16,11 @@ from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, TypedDict
 
 
+def _own_fields(cls: type, data: dict[str, Any], skip: str = "") -> dict[str, Any]:
+    """The dataclass's own fields read from a flat dict (``skip``: a nested result)."""
+    return {f.name: data[f.name] for f in fields(cls) if f.name != skip}
+
+
 class Scores(TypedDict):
     macro_f1: float
     per_class_f1: dict[str, float]
@@ -33,7 +38,7 @@ class LoggedRun:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LoggedRun:
-        return cls(**{f.name: data[f.name] for f in fields(cls)})
+        return cls(**_own_fields(cls, data))
 
 
 @dataclass(frozen=True)
@@ -59,8 +64,7 @@ class Candidate:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Candidate:
-        own = {f.name: data[f.name] for f in fields(cls) if f.name != "run"}
-        return cls(**own, run=LoggedRun.from_dict(data))
+        return cls(**_own_fields(cls, data, skip="run"), run=LoggedRun.from_dict(data))
 
     def with_holdout(self, ids: list[str], labels: list[str]) -> Candidate:
         """The same candidate to be scored on part of its holdout."""
@@ -80,7 +84,7 @@ class ChampionScores:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ChampionScores:
-        return cls(**{f.name: data[f.name] for f in fields(cls)})
+        return cls(**_own_fields(cls, data))
 
 
 @dataclass(frozen=True)
