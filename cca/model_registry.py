@@ -13,8 +13,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from cca.errors import StateError
 from cca.settings import Settings
 
@@ -49,6 +47,8 @@ def check_reachable(settings: Settings, serving: str) -> None:
     uri = settings.tracking_uri
     try:
         if uri.startswith(("http://", "https://")):
+            import httpx  # deferred: every `cca` command loads this module; few talk to MLflow
+
             httpx.get(uri.rstrip("/") + "/health", timeout=5.0).raise_for_status()
         elif uri.startswith("sqlite:///"):
             Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)

@@ -20,7 +20,6 @@ from cli.common import console, database, settings, stdout
 from cli.data import do_import
 from cli.lifecycle_cmd import do_prepare
 from cli.model import do_evaluate, do_train
-from pipelines.banking77 import banking77_file
 from pipelines.read_tickets import Columns
 
 BANKING77_DEPARTMENTS = data_path("rules", "departments", "banking77.yaml")
@@ -31,6 +30,8 @@ def run_cmd(
     predictions: Annotated[Path | None, typer.Option(help="Per-ticket JSONL path.")] = None,
 ) -> None:
     """Import Banking77 train, prepare, retrain with MLflow, evaluate on test, print the report."""
+    from pipelines.banking77 import banking77_file  # deferred: httpx and tenacity
+
     s = settings()
     t0 = time.perf_counter()
     cols = Columns(text="text", label="category")

@@ -8,8 +8,6 @@ from typing import Annotated
 import typer
 
 from cli.common import console, progress_bar, settings
-from pipelines.sanitize_file import sanitize_file
-from redaction import Sanitizer
 
 
 def sanitize_cmd(
@@ -17,6 +15,10 @@ def sanitize_cmd(
     out_path: Annotated[Path, typer.Argument(help="Where to write the redacted JSONL.")],
 ) -> None:
     """Replace PII in subject and body with typed placeholders; other fields are kept."""
+    # deferred: the detectors compile their patterns and may load spaCy
+    from pipelines.sanitize_file import sanitize_file
+    from redaction import Sanitizer
+
     sanitizer = Sanitizer.from_settings(settings())
     with progress_bar(f"sanitizing {in_path.name}") as advance:
         report = sanitize_file(in_path, out_path, sanitizer, progress=advance)

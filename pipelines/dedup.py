@@ -95,6 +95,13 @@ class NearDuplicateIndex:
                             "redis": config},
         )
 
+    def forget(self, ticket_ids: list[str]) -> int:
+        """Take these tickets out of the index; how many it held."""
+        held = [tid for tid in ticket_ids if tid in self.lsh]
+        for tid in held:
+            self.lsh.remove(tid)
+        return len(held)
+
     def size(self) -> int:
         return self.lsh.keys.size()
 
@@ -116,12 +123,7 @@ def forget_near_duplicates(db: Database, settings: Settings, ticket_ids: list[st
         return 0
     with db.begin() as conn:
         index = NearDuplicateIndex(settings, dedup_repo.namespace(conn))
-    removed = 0
-    for tid in ticket_ids:
-        if tid in index.lsh:
-            index.lsh.remove(tid)
-            removed += 1
-    return removed
+    return index.forget(ticket_ids)
 
 
 def dedup_pending(db: Database, settings: Settings, batch_size: int = 2000,
@@ -172,9 +174,7 @@ def _dedup_chunk(db: Database, index: NearDuplicateIndex, chunk: list[PendingTic
     sigs = [signature(f"{r.clean_subject or ''}\n{r.clean_body or ''}", index.num_perm,
                       index.k) for r in chunk]
     changed = [row.id for row in chunk if row.had_signature]
-    for tid in changed:
-        if tid in index.lsh:
-            index.lsh.remove(tid)  # its text changed: check it afresh
+    index.forget(changed)  # their text changed: check them afresh
     history = _history_candidates(index, sigs)
     with db.begin() as conn:
         wanted = sorted(set().union(*history) - set(ids)) if history else []

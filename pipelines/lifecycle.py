@@ -2,7 +2,9 @@
 
 Each function opens what it needs from the settings, does one step, logs one line and
 returns a small JSON-serialisable summary (an Airflow task passes it on as XCom). Nothing
-here imports Airflow, so every step runs and is tested on its own.
+here imports Airflow, so every step runs and is tested on its own. Each function imports its
+step's module itself: an Airflow task is a process of its own, and the hourly ingest should not
+load the embedders, datasketch and pandas that other steps need.
 """
 
 from __future__ import annotations
@@ -14,14 +16,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from cca.departments import load_department_map
-from cca.embeddings import get_deep_embedder, get_embedder
 from cca.errors import CCAError, StateError
 from cca.settings import Settings
 from cca.store import Database, exclusive, use_database
-from pipelines import dedup, index_tickets, ingest, retention, sanitize_tickets, validate_tickets
-from pipelines.connectors import connectors_from_settings
 from pipelines.progress import Progress
-from redaction import Sanitizer
 
 log = logging.getLogger("cca.lifecycle")
 Bar = Callable[[str], AbstractContextManager[Progress]]
@@ -41,6 +39,9 @@ def _quiet_bar(description: str) -> Iterator[Any]:
 
 
 def ingest_inbox(settings: Settings | None = None, db: Database | None = None) -> dict:
+    # deferred: only this step's dependencies (see the module docstring)
+    from pipelines import ingest
+
     with use_database(settings, db) as (s, conn), exclusive(conn, "ingest-inbox"):
         report = ingest.ingest_inbox(conn, s, load_department_map(s.department_map)).as_dict()
     log.info("ingest inbox: %s files, %s new tickets, %s quarantined", report["files"],
@@ -49,6 +50,10 @@ def ingest_inbox(settings: Settings | None = None, db: Database | None = None) -
 
 
 def ingest_connectors(settings: Settings | None = None, db: Database | None = None) -> dict:
+    # deferred: only this step's dependencies (see the module docstring)
+    from pipelines import ingest
+    from pipelines.connectors import connectors_from_settings
+
     results, failed = [], []
     with use_database(settings, db) as (s, conn), exclusive(conn, "ingest-connectors"):
         departments = load_department_map(s.department_map)
@@ -67,6 +72,10 @@ def ingest_connectors(settings: Settings | None = None, db: Database | None = No
 
 def sanitize_pending(settings: Settings | None = None, db: Database | None = None,
                      bar: Bar = _quiet_bar) -> dict:
+    # deferred: only this step's dependencies (see the module docstring)
+    from pipelines import sanitize_tickets
+    from redaction import Sanitizer
+
     with (use_database(settings, db) as (s, conn), exclusive(conn, "sanitize"),
           bar("redacting PII") as advance):
         report = sanitize_tickets.sanitize_pending(
@@ -79,6 +88,9 @@ def sanitize_pending(settings: Settings | None = None, db: Database | None = Non
 
 def dedup_pending(settings: Settings | None = None, db: Database | None = None,
                   bar: Bar = _quiet_bar) -> dict:
+    # deferred: only this step's dependencies (see the module docstring)
+    from pipelines import dedup
+
     with (use_database(settings, db) as (s, conn), exclusive(conn, "dedup"),
           bar("near-duplicates") as advance):
         report = dedup.dedup_pending(conn, s, progress=advance).as_dict()
@@ -88,6 +100,9 @@ def dedup_pending(settings: Settings | None = None, db: Database | None = None,
 
 
 def validate_pending(settings: Settings | None = None, db: Database | None = None) -> dict:
+    # deferred: only this step's dependencies (see the module docstring)
+    from pipelines import validate_tickets
+
     with use_database(settings, db) as (s, conn), exclusive(conn, "validate"):
         report = validate_tickets.validate_pending(conn, s).as_dict()
     log.info("validate: %s tickets passed the raw and clean suites", report["checked"])
@@ -97,6 +112,10 @@ def validate_pending(settings: Settings | None = None, db: Database | None = Non
 def index_pending(settings: Settings | None = None, db: Database | None = None,
                   bar: Bar = _quiet_bar) -> dict:
     """The cache's vectors (searchable), then the deep model's (kept for training)."""
+    # deferred: only this step's dependencies (see the module docstring)
+    from cca.embeddings import get_deep_embedder, get_embedder
+    from pipelines import index_tickets
+
     out = []
     with use_database(settings, db) as (s, conn), exclusive(conn, "index"):
         since = datetime.now(UTC) - timedelta(days=s.retention_embedding_days)
@@ -128,6 +147,9 @@ def prepare(settings: Settings | None = None, db: Database | None = None,
 
 
 def purge_expired(settings: Settings | None = None, db: Database | None = None) -> dict:
+    # deferred: only this step's dependencies (see the module docstring)
+    from pipelines import retention
+
     with use_database(settings, db) as (s, conn), exclusive(conn, "retention"):
         report = retention.purge_expired(conn, s).as_dict()
     log.info("retention: raw text purged on %s tickets, %s embeddings deleted",

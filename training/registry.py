@@ -16,7 +16,14 @@ from typing import Any
 
 from cca.bundle import current_version, load_track_record_seeds, set_current
 from cca.errors import InputError, StateError
-from cca.model_registry import CHALLENGER, CHAMPION, champion, ensure_local_bundle, number
+from cca.model_registry import (
+    CHALLENGER,
+    CHAMPION,
+    alias_version,
+    champion,
+    ensure_local_bundle,
+    number,
+)
 from cca.settings import Settings
 from cca.store import Database, exclusive
 from cca.store.models_repo import ModelEvent, NewModelEvent, append_event, model_events
@@ -112,10 +119,9 @@ def switch_champion(settings: Settings, db: Database, mlflow_client: Any, mv: An
     mlflow_client.set_registered_model_alias(name, CHAMPION, number(mv))
     set_current(settings.models_dir, bundle_version)
     apply_track_record_seeds(settings, db, bundle_version)
-    challenger = None
     try:
-        challenger = mlflow_client.get_model_version_by_alias(name, CHALLENGER)
-    except Exception:  # no challenger alias: nothing to clear
+        challenger = alias_version(mlflow_client, name, CHALLENGER)
+    except Exception:  # the registry failing here must not undo a completed move
         challenger = None
     if challenger is not None and number(challenger) == number(mv):
         mlflow_client.delete_registered_model_alias(name, CHALLENGER)

@@ -12,7 +12,7 @@ stay plain dicts (``Scores``) because the promotion gate and its tests read them
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, fields
 from typing import Any, TypedDict
 
 
@@ -65,10 +65,6 @@ class Candidate:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Candidate:
         return cls(**_own_fields(cls, data, skip="run"), run=LoggedRun.from_dict(data))
-
-    def with_holdout(self, ids: list[str], labels: list[str]) -> Candidate:
-        """The same candidate to be scored on part of its holdout."""
-        return replace(self, holdout_ids=ids, holdout_labels=labels)
 
 
 @dataclass(frozen=True)

@@ -187,7 +187,7 @@ def test_holdout_is_stable_and_never_fitted(s, db, first):
 
 def test_evaluation_scores_exactly_the_candidates_holdout(s, db, first):
     ids, labels = first["holdout_ids"][:5], first["holdout_labels"][:5]
-    candidate = Candidate.from_dict(first).with_holdout(ids, labels)
+    candidate = replace(Candidate.from_dict(first), holdout_ids=ids, holdout_labels=labels)
     evaluation = steps.evaluate_candidate(candidate, s, db)
     assert evaluation.holdout_n == 5 and evaluation.notes == []
     assert set(evaluation.candidate_scores["per_class_f1"]) == set(labels)
