@@ -110,6 +110,24 @@ class Settings(BaseSettings):
     jira_token: SecretStr | None = None
     jira_service_desk_id: str | None = None
 
+    # The ticketing loop: signed webhooks in, routing written back, corrections learned
+    # (docs/integrations/). A source's webhook answers 404 until its secret is set.
+    zendesk_webhook_secret: SecretStr | None = None
+    jira_webhook_secret: SecretStr | None = None
+    servicenow_webhook_secret: SecretStr | None = None
+    webhook_max_skew_s: int = Field(default=300, ge=1, le=3600)
+    intake_workers: int = Field(default=1, ge=0, le=64)
+    intake_max_pending: int = Field(default=10_000, ge=1)
+    intake_batch_size: int = Field(default=16, ge=1, le=512)
+    intake_lease_s: float = Field(default=60.0, gt=0)
+    intake_poll_s: float = Field(default=0.5, gt=0)
+    routing_path: Path = Field(default_factory=lambda: data_path("rules", "routing.yaml"))
+    writeback: bool = Field(default=False, description="Write back tickets the ingest pulls.")
+    writeback_max_attempts: int = Field(default=8, ge=1, le=100)
+    writeback_backoff_s: float = Field(default=2.0, gt=0)
+    writeback_max_backoff_s: float = Field(default=300.0, gt=0)
+    writeback_timeout_s: float = Field(default=10.0, gt=0)
+
     # Validation (the suites ship with the pipelines package; results and Data Docs in home)
     ge_suites_dir: Path = Field(default_factory=lambda: data_path("pipelines", "expectations"))
     min_text_chars: int = 2
