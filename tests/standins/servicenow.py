@@ -124,8 +124,9 @@ class ServiceNowStandIn(StandIn):
                                  "assignment_group", "urgency", "sys_updated_by",
                                  "sys_updated_on", "sys_created_on", "caller_id")},
             "operation": operation, "changed": list(changed), **overrides}
-        # JSON.stringify: compact, non-ASCII characters kept as UTF-8.
-        body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        # JSON.stringify, compact, then non-ASCII escaped as \uXXXX by the Business Rule so
+        # the signed text and the sent bytes cannot differ in encoding.
+        body = json.dumps(payload, separators=(",", ":"), ensure_ascii=True).encode("ascii")
         stamp = str(int(time.time() if timestamp is None else timestamp))
         return ({"Content-Type": "application/json", "X-CCA-Timestamp": stamp,
                  "X-CCA-Signature": sign(self.secret if secret is None else secret, stamp,
