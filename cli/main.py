@@ -6,6 +6,7 @@ import typer
 
 from cli import (
     data,
+    integrations_cmd,
     lifecycle_cmd,
     llm_cmd,
     main_job,
@@ -45,6 +46,8 @@ app.command("purge")(lifecycle_cmd.purge_cmd)
 app.command("quarantine")(lifecycle_cmd.quarantine_cmd)
 app.command("serve")(serve_cmd.serve_cmd)
 app.command("token")(token_cmd.token_cmd)
+app.command("worker")(integrations_cmd.worker_cmd)
+app.add_typer(integrations_cmd.app, name="integrations")
 app.add_typer(serve_cmd.shadow_app, name="shadow")
 app.add_typer(rules_cmd.app, name="rules")
 app.add_typer(llm_cmd.app, name="llm")

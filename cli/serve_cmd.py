@@ -25,6 +25,9 @@ def serve_cmd(
     workers: Annotated[int | None, typer.Option(min=1, help="Worker processes.")] = None,
     shadow: Annotated[bool | None, typer.Option("--shadow/--no-shadow",
                                                 help="Also run @challenger, log only.")] = None,
+    intake_workers: Annotated[int | None, typer.Option(
+        min=0, help="Webhook intake workers per process (0: none; `cca worker` instead).")
+    ] = None,
 ) -> None:
     """Serve the cascade over HTTP (BentoML): the @champion from the MLflow registry."""
     # deferred: the bundle loads scikit-learn, the store SQLAlchemy
@@ -38,6 +41,8 @@ def serve_cmd(
     if port is not None and not 1 <= port <= 65535:
         raise typer.BadParameter(f"port {port} is not in 1..65535", param_hint="--port")
     env = _service_env(s, port=port, host=host, workers=workers, shadow=shadow)
+    if intake_workers is not None:
+        env["CCA_INTAKE_WORKERS"] = str(intake_workers)
     started_db = False
     if not s.database_url:
         # One server for every worker process, up before they start.

@@ -83,6 +83,11 @@ class MicroBatcher(Generic[In, Out]):
                 fut.set_result(results[start:start + len(items)])
             start += len(items)
 
+    def run_sync(self, items: Sequence[In]) -> list[Out]:
+        """``handle`` on the cascade thread, from a thread that is not the event loop (the
+        intake workers): their tickets take turns with the requests' batches."""
+        return self._executor.submit(self.handle, list(items)).result()
+
     async def aclose(self) -> None:
         if self._task is not None:
             self._task.cancel()

@@ -8,11 +8,13 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable, Coroutine
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -50,6 +52,33 @@ def error_response(status: int, message: str, headers: dict[str, str] | None = N
     if detail is not None:
         body["detail"] = detail
     return SafeJSONResponse(body, status_code=status, headers=headers)
+
+
+def _not_json_constant(name: str) -> Any:
+    raise StarletteHTTPException(400, f"{name} is not a JSON value (RFC 8259): send a number "
+                                      "or null")
+
+
+class StrictJSONRequest(Request):
+    """A request whose JSON refuses NaN and Infinity (Python's parser takes them, and
+    PostgreSQL's jsonb would store them as null); other malformed JSON raises as before."""
+
+    async def json(self) -> Any:
+        if not hasattr(self, "_json"):
+            self._json = json.loads(await self.body(), parse_constant=_not_json_constant)
+        return self._json
+
+
+class StrictJSONRoute(APIRoute):
+    """Every route parses JSON bodies with ``StrictJSONRequest``."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def strict(request: Request) -> Response:
+            return await handler(StrictJSONRequest(request.scope, request.receive))
+
+        return strict
 
 
 def too_large(limit: int) -> StarletteHTTPException:

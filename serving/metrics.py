@@ -77,6 +77,24 @@ class ServiceMetrics:
                                 ["champion_bundle", "champion_registry_version",
                                  "champion_source", "cascade_version", "challenger_bundle"],
                                 registry=r, multiprocess_mode="livemax")
+        # The ticketing loop (serving.intake): webhooks in, write-backs out, corrections.
+        self.webhooks = Counter("cca_webhooks", "Webhook deliveries, by source and outcome "
+                                "(accepted, duplicate, ignored, refused_<status>).",
+                                ["source", "outcome"], registry=r)
+        self.writebacks = Counter("cca_writebacks", "Write-backs to ticketing systems, by "
+                                  "source and outcome (routed, review, found-written, "
+                                  "retry, dead-letter).", ["source", "outcome"], registry=r)
+        self.reroutes = Counter("cca_reroutes", "Auto-routed tickets a person moved to "
+                                "another group, by source and the stage that routed them.",
+                                ["source", "stage"], registry=r)
+        self.intake_depth = Gauge("cca_intake_queue_depth", "Accepted events not yet done.",
+                                  registry=r, multiprocess_mode="livemax")
+        self.intake_oldest = Gauge("cca_intake_oldest_pending_seconds", "Age of the oldest "
+                                   "accepted event not yet done.", registry=r,
+                                   multiprocess_mode="livemax")
+        self.intake_dead = Gauge("cca_intake_dead_letters", "Events on the dead-letter list "
+                                 "(`cca integrations dead-letters`).", registry=r,
+                                 multiprocess_mode="livemax")
         # In multiprocess mode BentoML's collector already reads these values from disk.
         self.multiprocess = prometheus_values.ValueClass is not prometheus_values.MutexValue
 

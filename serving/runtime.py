@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -20,8 +22,10 @@ from cca.store.vector_feed import VectorFeed
 from cca.tickets import Ticket
 from pipelines.feedback import apply_feedback
 from serving import worker_index
+from serving.batch import Job, Pending, Served
 from serving.engine import Engine
 from serving.explainer import Explainer
+from serving.intake import Intake, IntakeWorkers, queue_status, start_intake
 from serving.metrics import LLM_OUTCOMES, ServiceMetrics
 from serving.model_source import ModelChoice, resolve
 from serving.ratelimit import RateLimiter
@@ -62,6 +66,8 @@ class Runtime:
     explainer: Explainer
     challenger: ModelChoice | None = None
     ready: bool = False
+    intake: Intake | None = None
+    intake_workers: IntakeWorkers | None = None
     _llm_seen: dict[str, int] = field(default_factory=dict)
 
     @classmethod
@@ -108,6 +114,14 @@ class Runtime:
         engine.on_state = runtime.refresh_gauges
         runtime.refresh_gauges()
         return runtime
+
+    def start_intake(self, run: Callable[[list[Job]], list[Served | Pending]],
+                     workers: int) -> None:
+        """The ticketing loop (``serving.intake``): ``run`` classifies on the cascade thread."""
+        self.intake, self.intake_workers = start_intake(
+            self.settings, self.db, sorted(set(self.cascade.bundle.info.departments.values())),
+            run, self.feedback, self.metrics, workers,
+            name=f"{socket.gethostname()}-{os.getpid()}")
 
     def feedback(self, ticket_id: str, label: str, actor: str) -> str:
         """The continuous-learning loop (``pipelines.feedback``), then the cache's new track record.
@@ -191,10 +205,16 @@ class Runtime:
             "vector_cache": (self.engine.vector_feed.status() if self.engine.vector_feed
                              else {"in_memory": False, "searches": "pgvector"}),
             "replay_lookups": self.engine.replay.status(),
+            "intake": (queue_status(self.db, self.metrics) | {
+                "webhooks": sorted(self.intake.parsers),
+                "workers": self.intake_workers.count if self.intake_workers else 0}
+                if self.intake else None),
         }
 
     def close(self) -> None:
         self.ready = False
+        if self.intake_workers is not None:
+            self.intake_workers.close()
         self.explainer.close()
         self.engine.close()
         self.db.dispose()

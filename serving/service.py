@@ -30,7 +30,12 @@ from serving.auth import Authenticator, AuthError, Caller
 from serving.batch import Job, Pending, Served, audit_fsyncs
 from serving.batcher import MicroBatcher
 from serving.connection_balance import ConnectionBalancer
-from serving.http_guard import GuardMiddleware, ServiceError, install_error_handlers
+from serving.http_guard import (
+    GuardMiddleware,
+    ServiceError,
+    StrictJSONRoute,
+    install_error_handlers,
+)
 from serving.logs import configure, request_id
 from serving.metrics import ServiceMetrics
 from serving.runtime import Runtime
@@ -49,6 +54,7 @@ from serving.schemas import (
     FeedbackRequest,
     FeedbackResponse,
 )
+from serving.webhooks_api import router as webhooks_router
 
 log = logging.getLogger("cca.serving")
 # Each worker is a process with its share of the cores: on the service's small batches the
@@ -70,6 +76,7 @@ app = FastAPI(
                404: {"model": ErrorOut}, 405: {"model": ErrorOut}, 413: {"model": ErrorOut},
                415: {"model": ErrorOut}, 422: {"model": ErrorOut}, 429: {"model": ErrorOut}},
 )
+app.router.route_class = StrictJSONRoute
 install_error_handlers(app)
 
 
@@ -232,6 +239,9 @@ async def status(caller: Annotated[Caller, Depends(_caller("admin"))]) -> dict:
     return _service().runtime.status()
 
 
+app.include_router(webhooks_router)
+
+
 @bentoml.service(
     name="call-centre-agent",
     workers=_settings.serve_workers,
@@ -260,6 +270,7 @@ class CallCentreAgent:
         # lives as long as the worker. Frozen, the cyclic collector no longer walks it: a full
         # collection over it holds the interpreter lock, and so every request of this worker,
         # for a long pause (docs/ARCHITECTURE.md, "Serving").
+        self.runtime.start_intake(self.batcher.run_sync, self.settings.intake_workers)
         gc.collect()
         gc.freeze()
         # The event loop gets the interpreter lock back sooner from the cascade's threads.

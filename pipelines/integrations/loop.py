@@ -1,0 +1,162 @@
+"""One intake event, handled: route a new ticket and write it back, or learn from an agent.
+
+Plain functions over injected parts (the classifier, the vendor writers, the feedback loop),
+so the service's workers, ``cca worker`` and the tests run the same code. The order of a
+write-back is what makes it exactly-once across crashes: the intended write is committed
+first ('sending', with its marker), then sent, then marked 'sent'; a row found 'sending'
+later is first looked for at the vendor (``Writer.already_written``).
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from cca.store import Database
+from cca.store.intake_repo import (
+    Claimed,
+    WritebackRow,
+    mark_sent,
+    record_correction,
+    start_writeback,
+    writeback_for,
+)
+from cca.store.tickets_repo import upsert_tickets
+from cca.tickets import Decision, Ticket
+from pipelines.integrations.events import WebhookEvent
+from pipelines.integrations.mapping import RoutingMap
+from pipelines.integrations.note import marker_for, routing_note
+from pipelines.integrations.writeback import Routing, Writer
+
+log = logging.getLogger("cca.intake")
+
+Classify = Callable[[Ticket], Decision]
+Learn = Callable[[str, str, str], None]  # ticket id, label, actor
+
+
+@dataclass
+class LoopParts:
+    """What handling an event needs; the hooks feed the service's metrics."""
+
+    db: Database
+    routing: RoutingMap
+    writers: dict[str, Writer]
+    classify: Classify
+    learn: Learn | None = None
+    on_write: Callable[[str, str], None] = lambda source, outcome: None
+    on_reroute: Callable[[str, str], None] = lambda source, stage: None
+    _actors: dict[str, str | None] = field(default_factory=dict)
+
+    def own_actor(self, source: str) -> str | None:
+        if source not in self._actors and source in self.writers:
+            self._actors[source] = self.writers[source].own_actor()
+        return self._actors.get(source)
+
+
+def handle(parts: LoopParts, claimed: Claimed) -> str:
+    """The outcome of one claimed event (stored with it); raises ``WriteFailed`` to retry."""
+    event = WebhookEvent.from_dict(claimed.payload)
+    if event.kind == "created":
+        return _route(parts, event, claimed)
+    return _learn(parts, event, claimed.id)
+
+
+def event_ticket(event: WebhookEvent) -> Ticket:
+    return Ticket(id=event.ticket_id, source=event.source, subject=event.subject,
+                  body=event.body, customer_ref=event.customer_ref,
+                  created_at=event.occurred_at or datetime.now(UTC),
+                  priority=event.priority,  # type: ignore[arg-type]
+                  metadata={"ticket_ref": event.ticket_ref, "via": "webhook"})
+
+
+def _route(parts: LoopParts, event: WebhookEvent, claimed: Claimed) -> str:
+    with parts.db.begin() as conn:
+        existing = writeback_for(conn, event.source, event.ticket_ref)
+    if existing is not None and existing.status == "sent":
+        return "already-routed"
+    writer = parts.writers.get(event.source)
+    if existing is None:
+        ticket = event_ticket(event)
+        with parts.db.begin() as conn:
+            upsert_tickets(conn, [ticket], origin=event.source)
+        decision = parts.classify(ticket)
+        if writer is None:
+            log.warning("%s: no write-back credentials; %s classified, not written back",
+                        event.source, event.ticket_id)
+            return "classified-not-written"
+        with parts.db.begin() as conn:
+            row = start_writeback(conn, _writeback_row(parts.routing, event, decision,
+                                                       claimed.id))
+        fresh = row.event_id == claimed.id and claimed.attempts == 1
+    else:
+        if writer is None:
+            return "classified-not-written"
+        row, fresh = existing, False
+    if not fresh and writer.already_written(row.ticket_ref, row.marker):
+        outcome = "found-written"
+    else:
+        writer.write(_routing_of(row))
+        outcome = "review" if row.review else "routed"
+    with parts.db.begin() as conn:
+        mark_sent(conn, row.id)
+    parts.on_write(event.source, outcome)
+    return outcome
+
+
+def _writeback_row(routing: RoutingMap, event: WebhookEvent, decision: Decision,
+                   event_id: int) -> dict[str, Any]:
+    vendor = routing.vendor(event.source)
+    review = decision.stage == "review"
+    marker = marker_for(f"{event.source}-{uuid.uuid4().hex[:16]}")
+    group = vendor.review_group if review else vendor.group_for(decision.label,
+                                                                 decision.department)
+    tags = [routing.routed_tag] + ([routing.review_tag] if review else [])
+    return {"event_id": event_id, "source": event.source, "ticket_id": event.ticket_id,
+            "ticket_ref": event.ticket_ref, "marker": marker, "stage": decision.stage,
+            "label": decision.label, "department": decision.department,
+            "confidence": float(decision.confidence), "model_version": decision.model_version,
+            "review": review, "group_value": group,
+            "priority_value": vendor.urgency.get(decision.urgency), "tags": tags,
+            "note": routing_note(decision, marker, review=review)}
+
+
+def _routing_of(row: WritebackRow) -> Routing:
+    return Routing(ticket_ref=row.ticket_ref, group=row.group_value,
+                   priority=row.priority_value, tags=tuple(row.tags), note=row.note,
+                   marker=row.marker, review=row.review)
+
+
+def _learn(parts: LoopParts, event: WebhookEvent, event_id: int) -> str:
+    """An update: a person's change of the routed group is a correction; ours is an echo."""
+    if "group" not in event.changes:
+        return "no-routed-change"
+    with parts.db.begin() as conn:
+        row = writeback_for(conn, event.source, event.ticket_ref)
+    if row is None or row.status != "sent":
+        return "not-routed"
+    new = event.changes.get("group")
+    new = str(new) if new not in (None, "") else None
+    if new == row.group_value:
+        return "own-write"
+    if event.actor is not None and event.actor == parts.own_actor(event.source):
+        return "own-write"
+    label, department = (parts.routing.vendor(event.source).back(new) if new
+                         else (None, None))
+    with parts.db.begin() as conn:
+        stored = record_correction(conn, {
+            "event_id": event_id, "writeback_id": row.id, "source": event.source,
+            "ticket_id": row.ticket_id, "field": "group", "written": row.group_value,
+            "corrected": new, "actor": event.actor, "stage": row.stage, "label": row.label,
+            "department": row.department, "corrected_label": label,
+            "corrected_department": department})
+    if not stored:
+        return "correction-seen"
+    if not row.review:
+        parts.on_reroute(event.source, row.stage)
+    if label is not None and parts.learn is not None:
+        parts.learn(row.ticket_id, label, f"{event.source}:{event.actor or 'agent'}")
+    return "correction-label" if label else "correction"
