@@ -19,13 +19,14 @@ from sqlalchemy.engine import Connection
 from cca.departments import DepartmentMap
 from cca.errors import CCAError, InputError, describe_yaml_error
 from cca.settings import Settings
-from cca.store import Database, ingest_repo
+from cca.store import Database, ingest_repo, intake_repo
 from cca.store.ingest_repo import IngestedFile
 from cca.store.quarantine import QuarantineItem, quarantine
-from cca.store.tickets_repo import upsert_tickets
+from cca.store.tickets_repo import known_ids, upsert_tickets
 from cca.tickets import Ticket
 from pipelines.connectors.base import TicketConnector
 from pipelines.import_tickets import ImportReport, import_parsed
+from pipelines.integrations.pulled import pulled_event
 from pipelines.read_tickets import Columns, file_columns, read_ticket_file
 
 TICKET_SUFFIXES = (".csv", ".tsv", ".jsonl", ".ndjson")
@@ -160,8 +161,11 @@ def ingest_inbox(db: Database, settings: Settings, departments: DepartmentMap) -
 
 
 def ingest_from_connector(db: Database, connector: TicketConnector,
-                          departments: DepartmentMap) -> dict:
-    """Fetch everything since the stored cursor; tickets, quarantine and cursor in one commit."""
+                          departments: DepartmentMap, *, write_back: bool = False) -> dict:
+    """Fetch everything since the stored cursor; tickets, quarantine and cursor in one commit.
+
+    With ``write_back``, tickets new to the store (after the first, backfilling pull) are
+    queued for routing and write-back in the same commit (``pipelines.integrations``)."""
     with db.begin() as conn:
         cursor = ingest_repo.get_cursor(conn, connector.name)
     batch = connector.fetch(cursor)
@@ -187,11 +191,16 @@ def ingest_from_connector(db: Database, connector: TicketConnector,
             labels[ticket.id] = (label, departments.department(label) or label)
     items += [QuarantineItem("ingest", connector.name, loc, why, raw)
               for loc, why, raw in batch.rejects]
+    queued = 0
     with db.begin() as conn:
+        known = known_ids(conn, [t.id for t in tickets]) if write_back else set()
+        fresh = [t for t in tickets if t.id not in known] if write_back and cursor else []
         counts = upsert_tickets(conn, tickets, labels, origin=connector.name)
+        for event in filter(None, map(pulled_event, fresh)):
+            queued += intake_repo.enqueue(conn, event.to_dict()) is not None
         quarantine(conn, items)
         if batch.next_cursor:
             ingest_repo.set_cursor(conn, connector.name, batch.next_cursor)
     return {"connector": connector.name, "new": counts.inserted, "updated": counts.updated,
             "unchanged": counts.unchanged, "labelled": len(labels), "quarantined": len(items),
-            "cursor": batch.next_cursor}
+            "cursor": batch.next_cursor, "queued_for_writeback": queued}

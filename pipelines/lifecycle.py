@@ -59,7 +59,8 @@ def ingest_connectors(settings: Settings | None = None, db: Database | None = No
         departments = load_department_map(s.department_map)
         for connector in connectors_from_settings(s):
             try:  # one system down must not keep the others from being fetched
-                results.append(ingest.ingest_from_connector(conn, connector, departments))
+                results.append(ingest.ingest_from_connector(
+                    conn, connector, departments, write_back=s.writeback))
             except CCAError as exc:
                 log.error("ingest %s: %s", connector.name, exc)
                 failed.append(f"{connector.name}: {exc}")

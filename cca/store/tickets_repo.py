@@ -86,6 +86,12 @@ def upsert_tickets(
 _Record = tuple[str, str | None, datetime, str, dict]
 
 
+def known_ids(conn: Connection, ids: list[str]) -> set[str]:
+    """Which of ``ids`` the store already holds."""
+    rows = conn.execute(sa.text("SELECT id FROM tickets WHERE id = ANY(:ids)"), {"ids": ids})
+    return {r[0] for r in rows}
+
+
 def _stored_records(conn: Connection, ids: list[str]) -> dict[str, _Record]:
     # The whole record is compared, not only the text: a corrected date or priority must be
     # stored (and lets a ticket refused by validation be checked again).
