@@ -147,7 +147,7 @@ class ServiceNowStandIn(StandIn):
         expected = "Basic " + base64.b64encode(
             f"{self.user}:{self.password}".encode()).decode()
         if req.header("authorization") != expected:
-            self.violation(f"{req.method} {req.path}: missing or wrong Basic auth")
+            self.violation(f"{req.method} {req.path}: 401 missing or wrong Basic auth")
             return failure(401, "User Not Authenticated", "Required to provide Auth information")
         return None
 
