@@ -106,6 +106,14 @@ def test_vendor_outage_is_retryable_after_the_in_call_attempts(zd, sleeps) -> No
     assert sleeps == [0.5, 1.0]
 
 
+def test_unanswered_update_is_not_resent_when_its_note_is_on_the_ticket(zd, sleeps) -> None:
+    zd.delay_after_apply = 0.6  # applied, then the answer comes after the client gave up
+    w = ZendeskWriter(zd.url, zd.user, zd.secret, timeout_s=0.2, sleep=sleeps)
+    w.write(routing())
+    assert [r.method for r in zd.requests] == ["PUT", "GET"]
+    assert zd.notes(TICKET) == [NOTE] and sleeps == []
+
+
 def test_bad_credentials_are_401_not_retried(zd, sleeps) -> None:
     with pytest.raises(WriteFailed) as err:
         writer(zd, sleeps, token="wrong-token").write(routing())
