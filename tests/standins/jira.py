@@ -14,8 +14,7 @@ signed webhook deliveries the way Jira sends them. Contract sources, by route:
   comment" (201) and "Get request comments" (``public``, ``internal``, ``start``, ``limit``;
   a page of ``values`` with ``isLastPage``)
 - 401 for bad basic auth: "Basic auth for REST APIs" (the recorded jira_401.json)
-- webhooks: Jira platform "Webhooks" (payload shape, ``X-Hub-Signature``,
-  ``X-Atlassian-Webhook-Identifier``)
+- webhooks (``webhook()``, from tests/standins/jira_webhooks.py): Jira platform "Webhooks"
 
 Every refusal is also a ``violation``: a correct client never causes one.
 """
@@ -24,25 +23,24 @@ from __future__ import annotations
 
 import base64
 import copy
-import hashlib
-import hmac
 import json
 import re
 import time
-import uuid
 from collections.abc import Sequence
 from typing import Any
 
 from tests.conftest import FIXTURES
 from tests.standins.base import Reply, Request, StandIn
+from tests.standins.jira_webhooks import AGENT_ID, CUSTOMER_ID, JiraWebhooks, adf
+
+__all__ = ["ACCOUNT_ID", "AGENT_ID", "CUSTOMER_ID", "JiraStandIn", "adf", "recorded"]
 
 RECORDED = FIXTURES / "connectors"
 ACCOUNT_ID = "5b10a2844c20165700ede21g"       # the integration user (jira_myself.json)
-AGENT_ID = "557058:f58131cb-b67d-43c7-b30d-6b58d40bd077"
-CUSTOMER_ID = "5b10ac8d82e05b22cc7d4ef5"
 PAGE_TOKEN = "CAEaAggD"                        # page 1's nextPageToken
 PRIORITIES = ("Highest", "High", "Medium", "Low", "Lowest")
 EDITABLE = {"summary", "description", "priority", "labels"}
+REQUEST_404 = {"errorMessage": "Request does not exist or you do not have permission to see it."}
 ISSUE_404 = {"errorMessages": ["Issue does not exist or you do not have permission to see it."],
              "errors": {}}
 
@@ -53,14 +51,7 @@ def recorded(name: str) -> Reply:
     return Reply(rec["status"], body, dict(rec["headers"]))
 
 
-def adf(text: str) -> dict[str, Any]:
-    """Plain text as the Atlassian Document Format Jira's v3 API and webhooks carry."""
-    return {"type": "doc", "version": 1, "content": [
-        {"type": "paragraph", "content": [{"type": "text", "text": line}]}
-        for line in text.splitlines() if line]}
-
-
-class JiraStandIn(StandIn):
+class JiraStandIn(JiraWebhooks, StandIn):
     """Jira with one service desk (id 10, project HELP) and the recorded issues HELP-1..4."""
 
     def __init__(self, user: str = "bot@acme.example", secret: str = "atl-token", *,
@@ -183,13 +174,12 @@ class JiraStandIn(StandIn):
                 if name == self.group_field else value
         for op in update.get("labels", []):
             verb, value = next(iter(op.items()))
-            labels = issue["labels"]
-            if verb == "add" and value not in labels:
-                labels.append(value)
-            elif verb == "remove" and value in labels:
-                labels.remove(value)
-            elif verb == "set":
+            if verb == "set":
                 issue["labels"] = list(value)
+            elif verb == "remove":
+                issue["labels"] = [lb for lb in issue["labels"] if lb != value]
+            elif value not in issue["labels"]:
+                issue["labels"].append(value)
         self.paused()
         return Reply(204)
 
@@ -212,22 +202,17 @@ class JiraStandIn(StandIn):
         return errors
 
     def _update_errors(self, update: Any, fields: dict[str, Any]) -> dict[str, str]:
+        """``update`` verbs Jira takes for labels: add/remove a label (no spaces) or set all."""
         if not isinstance(update, dict):
             return {"update": "update must be an object"}
         errors = {n: f"Field '{n}' cannot be set in both fields and update"
                   for n in set(update) & set(fields)}
         for name, ops in update.items():
-            if name != "labels":
-                errors[name] = f"Field '{name}' cannot be set. It is not on the appropriate " \
-                               "screen, or unknown."
-                continue
-            for op in ops if isinstance(ops, list) else [None]:
-                if not isinstance(op, dict) or len(op) != 1 or \
-                        next(iter(op)) not in ("add", "remove", "set"):
-                    errors["labels"] = f"unsupported update operation {op!r}"
-                elif next(iter(op)) != "set" and (not isinstance(op[next(iter(op))], str)
-                                                  or " " in op[next(iter(op))]):
-                    errors["labels"] = f"The label {op!r} is not valid (no spaces)."
+            good = name == "labels" and isinstance(ops, list) and all(
+                isinstance(op, dict) and len(op) == 1 and _label_op(*next(iter(op.items())))
+                for op in ops)
+            if not good:
+                errors[name] = f"Field '{name}': invalid update {ops!r} (labels have no spaces)"
         return errors
 
     def _comment(self, req: Request, m: re.Match[str]) -> Reply:
@@ -235,8 +220,7 @@ class JiraStandIn(StandIn):
             return denied
         key = m["key"]
         if key not in self.issues:
-            return self.refuse(req, 404, {"errorMessage": "Request does not exist or you do "
-                                          "not have permission to see it."}, f"unknown {key}")
+            return self.refuse(req, 404, REQUEST_404, f"unknown request {key}")
         body = self._body(req)
         if not isinstance(body, dict) or not isinstance(body.get("body"), str) \
                 or not body["body"].strip() or not isinstance(body.get("public", True), bool):
@@ -256,8 +240,7 @@ class JiraStandIn(StandIn):
             return denied
         key, q = m["key"], req.query
         if key not in self.issues:
-            return self.refuse(req, 404, {"errorMessage": "Request does not exist or you do "
-                                          "not have permission to see it."}, f"unknown {key}")
+            return self.refuse(req, 404, REQUEST_404, f"unknown request {key}")
         if not all(q.get(n, "0").isdigit() for n in ("start", "limit")):
             return self.refuse(req, 400, {"errorMessage": "start and limit must be numbers"},
                                "start/limit not numbers")
@@ -270,84 +253,9 @@ class JiraStandIn(StandIn):
                            "isLastPage": start + len(values) >= len(chosen), "values": values,
                            "_links": {"base": self.url, "context": ""}})
 
-    # -- webhooks ------------------------------------------------------------------------
-    def webhook(self, event: str, key: str, *, actor: str | None = None,
-                group: str | None = None, priority: str | None = None,
-                labels: Sequence[str] | None = None, status: str | None = None,
-                summary: str = "", description: str = "", identifier: str | None = None,
-                timestamp_ms: int | None = None, secret: str | None = None,
-                ) -> tuple[dict[str, str], bytes]:
-        """A signed delivery as Jira sends it: ``(headers, raw body)``, headers spelt as Jira
-        spells them. ``event`` "created" (a new issue, added to the state), "updated" (the
-        given group/priority/labels/status changed by ``actor``, applied to the state and
-        listed in the changelog) or any other ``webhookEvent`` (e.g. "comment_created")."""
-        payload: dict[str, Any] = {
-            "timestamp": timestamp_ms if timestamp_ms is not None else int(time.time() * 1000),
-            "webhookEvent": {"created": "jira:issue_created",
-                             "updated": "jira:issue_updated"}.get(event, event)}
-        if event == "created":
-            fields = {"summary": summary, "description": adf(description) if description
-                      else None, "priority": {"name": priority or "Medium"},
-                      "reporter": {"accountId": CUSTOMER_ID, "accountType": "customer"},
-                      "status": {"name": "Waiting for support"}, "labels": list(labels or [])}
-            self._add(key, fields)
-            if group is not None:
-                fields[self.group_field] = self._group_value(group)
-            payload["issue_event_type_name"] = "issue_created"
-            payload["user"] = _user(actor or CUSTOMER_ID)
-        elif event == "updated":
-            payload["issue_event_type_name"] = "issue_generic" if status else "issue_updated"
-            payload["user"] = _user(actor or AGENT_ID)
-            payload["changelog"] = {"id": str(uuid.uuid4().int % 10**6),
-                                    "items": self._changes(key, group, priority, labels, status)}
-        else:
-            payload["user"] = _user(actor or AGENT_ID)
-            if event.startswith("comment_"):
-                payload["comment"] = {"id": "10100", "body": "Any news?",
-                                      "author": _user(actor or CUSTOMER_ID)}
-        if key in self.issues:
-            payload["issue"] = {"id": self.ids[key], "key": key,
-                                "self": f"{self.url}/rest/api/3/issue/{self.ids[key]}",
-                                "fields": copy.deepcopy(self.issues[key])}
-        raw = json.dumps(payload, separators=(",", ":")).encode("utf-8")
-        digest = hmac.new((secret or self.webhook_secret).encode(), raw, hashlib.sha256)
-        return {"Content-Type": "application/json; charset=UTF-8",
-                "X-Atlassian-Webhook-Identifier": identifier or str(uuid.uuid4()),
-                "X-Atlassian-Webhook-Flow": "Primary",
-                "X-Hub-Signature": f"sha256={digest.hexdigest()}"}, raw
 
-    def _changes(self, key: str, group: str | None, priority: str | None,
-                 labels: Sequence[str] | None, status: str | None) -> list[dict[str, Any]]:
-        """Apply an agent's edit to the state; the changelog items Jira would list for it."""
-        fields, items = self.issues[key], []
-        if group is not None:
-            old = self.group_of(key)
-            rt = self.group_field == self.request_type_field
-            items.append({"field": "Customer Request Type" if rt else "Group",
-                          "fieldtype": "custom", "fieldId": self.group_field,
-                          "from": (f"help/rt{old}" if rt else old) if old else None,
-                          "fromString": f"Request type {old}" if old else None,
-                          "to": f"help/rt{group}" if rt else group,
-                          "toString": f"Request type {group}" if rt else f"Group {group}"})
-            fields[self.group_field] = self._group_value(group)
-        if priority is not None:
-            old = (fields.get("priority") or {}).get("name")
-            items.append({"field": "priority", "fieldtype": "jira", "fieldId": "priority",
-                          "from": None, "fromString": old, "to": None, "toString": priority})
-            fields["priority"] = {"name": priority}
-        if labels is not None:
-            items.append({"field": "labels", "fieldtype": "jira", "fieldId": "labels",
-                          "from": None, "fromString": " ".join(fields["labels"]),
-                          "to": None, "toString": " ".join(labels)})
-            fields["labels"] = list(labels)
-        if status is not None:
-            items.append({"field": "status", "fieldtype": "jira", "fieldId": "status",
-                          "from": "10001", "fromString": (fields.get("status") or {}).get("name"),
-                          "to": "10002", "toString": status})
-            fields["status"] = {"name": status}
-        return items
-
-
-def _user(account_id: str) -> dict[str, Any]:
-    return {"accountId": account_id, "active": True,
-            "accountType": "customer" if account_id == CUSTOMER_ID else "atlassian"}
+def _label_op(verb: str, value: Any) -> bool:
+    def label(v: Any) -> bool:
+        return isinstance(v, str) and bool(v) and " " not in v
+    return (verb in ("add", "remove") and label(value)) or (
+        verb == "set" and isinstance(value, list) and all(label(v) for v in value))
