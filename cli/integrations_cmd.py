@@ -47,7 +47,7 @@ def _work(s: Settings, count: int) -> None:
     from serving.metrics import ServiceMetrics
     from serving.runtime import Runtime
 
-    runtime = Runtime.start(s, ServiceMetrics())
+    runtime = Runtime.start(s, ServiceMetrics(), spool_prefix="intake")
     batcher = MicroBatcher(runtime.engine.handle, s.serve_batch_max_size, 0.0)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

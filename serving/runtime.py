@@ -22,6 +22,7 @@ from cca.store.vector_feed import VectorFeed
 from cca.tickets import Ticket
 from pipelines.feedback import apply_feedback
 from serving import worker_index
+from serving.audit_spool import SpoolLockedError
 from serving.batch import Job, Pending, Served
 from serving.engine import Engine
 from serving.explainer import Explainer
@@ -54,6 +55,21 @@ def start_vector_feed(settings: Settings, db: Database, cascade: Cascade) -> Vec
     return feed
 
 
+def _engine(settings: Settings, db: Database, cascade: Cascade, metrics: ServiceMetrics,
+            shadow: ShadowRunner | None, feed: VectorFeed | None, prefix: str) -> Engine:
+    """The engine on a spool directory no other live process holds. Names are stable, so a
+    restarted process delivers what a killed one left in its spool."""
+    index = worker_index()
+    for n in ([index or 1] if index is not None or prefix == "worker" else range(1, 65)):
+        try:
+            return Engine(settings, db, cascade, metrics, shadow,
+                          spool_name=f"{prefix}-{n}", vector_feed=feed)
+        except SpoolLockedError:
+            if index is not None or prefix == "worker":
+                raise
+    raise StateError(f"every audit spool {prefix}-1..64 under {settings.spool_dir} is in use")
+
+
 @dataclass
 class Runtime:
     settings: Settings
@@ -71,7 +87,10 @@ class Runtime:
     _llm_seen: dict[str, int] = field(default_factory=dict)
 
     @classmethod
-    def start(cls, settings: Settings, metrics: ServiceMetrics) -> Runtime:
+    def start(cls, settings: Settings, metrics: ServiceMetrics,
+              spool_prefix: str = "worker") -> Runtime:
+        """``spool_prefix``: the audit spool's directory name; a BentoML worker uses its own
+        index, any other process (``cca worker``) the first free ``<prefix>-N``."""
         threads = settings.serve_embedding_threads or max(
             1, (os.cpu_count() or 1) // settings.serve_workers)
         settings = settings.model_copy(update={"embedding_threads": threads})
@@ -90,8 +109,7 @@ class Runtime:
                 shadow_cascade.vector_search = feed.search
                 feed.on_track_record(shadow_cascade.refresh_track_records)
             shadow = ShadowRunner(shadow_cascade, cascade.version, metrics)
-        engine = Engine(settings, db, cascade, metrics, shadow,
-                        spool_name=f"worker-{worker_index() or 1}", vector_feed=feed)
+        engine = _engine(settings, db, cascade, metrics, shadow, feed, spool_prefix)
         engine.start()
         limiter = RateLimiter(settings.redis_url, settings.rate_limit_per_s,
                               settings.rate_limit_burst, lease=settings.rate_limit_lease,

@@ -14,7 +14,13 @@ from functools import partial
 from pydantic import SecretStr
 
 from cca.settings import Settings
-from pipelines.integrations import jira, servicenow, zendesk
+from pipelines.integrations import (
+    jira_webhook,
+    jira_writer,
+    servicenow,
+    zendesk_webhook,
+    zendesk_writer,
+)
 from pipelines.integrations.events import WebhookEvent
 from pipelines.integrations.mapping import RoutingMap, load_routing_map
 from pipelines.integrations.writeback import Writer
@@ -41,9 +47,9 @@ def webhook_parsers(settings: Settings, routing: RoutingMap) -> dict[str, Parser
     skew = float(settings.webhook_max_skew_s)
     out: dict[str, Parser] = {}
     if secret := _secret(settings.zendesk_webhook_secret):
-        out["zendesk"] = partial(zendesk.parse_webhook, secret=secret, max_skew_s=skew)
+        out["zendesk"] = partial(zendesk_webhook.parse_webhook, secret=secret, max_skew_s=skew)
     if secret := _secret(settings.jira_webhook_secret):
-        out["jira"] = partial(jira.parse_webhook, secret=secret, max_skew_s=skew,
+        out["jira"] = partial(jira_webhook.parse_webhook, secret=secret, max_skew_s=skew,
                               group_field=routing.vendor("jira").group_field)
     if secret := _secret(settings.servicenow_webhook_secret):
         out["servicenow"] = partial(servicenow.parse_webhook, secret=secret, max_skew_s=skew)
@@ -55,10 +61,10 @@ def writers_from_settings(settings: Settings, routing: RoutingMap) -> dict[str, 
     t = settings.writeback_timeout_s
     out: dict[str, Writer] = {}
     if settings.zendesk_url and settings.zendesk_email and _secret(settings.zendesk_token):
-        out["zendesk"] = zendesk.ZendeskWriter(settings.zendesk_url, settings.zendesk_email,
+        out["zendesk"] = zendesk_writer.ZendeskWriter(settings.zendesk_url, settings.zendesk_email,
                                                _secret(settings.zendesk_token), timeout_s=t)
     if settings.jira_url and settings.jira_email and _secret(settings.jira_token):
-        out["jira"] = jira.JiraWriter(settings.jira_url, settings.jira_email,
+        out["jira"] = jira_writer.JiraWriter(settings.jira_url, settings.jira_email,
                                       _secret(settings.jira_token),
                                       routing.vendor("jira").group_field, timeout_s=t)
     if (settings.servicenow_url and settings.servicenow_user
