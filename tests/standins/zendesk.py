@@ -244,6 +244,9 @@ class ZendeskStandIn(WebhookDeliveries, StandIn):
             self.violation(f"GET {req.path}: page[size]={size!r} (1..100)")
             return _error(400, "InvalidPaginationParameter", "page[size] must be 1..100")
         start = _cursor_index(req.query.get("page[after]"))
+        if start is None:
+            self.violation(f"GET {req.path}: page[after] was never issued")
+            return _error(400, "InvalidPaginationParameter", "Invalid cursor")
         end = start + int(size)
         has_more = end < len(comments)
         after = base64.b64encode(str(end).encode()).decode() if has_more else None
@@ -262,10 +265,11 @@ class ZendeskStandIn(WebhookDeliveries, StandIn):
                                     "email": self.user, "role": "agent", "active": True}})
 
 
-def _cursor_index(cursor: str | None) -> int:
+def _cursor_index(cursor: str | None) -> int | None:
+    """Where a page[after] cursor this stand-in issued points; None for any other text."""
     if not cursor:
         return 0
     try:
-        return int(base64.b64decode(cursor).decode())
+        return int(base64.b64decode(cursor, validate=True).decode())
     except ValueError:
-        return 0
+        return None
