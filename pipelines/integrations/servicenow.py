@@ -39,9 +39,6 @@ TABLE = "/api/now/table/incident"
 JOURNAL = "/api/now/table/sys_journal_field"
 WRITE_FIELDS = "sys_id,number,assignment_group,urgency"
 _SAFE_REF = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
-# Transport failures where the request never left: safe to send again.
-_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
-
 
 # --- webhook --------------------------------------------------------------------------------
 
@@ -127,26 +124,6 @@ def _text(data: dict[str, Any], name: str) -> str:
 
 # --- write-back -----------------------------------------------------------------------------
 
-class _Unanswered(Exception):
-    """A write that may have been applied; raised past the in-call retries on purpose."""
-
-
-class _TableHttp(VendorHttp):
-    """VendorHttp that does not resend a PATCH the instance may already have applied."""
-
-    def _once(self, method: str, path: str, params: dict[str, Any] | None,
-              body: Any) -> httpx.Response:
-        try:
-            return super()._once(method, path, params, body)
-        except WriteFailed as exc:
-            cause = exc.__cause__
-            if method == "PATCH" and isinstance(cause, httpx.TransportError) \
-                    and not isinstance(cause, _NOT_SENT):
-                raise _Unanswered(f"{SOURCE} {method} {path}: no answer "
-                                  f"({type(cause).__name__}); it may have been applied") from exc
-            raise
-
-
 class ServiceNowWriter:
     """Routing written to an incident with one Table API PATCH (Basic auth)."""
 
@@ -156,7 +133,7 @@ class ServiceNowWriter:
                  client: httpx.Client | None = None, *, timeout_s: float = 10.0,
                  sleep: Callable[[float], None] = time.sleep) -> None:
         self._user = user
-        self.http = _TableHttp(SOURCE, url, httpx.BasicAuth(user, password), client,
+        self.http = VendorHttp(SOURCE, url, httpx.BasicAuth(user, password), client,
                                timeout_s=timeout_s, sleep=sleep)
 
     def write(self, routing: Routing) -> None:
@@ -171,14 +148,10 @@ class ServiceNowWriter:
                                   f"{routing.priority!r} (check rules/routing.yaml)",
                                   retryable=False)
             fields["urgency"] = routing.priority
-        try:
-            answer = self.http.json(
-                "PATCH", f"{TABLE}/{ref}",
-                params={"sysparm_fields": WRITE_FIELDS,
-                        "sysparm_exclude_reference_link": "true"},
-                json={**fields, "work_notes": note_text(routing)})
-        except _Unanswered as exc:
-            raise WriteFailed(str(exc), retryable=True) from exc
+        answer = self.http.json(
+            "PATCH", f"{TABLE}/{ref}",
+            params={"sysparm_fields": WRITE_FIELDS, "sysparm_exclude_reference_link": "true"},
+            json={**fields, "work_notes": note_text(routing)})
         result = answer.get("result") if isinstance(answer, dict) else None
         if not isinstance(result, dict):
             raise WriteFailed(f"servicenow PATCH {TABLE}/{ref}: answer has no result object",

@@ -1,9 +1,12 @@
 """What every vendor writer shares: the update to send, how failures are told, one HTTP path.
 
-A write that fails with 429, 409 (a concurrent edit) or 5xx, or cannot reach the vendor, is
-retried in the call a few times with backoff that honours ``Retry-After`` (tenacity); if it
-still fails the worker reschedules the event durably (``retry_after`` says when), and after
-``CCA_WRITEBACK_MAX_ATTEMPTS`` it goes to the dead-letter list. Other 4xx answers (bad
+A request the vendor certainly did not apply (429, 409 for a concurrent edit, a connection
+that was never made) is retried in the call with backoff that honours ``Retry-After``
+(tenacity). A write that may have been applied (a 5xx, or no answer after it was sent) is
+never resent in the call: notes and comments are not idempotent. It fails as retryable, and
+the worker reschedules the event durably (``retry_after`` says when) and, next time, first
+asks the vendor whether the note is there (``Writer.already_written``). After
+``CCA_WRITEBACK_MAX_ATTEMPTS`` an event goes to the dead-letter list. Other 4xx answers (bad
 credentials, a deleted ticket, a field the vendor refuses) are not retried: they need a
 person, and the dead letter says why.
 """
@@ -21,6 +24,9 @@ from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_at
 from pipelines.connectors.base import retry_after_seconds
 
 RETRYABLE_STATUS = frozenset({409, 429, 500, 502, 503, 504})
+# Answers and transport failures that prove the request was not applied: safe to resend now.
+_NOT_APPLIED_STATUS = frozenset({409, 429})
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 
 
 @dataclass(frozen=True)
@@ -42,12 +48,13 @@ class WriteFailed(Exception):
     """A write-back that did not happen; ``retryable`` says whether trying later may help."""
 
     def __init__(self, reason: str, *, status: int | None = None, retryable: bool,
-                 retry_after: float | None = None) -> None:
+                 retry_after: float | None = None, not_applied: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
         self.status = status
         self.retryable = retryable
         self.retry_after = retry_after
+        self.not_applied = not_applied  # the vendor certainly did not apply it
 
 
 class Writer(Protocol):
@@ -74,7 +81,7 @@ def _failure(resp: httpx.Response, what: str) -> WriteFailed:
     hint = {401: "; check the credentials", 403: "; the integration user lacks the right",
             404: "; the ticket no longer exists"}.get(status, "")
     return WriteFailed(f"{what}: HTTP {status}{hint}: {detail}", status=status,
-                       retryable=retryable,
+                       retryable=retryable, not_applied=status in _NOT_APPLIED_STATUS,
                        retry_after=retry_after_seconds(resp.headers.get("Retry-After")))
 
 
@@ -107,17 +114,26 @@ class VendorHttp:
                                         json=body, auth=self._auth,
                                         headers={"Accept": "application/json"})
         except httpx.TransportError as exc:
-            raise WriteFailed(f"{what}: cannot reach {self.base_url}: {type(exc).__name__}",
-                              retryable=True) from exc
+            sent = not isinstance(exc, _NOT_SENT)
+            reason = ("no answer after sending; it may have been applied" if sent
+                      else f"cannot reach {self.base_url}")
+            raise WriteFailed(f"{what}: {reason} ({type(exc).__name__})", retryable=True,
+                              not_applied=not sent) from exc
         if resp.status_code >= 400:
             raise _failure(resp, what)
         return resp
 
     def request(self, method: str, path: str, *, params: dict[str, Any] | None = None,
                 json: Any = None) -> httpx.Response:
-        """A 2xx response, or ``WriteFailed`` once the in-call retries are spent."""
+        """A 2xx response, or ``WriteFailed`` once the in-call retries are spent. A read is
+        also retried after a 5xx or a lost answer (reading twice is harmless)."""
+
+        def again(exc: BaseException) -> bool:
+            return isinstance(exc, WriteFailed) and exc.retryable and (
+                exc.not_applied or method == "GET")
+
         retrying = Retrying(
-            retry=retry_if_exception(lambda e: isinstance(e, WriteFailed) and e.retryable),
+            retry=retry_if_exception(again),
             stop=stop_after_attempt(self._attempts), wait=self._wait, sleep=self._sleep,
             reraise=True)
         return retrying(self._once, method, path, params, json)

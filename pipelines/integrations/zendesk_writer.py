@@ -3,9 +3,8 @@
 One ``PUT /api/v2/tickets/{id}`` (Zendesk "Tickets" API, Update Ticket) carries everything:
 the group, the priority, ``additional_tags`` (added to the agent's tags, never replacing
 them) and the routing note as a private comment (``public: false``: an internal note the
-customer never sees). One request means the ticket is never left half-routed. An update
-that was sent but not answered is never resent in the call (the note would be doubled): the
-note's marker on the ticket says whether Zendesk applied it.
+customer never sees). One request means the ticket is never left half-routed; an update
+that may have been applied is never resent in the call (``writeback.VendorHttp``).
 
 ``already_written`` reads the ticket's comments (Zendesk "Ticket Comments", List Comments,
 cursor pagination) for the note's marker: after a crash between Zendesk's answer and our
@@ -24,32 +23,9 @@ import httpx
 
 from pipelines.integrations.writeback import Routing, VendorHttp, WriteFailed
 
-# Transport failures where the request never left: safe to send again.
-_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 PRIORITIES = frozenset({"urgent", "high", "normal", "low"})
 COMMENTS_PAGE_SIZE = 100  # Zendesk's cursor-pagination maximum
 MAX_COMMENT_PAGES = 1000  # a ticket with more notes than this is not one we routed
-
-
-class _Unanswered(Exception):
-    """An update that was sent but not answered: Zendesk may have applied it."""
-
-
-class _TicketHttp(VendorHttp):
-    """VendorHttp that never resends an update that may have been applied: a second PUT
-    would post the note twice (comments are not idempotent)."""
-
-    def _once(self, method: str, path: str, params: dict[str, Any] | None,
-              body: Any) -> httpx.Response:
-        try:
-            return super()._once(method, path, params, body)
-        except WriteFailed as exc:
-            cause = exc.__cause__
-            if method == "PUT" and isinstance(cause, httpx.TransportError) \
-                    and not isinstance(cause, _NOT_SENT):
-                raise _Unanswered(f"{exc.reason} ({type(cause).__name__} after sending)") \
-                    from exc
-            raise
 
 
 class ZendeskWriter:
@@ -60,22 +36,15 @@ class ZendeskWriter:
     def __init__(self, url: str, email: str, token: str, client: httpx.Client | None = None,
                  *, timeout_s: float = 10.0,
                  sleep: Callable[[float], None] = time.sleep) -> None:
-        self.http = _TicketHttp(self.source, url, httpx.BasicAuth(f"{email}/token", token),
-                               client, timeout_s=timeout_s, sleep=sleep)
+        self.http = VendorHttp(self.source, url, httpx.BasicAuth(f"{email}/token", token),
+                                client, timeout_s=timeout_s, sleep=sleep)
         self._own_actor: str | None = None
 
     def write(self, routing: Routing) -> None:
         """Group, priority, tags and the internal note in one ticket update."""
         ticket_id = _ticket_number(routing.ticket_ref)
-        try:
-            self.http.request("PUT", f"/api/v2/tickets/{ticket_id}",
-                              json={"ticket": update_body(routing)})
-        except _Unanswered as exc:
-            # Sent but unanswered: the note tells whether Zendesk applied it.
-            if self.already_written(routing.ticket_ref, routing.marker):
-                return
-            raise WriteFailed(f"{exc}; the note is not on the ticket yet, so it is not "
-                              "resent now", retryable=True) from exc
+        self.http.request("PUT", f"/api/v2/tickets/{ticket_id}",
+                          json={"ticket": update_body(routing)})
 
     def already_written(self, ticket_ref: str, marker: str) -> bool:
         """Whether a private comment on the ticket contains ``marker``."""

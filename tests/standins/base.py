@@ -91,7 +91,7 @@ class StandIn:
         server.daemon_threads = True
         self.port = server.server_address[1]
         self._server = server
-        threading.Thread(target=server.serve_forever, name=f"standin-{self.name}",
+        threading.Thread(target=server.serve_forever, args=(0.05,), name=f"standin-{self.name}",
                          daemon=True).start()
         return self
 
@@ -142,7 +142,7 @@ def _handler_for(standin: StandIn) -> type[BaseHTTPRequestHandler]:
     class _Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        def log_message(self, format: str, *args: Any) -> None:
             return
 
         def _serve(self) -> None:

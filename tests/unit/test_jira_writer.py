@@ -98,12 +98,17 @@ def test_429_with_retry_after_is_waited_then_applied_once(jira: JiraStandIn) -> 
     assert jira.issues["HELP-1"]["labels"] == ["cca_routed"] and len(jira.comments["HELP-1"]) == 1
 
 
-def test_503_then_success_is_retried_with_backoff(jira: JiraStandIn) -> None:
-    jira.fail_next(1, Reply(503, {"errorMessages": ["Service unavailable"]}),
-                   r"/comment$")
+def test_503_on_the_comment_is_retryable_but_not_resent_in_the_call(
+        jira: JiraStandIn) -> None:
+    """A 503 may have been applied: the worker retries later, asking for the note first."""
+    jira.fail_next(1, Reply(503, {"errorMessages": ["Service unavailable"]}), r"/comment$")
     sleeps: list[float] = []
-    writer(jira, sleeps).write(routing())
-    assert sleeps == [0.5] and [r.method for r in jira.requests] == ["PUT", "POST", "POST"]
+    w = writer(jira, sleeps)
+    with pytest.raises(WriteFailed) as err:
+        w.write(routing())
+    assert (err.value.status, err.value.retryable) == (503, True)
+    assert sleeps == [] and [r.method for r in jira.requests] == ["PUT", "POST"]
+    w.write(routing())  # the fields again (idempotent), then the note once
     assert len(jira.comments["HELP-1"]) == 1
 
 

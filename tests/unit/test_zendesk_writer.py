@@ -14,7 +14,8 @@ from tests.standins.base import Reply
 from tests.standins.zendesk import ZendeskStandIn
 
 TICKET = 35436  # recorded: group 98738, priority high, tags ["card"]
-NOTE = "Routed by Call Centre Agent to Cards.\nModel m1. [cca:d-1]"
+MARKER = "[cca:d-1]"
+NOTE = f"Routed by Call Centre Agent to Cards.\nModel m1. {MARKER}"
 
 
 class Sleeps(list[float]):
@@ -89,12 +90,24 @@ def test_429_waits_for_retry_after_then_applies_once(zd, sleeps) -> None:
     assert zd.notes(TICKET) == [NOTE]
 
 
-@pytest.mark.parametrize("status", [503, 409])
-def test_5xx_or_conflict_then_success_is_retried_with_backoff(zd, sleeps, status) -> None:
-    zd.fail_next(1, Reply(status, {"error": "busy"}), r"/api/v2/tickets/")
+def test_conflict_then_success_is_retried_in_the_call(zd, sleeps) -> None:
+    zd.fail_next(1, Reply(409, {"error": "busy"}), r"/api/v2/tickets/")
     writer(zd, sleeps).write(routing())
     assert sleeps == [0.5] and len(zd.requests) == 2
     assert zd.tickets[TICKET]["group_id"] == 360000100001
+
+
+def test_5xx_is_not_resent_in_the_call(zd, sleeps) -> None:
+    """A 503 may have been applied: the worker retries later, asking for the note first."""
+    zd.fail_next(1, Reply(503, {"error": "busy"}), r"/api/v2/tickets/")
+    w = writer(zd, sleeps)
+    with pytest.raises(WriteFailed) as err:
+        w.write(routing())
+    assert (err.value.status, err.value.retryable) == (503, True)
+    assert sleeps == [] and len(zd.requests) == 1
+    assert not w.already_written(str(TICKET), MARKER)
+    w.write(routing())
+    assert zd.notes(TICKET) == [NOTE]
 
 
 def test_vendor_outage_is_retryable_after_the_in_call_attempts(zd, sleeps) -> None:
@@ -106,12 +119,16 @@ def test_vendor_outage_is_retryable_after_the_in_call_attempts(zd, sleeps) -> No
     assert sleeps == [0.5, 1.0]
 
 
-def test_unanswered_update_is_not_resent_when_its_note_is_on_the_ticket(zd, sleeps) -> None:
+def test_unanswered_update_is_not_resent_and_its_note_is_found(zd, sleeps) -> None:
     zd.delay_after_apply = 0.6  # applied, then the answer comes after the client gave up
     w = ZendeskWriter(zd.url, zd.user, zd.secret, timeout_s=0.2, sleep=sleeps)
-    w.write(routing())
-    assert [r.method for r in zd.requests] == ["PUT", "GET"]
-    assert zd.notes(TICKET) == [NOTE] and sleeps == []
+    with pytest.raises(WriteFailed) as err:
+        w.write(routing())
+    assert err.value.retryable and "may have been applied" in err.value.reason
+    assert [r.method for r in zd.requests] == ["PUT"] and sleeps == []
+    zd.delay_after_apply = 0.0
+    assert w.already_written(str(TICKET), MARKER)
+    assert zd.notes(TICKET) == [NOTE]
 
 
 def test_bad_credentials_are_401_not_retried(zd, sleeps) -> None:
