@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import faulthandler
 import signal
 import threading
 from typing import Annotated
@@ -44,9 +45,12 @@ def worker_cmd(
 def _work(s: Settings, count: int) -> None:
     # deferred: the runtime loads the model, SQLAlchemy and the cascade
     from serving.batcher import MicroBatcher
+    from serving.logs import configure
     from serving.metrics import ServiceMetrics
     from serving.runtime import Runtime
 
+    configure()  # JSON lines on stderr, as the service logs
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1`: where is it?
     runtime = Runtime.start(s, ServiceMetrics(), spool_prefix="intake")
     batcher = MicroBatcher(runtime.engine.handle, s.serve_batch_max_size, 0.0)
     stop = threading.Event()

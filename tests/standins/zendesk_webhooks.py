@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import json
+import uuid
 from datetime import UTC, datetime
 from typing import Any
 
@@ -81,7 +82,8 @@ class WebhookDeliveries:
             "updated_at": t["updated_at"], "via": {"channel": t["via"]["channel"]}}
         name = event_type if event_type.startswith("zen:") else EVENT + event_type
         return {"account_id": self.account_id, "detail": detail, "event": event or {},
-                "id": event_id or f"cbe4028c-7239-495d-b020-{self._next_id:012d}",
+                # Zendesk's event ids are UUIDs, unique across every stand-in of a test run.
+                "id": event_id or str(uuid.uuid4()),
                 "subject": f"zen:ticket:{ticket_id}", "time": zulu(),
                 "type": name, "zendesk_event_version": "2022-11-06"}
 

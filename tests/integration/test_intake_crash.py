@@ -1,0 +1,121 @@
+"""``kill -9`` of a ``cca worker`` in the middle of a write-back: nothing lost, nothing doubled.
+
+The service only accepts (``CCA_INTAKE_WORKERS=0``); separate ``cca worker`` processes do
+the work, as when scaling out. The Zendesk stand-in applies each write and then holds its
+answer, so the kill lands after the vendor changed the ticket and before the worker could
+record it: the next worker must find its note at the vendor instead of writing again.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from cca.settings import Settings
+from tests.conftest import ROOT, wait_until
+from tests.integration.conftest import cli_env
+from tests.integration.service_harness import service
+from tests.integration.test_ticketing_loop import loop_env, new_ticket, post, rows
+from tests.standins.zendesk import ZendeskStandIn
+
+GROUPS = {5000, 5001, 5002, 5003, 5011}
+
+
+def start_worker(home, zd: ZendeskStandIn) -> subprocess.Popen:
+    """A ``cca worker`` whose log goes to a file (a pipe nobody reads would block it)."""
+    env = cli_env(Settings(home=home), **loop_env(zd, CCA_INTAKE_LEASE_S="3",
+                                                  CCA_INTAKE_BATCH_SIZE="1"))
+    log = (home / "worker.log").open("ab")
+    return subprocess.Popen([sys.executable, "-m", "cli.main", "worker", "--workers", "1"],
+                            cwd=ROOT, env=env, stdout=log, stderr=log,
+                            start_new_session=True)
+
+
+def worker_log(home, proc=None) -> str:
+    if proc is not None and proc.poll() is None:
+        proc.send_signal(signal.SIGUSR1)
+        time.sleep(1)
+    return (home / "worker.log").read_text(errors="replace")[-3000:]
+
+
+def kill9(proc: subprocess.Popen) -> None:
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(10)
+
+
+def test_kill_9_mid_write_loses_nothing_and_writes_nothing_twice(service_home):
+    with ZendeskStandIn(groups=GROUPS) as zd, service(service_home, **loop_env(
+            zd, CCA_INTAKE_WORKERS="0")) as client:
+        tids = [new_ticket(zd, "Delivery", f"My parcel {n} is late, where is it?")
+                for n in range(6)]
+        for tid in tids:
+            accepted = post(client, zd.webhook("created", tid))
+            assert accepted.status_code == 202 and accepted.json()["stored"] == 1
+        zd.delay_after_apply = 3.0
+        worker = start_worker(service_home, zd)
+        try:
+            # The first write is applied at the vendor; its answer is being held.
+            assert wait_until(lambda: any(zd.notes(t) for t in tids), 180), \
+                worker_log(service_home)
+            kill9(worker)
+            applied = [t for t in tids if zd.notes(t)]
+            assert len(applied) == 1
+            zd.delay_after_apply = 0.0
+            worker = start_worker(service_home, zd)
+
+            def done() -> bool:
+                return all(r["status"] == "done" for r in rows(
+                    service_home, "SELECT status FROM intake_events WHERE ticket_id = ANY(:t)",
+                    t=[f"zendesk-{t}" for t in tids]))
+
+            assert wait_until(done, 180), worker_log(service_home)
+        finally:
+            if worker.poll() is None:
+                worker.send_signal(signal.SIGTERM)
+                worker.wait(60)
+        assert worker.returncode == 0, worker_log(service_home)
+        for tid in tids:
+            assert len(zd.notes(tid)) == 1, f"ticket {tid}: {zd.notes(tid)}"
+        outcomes = {r["ticket_id"]: r["outcome"] for r in rows(
+            service_home, "SELECT ticket_id, outcome FROM intake_events "
+            "WHERE ticket_id = ANY(:t)", t=[f"zendesk-{t}" for t in tids])}
+        assert outcomes[f"zendesk-{applied[0]}"] == "found-written"
+        assert sorted(outcomes.values()).count("found-written") == 1
+        puts = [r for r in zd.requests if r.method == "PUT"]
+        assert len(puts) == len(tids)  # one write per ticket, the killed one included
+        assert not zd.violations, zd.violations
+        audited = rows(service_home, "SELECT DISTINCT ticket_id FROM decisions "
+                       "WHERE ticket_id = ANY(:t)", t=[f"zendesk-{t}" for t in tids])
+        assert len(audited) == len(tids)
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.4, 1.1])
+def test_kill_9_at_other_moments_loses_nothing(service_home, delay):
+    """Killed while loading, while claiming, between writes: every event still lands once."""
+    with ZendeskStandIn(groups=GROUPS) as zd, service(service_home, **loop_env(
+            zd, CCA_INTAKE_WORKERS="0")) as client:
+        tids = [new_ticket(zd, "Invoice", f"Billing question number {n} about my invoice")
+                for n in range(4)]
+        for tid in tids:
+            accepted = post(client, zd.webhook("created", tid))
+            assert accepted.status_code == 202 and accepted.json()["stored"] == 1
+        zd.delay_after_apply = 0.3
+        worker = start_worker(service_home, zd)
+        wait_until(lambda: any(zd.notes(t) for t in tids), 180)
+        wait_until(lambda: False, delay)
+        kill9(worker)
+        zd.delay_after_apply = 0.0
+        worker = start_worker(service_home, zd)
+        try:
+            assert wait_until(lambda: all(zd.notes(t) for t in tids), 60), \
+                worker_log(service_home, worker)
+            wait_until(lambda: False, 1.0)
+        finally:
+            worker.send_signal(signal.SIGTERM)
+            worker.wait(60)
+        assert [len(zd.notes(t)) for t in tids] == [1] * len(tids)
