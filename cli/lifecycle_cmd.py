@@ -69,7 +69,8 @@ def purge_cmd() -> None:
         r = lifecycle.purge_expired(settings(), db)
     console.print(f"raw text purged on {r['raw_text_purged']} tickets (before "
                   f"{r['raw_cutoff'][:10]}), {r['embeddings_deleted']} embeddings deleted, "
-                  f"{r['quarantine_payloads_purged']} quarantine payloads cleared")
+                  f"{r['quarantine_payloads_purged']} quarantine payloads and "
+                  f"{r['intake_events_purged']} webhook events cleared")
 
 
 def quarantine_cmd(

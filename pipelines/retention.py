@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 
 from cca.settings import Settings
-from cca.store import Database
+from cca.store import Database, intake_repo
 from cca.store.lifecycle_repo import purge_raw_text
 from cca.store.quarantine import purge_payloads
 from cca.store.vectors import delete_created_before
@@ -25,6 +25,7 @@ from cca.store.vectors import delete_created_before
 class RetentionReport:
     raw_text_purged: int
     quarantine_payloads_purged: int
+    intake_events_purged: int
     embeddings_deleted: int
     inbox_folders_deleted: int
     raw_cutoff: str
@@ -57,8 +58,10 @@ def purge_expired(db: Database, settings: Settings, now: datetime | None = None
     with db.begin() as conn:
         purged = purge_raw_text(conn, raw_cutoff, now)
         payloads = purge_payloads(conn, raw_cutoff)
+        events = intake_repo.purge_text(conn, raw_cutoff)
         deleted = delete_created_before(conn, emb_cutoff)
     return RetentionReport(raw_text_purged=purged, quarantine_payloads_purged=payloads,
+                           intake_events_purged=events,
                            embeddings_deleted=deleted,
                            inbox_folders_deleted=_purge_inbox(settings, raw_cutoff),
                            raw_cutoff=raw_cutoff.isoformat(),

@@ -89,6 +89,15 @@ _CORRECTION = sa.text(
     ":actor, :stage, :label, :department, :corrected_label, :corrected_department) "
     "ON CONFLICT (event_id) DO NOTHING RETURNING id"
 )
+_PURGE_TEXT = sa.text(
+    "UPDATE intake_events SET payload = payload || '{\"subject\": \"\", \"body\": \"\", "
+    "\"customer_ref\": null}'::jsonb, customer_ref = NULL "
+    "WHERE received_at < :cut AND status IN ('done', 'dead') "
+    "AND (payload->>'subject' <> '' OR payload->>'body' <> '' OR customer_ref IS NOT NULL)"
+)
+_ERASE = sa.text(
+    "DELETE FROM intake_events WHERE customer_ref = ANY(:refs) OR ticket_id = ANY(:ids)"
+)
 _REROUTES = sa.text(
     """
     SELECT w.source, w.stage, count(*) AS routed,
@@ -241,6 +250,17 @@ def mark_sent(conn: Connection, writeback_id: int) -> None:
 def record_correction(conn: Connection, row: dict[str, Any]) -> bool:
     """Store one correction; False when this event was recorded before."""
     return conn.execute(_CORRECTION, row).first() is not None
+
+
+def purge_text(conn: Connection, received_before: datetime) -> int:
+    """Blank the ticket text and customer of handled events older than the cutoff (the
+    retention of raw text); the routing record and corrections stay."""
+    return conn.execute(_PURGE_TEXT, {"cut": received_before}).rowcount
+
+
+def erase(conn: Connection, refs: list[str], ticket_ids: list[str]) -> int:
+    """Delete a customer's events (their write-back records and corrections go with them)."""
+    return conn.execute(_ERASE, {"refs": refs, "ids": ticket_ids}).rowcount
 
 
 def reroutes(conn: Connection) -> list[Reroutes]:

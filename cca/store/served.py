@@ -16,6 +16,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from cca.store import intake_repo
 from cca.store.audit import text_hash
 from cca.store.tickets_repo import upsert_tickets
 from cca.tickets import Decision, Ticket
@@ -152,7 +153,10 @@ def customer_refs(conn: Connection, core: str) -> list[str]:
     upper-cased, read ``core`` or ``CUST`` + ``core``: the candidates for one customer, which
     the caller (the right to deletion) narrows to those whose canonical form is ``core``."""
     rows = conn.execute(sa.text(
-        "SELECT DISTINCT customer_ref FROM tickets WHERE customer_ref IS NOT NULL "
+        "SELECT customer_ref FROM tickets WHERE customer_ref IS NOT NULL "
+        "AND upper(regexp_replace(customer_ref, '[^0-9A-Za-z]', '', 'g')) "
+        "IN (:core, 'CUST' || :core) "
+        "UNION SELECT customer_ref FROM intake_events WHERE customer_ref IS NOT NULL "
         "AND upper(regexp_replace(customer_ref, '[^0-9A-Za-z]', '', 'g')) "
         "IN (:core, 'CUST' || :core)"), {"core": core})
     return [ref for (ref,) in rows]
@@ -192,6 +196,8 @@ def erase_customer(conn: Connection, refs: Sequence[str], subject_hash: str,
         conn.execute(sa.text("UPDATE tickets SET duplicate_of = NULL "
                              "WHERE duplicate_of = ANY(:ids)"), {"ids": ids})
         conn.execute(sa.text("DELETE FROM tickets WHERE id = ANY(:ids)"), {"ids": ids})
+    # Queued webhook events hold the customer's text too, and may not be tickets yet.
+    counts["intake_events"] = intake_repo.erase(conn, list(refs), ids)
     conn.execute(
         sa.text("INSERT INTO erasures (subject_hash, actor, counts) "
                 "VALUES (:h, :a, CAST(:c AS jsonb))"),

@@ -274,3 +274,40 @@ def test_refused_write_goes_to_dead_letters_and_replays(client, zd, service_home
     assert len(routed(zd, tid)) == 1
     missing = run_cli(settings, "integrations", "replay", "99999999")
     assert missing.returncode != 0 and "not on the dead-letter list" in missing.stderr
+
+
+def test_erasure_and_retention_reach_the_queue(client, zd, service_home):
+    tid = next(_next)
+    zd.add_ticket(tid, "Card", "My card was declined at the shop", requester_id=555123)
+    assert post(client, zd.webhook("created", tid)).status_code == 202
+    routed(zd, tid)
+    # Retention: handled events lose their text and customer after the raw-text window.
+    from cca.store import intake_repo
+
+    db = open_database(Settings(home=service_home))
+    try:
+        with db.begin() as conn:
+            assert intake_repo.purge_text(conn, datetime.now(UTC) - timedelta(days=1)) == 0
+    finally:
+        db.dispose()
+    q = ("SELECT payload->>'body' AS body, customer_ref FROM intake_events "
+         "WHERE ticket_id = :t")
+    assert rows(service_home, q, t=f"zendesk-{tid}") == [
+        {"body": "My card was declined at the shop", "customer_ref": "555123"}]
+    # The right to deletion takes the customer's queued events and write-back records.
+    r = client.delete("/customers/555123", headers=token(service_home, "admin"))
+    assert r.status_code == 200 and r.json()["counts"]["intake_events"] == 1
+    assert rows(service_home, q, t=f"zendesk-{tid}") == []
+    assert rows(service_home, "SELECT id FROM writebacks WHERE ticket_id = :t",
+                t=f"zendesk-{tid}") == []
+    other = next(_next)
+    zd.add_ticket(other, "Card", "Another declined card payment", requester_id=555124)
+    assert post(client, zd.webhook("created", other)).status_code == 202
+    routed(zd, other)
+    db = open_database(Settings(home=service_home))
+    try:
+        with db.begin() as conn:
+            assert intake_repo.purge_text(conn, datetime.now(UTC) + timedelta(seconds=1)) >= 1
+    finally:
+        db.dispose()
+    assert rows(service_home, q, t=f"zendesk-{other}") == [{"body": "", "customer_ref": None}]
