@@ -90,6 +90,15 @@ def current_version(models_dir: Path) -> str | None:
     return pointer.read_text().strip() if pointer.exists() else None
 
 
+def load_bundle_info(models_dir: Path, version: str | None = None) -> BundleInfo | None:
+    """The bundle's description without its model (cheap); None when there is none."""
+    version = version or current_version(models_dir)
+    path = models_dir / version / "bundle.json" if version else None
+    if path is None or not path.exists():
+        return None
+    return BundleInfo(**json.loads(path.read_text()))
+
+
 def load_bundle(models_dir: Path, version: str | None = None) -> ModelBundle:
     if version is None:
         version = current_version(models_dir)

@@ -38,6 +38,7 @@ def serve_cmd(
     if current_version(s.models_dir) is None and not list(s.models_dir.glob("LAST_GOOD_*")):
         raise StateError(f"nothing to serve under {s.models_dir}: run `cca run` (Banking77) or "
                          "`cca import` + `cca prepare` + `cca train` first")
+    _check_routing(s)
     if port is not None and not 1 <= port <= 65535:
         raise typer.BadParameter(f"port {port} is not in 1..65535", param_hint="--port")
     env = _service_env(s, port=port, host=host, workers=workers, shadow=shadow)
@@ -70,6 +71,18 @@ def serve_cmd(
             console.print(stop_embedded(s))
     if code not in (0, -signal.SIGINT, -signal.SIGTERM):
         raise typer.Exit(code if code > 0 else 1)
+
+
+def _check_routing(s: Settings) -> None:
+    """A routing map naming a department the model does not know is one line now, not a
+    worker's traceback later (the service checks again against the champion it loads)."""
+    # deferred: the routing map's modules load only when an integration is configured
+    from cca.bundle import load_bundle_info
+    from pipelines.integrations.vendors import configured, routing_from_settings
+
+    info = load_bundle_info(s.models_dir)
+    if configured(s) and info is not None:
+        routing_from_settings(s, set(info.departments.values()))
 
 
 def _service_env(s: Settings, **options: int | str | bool | None) -> dict[str, str]:

@@ -207,14 +207,13 @@ def start_intake(settings: Settings, db: Database, departments: list[str],
     ``run`` classifies on the cascade thread; ``learn`` stores an agent's validated label."""
     # deferred: the vendors' modules are needed only where an integration is configured.
     from pipelines.integrations.vendors import (
+        configured,
         routing_from_settings,
         webhook_parsers,
         writers_from_settings,
     )
 
-    vendors = ("zendesk_webhook_secret", "jira_webhook_secret", "servicenow_webhook_secret",
-               "zendesk_url", "jira_url", "servicenow_url")
-    if not any(getattr(settings, v) for v in vendors):
+    if not configured(settings):
         return None, None
     routing = routing_from_settings(settings, departments)
     parsers = webhook_parsers(settings, routing)

@@ -34,6 +34,13 @@ def _secret(value: SecretStr | str | None) -> str:
     return (value or "").strip()
 
 
+def configured(settings: Settings) -> bool:
+    """Whether any vendor's webhook or write-back is set up (else the loop stays off)."""
+    return any(getattr(settings, name) for name in (
+        "zendesk_webhook_secret", "jira_webhook_secret", "servicenow_webhook_secret",
+        "zendesk_url", "jira_url", "servicenow_url"))
+
+
 def routing_from_settings(settings: Settings, departments: Iterable[str]) -> RoutingMap:
     """The routing map, checked against ``departments``: those of the model being served
     (its bundle keeps the department map it was trained with)."""

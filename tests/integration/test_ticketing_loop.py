@@ -311,3 +311,20 @@ def test_erasure_and_retention_reach_the_queue(client, zd, service_home):
     finally:
         db.dispose()
     assert rows(service_home, q, t=f"zendesk-{other}") == [{"body": "", "customer_ref": None}]
+
+
+def test_cli_status_reports_reroutes_and_bad_routing_map_is_one_line(client, zd, service_home,
+                                                                      tmp_path):
+    settings = Settings(home=service_home)
+    status = run_cli(settings, "integrations", "status", "--json")
+    assert status.returncode == 0, status.stderr
+    report = json.loads(status.stdout)
+    assert report["reroutes"]["routed"] >= 1 and report["reroutes"]["rerouted"] >= 1
+    assert report["queue"]["dead"] == 0
+    bad = tmp_path / "routing.yaml"
+    bad.write_text("zendesk:\n  departments: {Acounts: 1}\n", encoding="utf-8")
+    serve = run_cli(settings, "serve", "--port", "3999", CCA_ROUTING_PATH=str(bad),
+                    CCA_ZENDESK_WEBHOOK_SECRET="s")
+    assert serve.returncode == 2
+    lines = [ln for ln in serve.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "Acounts" in lines[0], serve.stderr
