@@ -123,7 +123,7 @@ class Settings(BaseSettings):
     intake_poll_s: float = Field(default=0.5, gt=0)
     routing_path: Path = Field(default_factory=lambda: data_path("rules", "routing.yaml"))
     writeback: bool = Field(default=False, description="Write back tickets the ingest pulls.")
-    writeback_max_attempts: int = Field(default=8, ge=1, le=100)
+    writeback_max_attempts: int = Field(default=12, ge=1, le=100)
     writeback_backoff_s: float = Field(default=2.0, gt=0)
     writeback_max_backoff_s: float = Field(default=300.0, gt=0)
     writeback_timeout_s: float = Field(default=10.0, gt=0)

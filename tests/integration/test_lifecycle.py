@@ -20,7 +20,7 @@ from pipelines.dedup import NearDuplicateIndex
 from pipelines.ingest import ingest_from_connector
 from pipelines.validate import ValidationFailed
 from tests.conftest import FIXTURES
-from tests.unit.test_connectors import SN_PAGES, Recorder, recorded
+from tests.standins.servicenow import ServiceNowStandIn
 
 SIDE = "text: message\nlabel: intent\nid: ticket_id\nsubject: subject\npriority: priority\n"
 
@@ -173,10 +173,11 @@ def test_a_batch_level_failure_stops_validation_and_marks_nothing(settings, fres
 
 
 def test_connector_records_are_stored_and_cursor_kept(settings, fresh):
-    rec = Recorder(lambda req: recorded(SN_PAGES[req.url.params["sysparm_offset"]]))
-    connector = ServiceNowConnector("https://acme.service-now.com", "cca", "s3cret", rec.client,
-                                    page_size=2, sleep=rec.sleeps.append)
-    result = ingest_from_connector(fresh, connector, load_department_map(None))
+    with ServiceNowStandIn() as sn:
+        connector = ServiceNowConnector(sn.url, sn.user, sn.password, page_size=2,
+                                        sleep=lambda _: None)
+        result = ingest_from_connector(fresh, connector, load_department_map(None))
+        assert not sn.violations, sn.violations
     assert result["new"] >= 2 and result["cursor"]
     [(cursor,)] = rows(fresh, "SELECT cursor FROM ingest_cursors WHERE connector='servicenow'")
     assert cursor == result["cursor"]
