@@ -36,6 +36,7 @@ from serving.http_guard import (
     StrictJSONRoute,
     install_error_handlers,
 )
+from serving.intake import queue_status
 from serving.logs import configure, request_id
 from serving.metrics import ServiceMetrics
 from serving.runtime import Runtime
@@ -282,6 +283,8 @@ class CallCentreAgent:
 
     def __metrics__(self, content: str) -> str:
         self.runtime.refresh_gauges()
+        if self.runtime.intake is not None:  # queue depth, oldest event, dead letters
+            queue_status(self.runtime.db, _metrics)
         return content + _metrics.render()
 
     @bentoml.on_shutdown
