@@ -27,7 +27,10 @@ def ingest_tickets() -> None:
       `<file>.columns.yaml` sidecar or canonical names); each file moves to `processed/` or
       `failed/`, bad records go to the quarantine table.
     - **connectors**: ServiceNow, Zendesk and Jira Service Management, each from its stored
-      cursor; systems not configured (`CCA_SERVICENOW_URL`, ...) are skipped.
+      cursor; systems not configured (`CCA_SERVICENOW_URL`, ...) are skipped. With
+      `CCA_WRITEBACK=true`, tickets new to the store (not those of a system's first,
+      backfilling pull) are queued in the same commit for routing and write-back, which
+      the service's intake workers (or `cca worker`) do, exactly as for a webhook.
 
     Task logic lives in `pipelines/lifecycle.py`.
     """

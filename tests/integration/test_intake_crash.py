@@ -119,3 +119,20 @@ def test_kill_9_at_other_moments_loses_nothing(service_home, delay):
             worker.send_signal(signal.SIGTERM)
             worker.wait(60)
         assert [len(zd.notes(t)) for t in tids] == [1] * len(tids)
+
+
+def test_full_queue_answers_503_with_retry_after_and_stores_nothing(service_home):
+    with ZendeskStandIn(groups=GROUPS) as zd, service(service_home, **loop_env(
+            zd, CCA_INTAKE_WORKERS="0", CCA_INTAKE_MAX_PENDING="2")) as client:
+        waiting = rows(service_home, "SELECT count(*) AS n FROM intake_events "
+                       "WHERE status IN ('pending', 'processing')")[0]["n"]
+        tids = [new_ticket(zd, "Card", f"Card number {n} declined") for n in range(3)]
+        answers = [post(client, zd.webhook("created", t)) for t in tids]
+        accepted = max(0, 2 - waiting)
+        assert [a.status_code for a in answers] == [202] * accepted + [503] * (3 - accepted)
+        refused = answers[-1]
+        assert refused.headers["Retry-After"] == "30" and "queue is full" in refused.json()[
+            "error"]
+        stored = rows(service_home, "SELECT count(*) AS n FROM intake_events "
+                      "WHERE ticket_id = ANY(:t)", t=[f"zendesk-{t}" for t in tids])
+        assert stored[0]["n"] == accepted
