@@ -131,32 +131,60 @@ def _routing_of(row: WritebackRow) -> Routing:
 
 
 def _learn(parts: LoopParts, event: WebhookEvent, event_id: int) -> str:
-    """An update: a person's change of the routed group is a correction; ours is an echo."""
-    if "group" not in event.changes:
+    """An update: a person's change of the routed group (or priority) is a correction; the
+    product's own write coming back is not."""
+    if "group" not in event.changes and "priority" not in event.changes:
         return "no-routed-change"
     with parts.db.begin() as conn:
         row = writeback_for(conn, event.source, event.ticket_ref)
     if row is None or row.status != "sent":
         return "not-routed"
+    if "group" in event.changes:
+        return _group_change(parts, event, event_id, row)
+    return _priority_change(parts, event, event_id, row)
+
+
+def _by_us(parts: LoopParts, event: WebhookEvent) -> bool:
+    return event.actor is not None and event.actor == parts.own_actor(event.source)
+
+
+def _group_change(parts: LoopParts, event: WebhookEvent, event_id: int,
+                  row: WritebackRow) -> str:
     new = event.changes.get("group")
     new = str(new) if new not in (None, "") else None
-    if new == row.group_value:
-        return "own-write"
-    if event.actor is not None and event.actor == parts.own_actor(event.source):
+    if new == row.group_value or _by_us(parts, event):
         return "own-write"
     label, department = (parts.routing.vendor(event.source).back(new) if new
                          else (None, None))
-    with parts.db.begin() as conn:
-        stored = record_correction(conn, {
-            "event_id": event_id, "writeback_id": row.id, "source": event.source,
-            "ticket_id": row.ticket_id, "field": "group", "written": row.group_value,
-            "corrected": new, "actor": event.actor, "stage": row.stage, "label": row.label,
-            "department": row.department, "corrected_label": label,
-            "corrected_department": department})
-    if not stored:
+    if not _record(parts, event, event_id, row, "group", row.group_value, new, label,
+                   department):
         return "correction-seen"
     if not row.review:
         parts.on_reroute(event.source, row.stage)
     if label is not None and parts.learn is not None:
         parts.learn(row.ticket_id, label, f"{event.source}:{event.actor or 'agent'}")
     return "correction-label" if label else "correction"
+
+
+def _priority_change(parts: LoopParts, event: WebhookEvent, event_id: int,
+                     row: WritebackRow) -> str:
+    """An urgency correction: recorded, not a reroute (the route was not changed)."""
+    ours = str(event.changes.get("priority") or "")
+    as_written = parts.routing.vendor(event.source).urgency.get(ours, ours)
+    if row.priority_value is None or as_written == row.priority_value or _by_us(parts, event):
+        return "own-write"
+    seen = _record(parts, event, event_id, row, "priority", row.priority_value, ours, None,
+                   None)
+    return "correction-priority" if seen else "correction-seen"
+
+
+def _record(parts: LoopParts, event: WebhookEvent, event_id: int, row: WritebackRow,
+            field: str, written: str | None, corrected: str | None, label: str | None,
+            department: str | None) -> bool:
+    with parts.db.begin() as conn:
+        return record_correction(conn, {
+            "event_id": event_id, "writeback_id": row.id, "source": event.source,
+            "ticket_id": row.ticket_id, "field": field, "written": written,
+            "corrected": corrected, "actor": event.actor, "stage": row.stage,
+            "label": row.label, "department": row.department, "corrected_label": label,
+            "corrected_department": department})

@@ -208,6 +208,30 @@ def test_agent_correction_is_learnt_and_own_write_is_not(client, zd, service_hom
     assert any(r["source"] == "zendesk" and r["rerouted"] >= 1 for r in status["reroutes"])
 
 
+def test_priority_change_by_an_agent_is_an_urgency_correction_not_a_reroute(client, zd,
+                                                                          service_home):
+    tid = new_ticket(zd, "Delivery", "My parcel is overdue by a week")
+    assert post(client, zd.webhook("created", tid)).status_code == 202
+    routed(zd, tid)
+    written = zd.tickets[tid]["priority"]
+    admin = token(service_home, "admin")
+
+    def rerouted() -> int:
+        return sum(r["rerouted"] for r in client.get("/status", headers=admin).json()[
+            "intake"]["reroutes"])
+
+    before = rerouted()
+    (echo,) = zd.agent_update(tid, AGENT, priority=written)  # same value: not a change
+    (raise_,) = zd.agent_update(tid, AGENT, priority="urgent")
+    for delivery in (echo, raise_):
+        assert post(client, delivery).status_code == 202
+    q = "SELECT field, written, corrected FROM corrections WHERE ticket_id = :t"
+    assert wait_until(lambda: rows(service_home, q, t=f"zendesk-{tid}"), 30)
+    assert rows(service_home, q, t=f"zendesk-{tid}") == [
+        {"field": "priority", "written": written, "corrected": "critical"}]
+    assert rerouted() == before  # an urgency correction is not a reroute
+
+
 def test_department_level_correction_when_the_group_maps_to_a_department(client, zd,
                                                                          service_home):
     tid = new_ticket(zd, "Password", "I forgot my password again")
