@@ -111,7 +111,8 @@ class GuardMiddleware:
         token = request_id.set(rid)
         path = scope.get("path", "")
         endpoint = path if path in _ENDPOINTS else (
-            "/customers" if path.startswith("/customers/") else "other")
+            "/customers" if path.startswith("/customers/") else
+            "/webhooks" if path.startswith("/webhooks/") else "other")
         t0 = time.perf_counter()
         response = _Response(scope, send, rid, self.balancer)
         self.balancer.enter()
