@@ -116,7 +116,7 @@ class Settings(BaseSettings):
     jira_webhook_secret: SecretStr | None = None
     servicenow_webhook_secret: SecretStr | None = None
     webhook_max_skew_s: int = Field(default=300, ge=1, le=3600)
-    intake_workers: int = Field(default=1, ge=0, le=64)
+    intake_workers: int = Field(default=2, ge=0, le=64)
     intake_max_pending: int = Field(default=10_000, ge=1)
     intake_batch_size: int = Field(default=16, ge=1, le=512)
     intake_lease_s: float = Field(default=60.0, gt=0)

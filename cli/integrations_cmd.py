@@ -20,7 +20,7 @@ app = typer.Typer(help="The ticketing loop: queue, dead letters, reroutes.",
 
 def worker_cmd(
     workers: Annotated[int | None, typer.Option(
-        min=1, help="Worker threads (default CCA_INTAKE_WORKERS, at least 1).")] = None,
+        min=1, help="Worker threads (default CCA_INTAKE_WORKERS: 2; at least 1).")] = None,
 ) -> None:
     """Run only intake workers (no HTTP): classify queued webhook events and write back.
 

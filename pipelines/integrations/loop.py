@@ -74,15 +74,15 @@ def event_ticket(event: WebhookEvent) -> Ticket:
 
 
 def _route(parts: LoopParts, event: WebhookEvent, claimed: Claimed) -> str:
-    with parts.db.begin() as conn:
+    ticket = event_ticket(event)
+    with parts.db.begin() as conn:  # one round trip: the record, and the ticket if new
         existing = writeback_for(conn, event.source, event.ticket_ref)
+        if existing is None:
+            upsert_tickets(conn, [ticket], origin=event.source)
     if existing is not None and existing.status == "sent":
         return "already-routed"
     writer = parts.writers.get(event.source)
     if existing is None:
-        ticket = event_ticket(event)
-        with parts.db.begin() as conn:
-            upsert_tickets(conn, [ticket], origin=event.source)
         decision = parts.classify(ticket)
         if writer is None:
             log.warning("%s: no write-back credentials; %s classified, not written back",

@@ -141,6 +141,9 @@ class StandIn:
 def _handler_for(standin: StandIn) -> type[BaseHTTPRequestHandler]:
     class _Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        # http.server sends a reply's headers and body in two writes; with Nagle's algorithm
+        # on, back-to-back requests on one connection each wait for a delayed ACK.
+        disable_nagle_algorithm = True
 
         def log_message(self, format: str, *args: Any) -> None:
             return
