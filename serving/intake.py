@@ -16,6 +16,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import ValidationError
+
 from cca.errors import CCAError
 from cca.settings import Settings
 from cca.store import Database, StoreUnavailable
@@ -150,8 +152,8 @@ class IntakeWorkers:
             return
         except StoreUnavailable:
             raise
-        except CCAError as exc:  # e.g. a ticket the model cannot take: needs a person
-            self._failed(worker, item, source, str(exc), False, None)
+        except (CCAError, ValidationError) as exc:  # a ticket that cannot be taken as is
+            self._failed(worker, item, source, str(exc).splitlines()[0], False, None)
             return
         except Exception as exc:
             log.exception("intake event %s failed", item.id)
