@@ -6,8 +6,10 @@ HTTP stack: connection errors, timeouts, headers, retries.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -67,6 +69,7 @@ class StandIn:
         self._faults: list[tuple[str | None, int, Reply]] = []
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
+        self._connections: set[socket.socket] = set()
         self.port = 0
 
     # -- configuration -------------------------------------------------------------------
@@ -96,10 +99,17 @@ class StandIn:
         return self
 
     def stop(self) -> None:
+        """Off the network: no new connections, and the open keep-alive ones are cut (a
+        real outage does not keep serving clients that happened to be connected)."""
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+        with self._lock:
+            connections, self._connections = list(self._connections), set()
+        for conn in connections:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
 
     def __enter__(self) -> StandIn:
         return self.start() if self._server is None else self
@@ -144,6 +154,16 @@ def _handler_for(standin: StandIn) -> type[BaseHTTPRequestHandler]:
         # http.server sends a reply's headers and body in two writes; with Nagle's algorithm
         # on, back-to-back requests on one connection each wait for a delayed ACK.
         disable_nagle_algorithm = True
+
+        def setup(self) -> None:
+            super().setup()
+            with standin._lock:
+                standin._connections.add(self.connection)
+
+        def finish(self) -> None:
+            with standin._lock:
+                standin._connections.discard(self.connection)
+            super().finish()
 
         def log_message(self, format: str, *args: Any) -> None:
             return
