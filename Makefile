@@ -8,7 +8,7 @@ UV := $(PYTHON) -m uv
 
 CCA_HOME ?= .cca
 
-.PHONY: setup run test lint bench bench-serve mlflow-ui airflow-test clean
+.PHONY: setup run test lint bench bench-serve bench-webhooks mlflow-ui airflow-test clean
 
 setup:
 	@$(UV) --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet "uv>=0.5"
@@ -34,6 +34,10 @@ bench: setup
 # The HTTP service under load (after `make run`); add ARGS=--soak for the 10-minute soak.
 bench-serve: setup
 	$(UV) run --frozen python benchmarks/serve_load.py $(ARGS)
+
+# The ticketing loop: signed webhooks in, write-back to a Zendesk stand-in (after `make run`).
+bench-webhooks: setup
+	$(UV) run --frozen python benchmarks/webhooks.py $(ARGS)
 
 # The MLflow UI on the local store the main job writes (http://127.0.0.1:5000).
 mlflow-ui: setup

@@ -21,7 +21,7 @@ status, and each event's time split by the service's PostgreSQL timestamps: queu
 finish (-> done). Usage:
 
     uv run python benchmarks/webhooks.py [--rate-accept 100] [--rate-e2e 50] [--duration 30]
-        [--backlog 500] [--workers 1,2] [--json PATH]
+        [--backlog 500] [--workers 2,1] [--json PATH]
 """
 
 from __future__ import annotations
@@ -303,7 +303,7 @@ def main() -> None:
     for flag, kind, default in (("--rate-accept", float, 100.0), ("--rate-e2e", float, 50.0),
                                 ("--duration", float, 30.0), ("--backlog", int, 500)):
         parser.add_argument(flag, type=kind, default=default)
-    parser.add_argument("--workers", default="1,2",
+    parser.add_argument("--workers", default="2,1",
                         help="CCA_INTAKE_WORKERS to drain the backlog with, comma-separated; "
                              "phases 2-3 run with the first")
     parser.add_argument("--serve-workers", type=int, default=None,
