@@ -6,9 +6,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
-from cca.errors import ConfigError, describe_yaml_error
+from cca.errors import ConfigError, read_yaml
 
 
 @dataclass(frozen=True)
@@ -36,12 +34,7 @@ class DepartmentMap:
 def load_department_map(path: Path | None) -> DepartmentMap:
     if path is None:
         return DepartmentMap()
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read department map: {exc}") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: malformed YAML: {describe_yaml_error(exc)}") from exc
+    data = read_yaml(path, "department map")
     depts = data.get("departments") if isinstance(data, dict) else None
     if not isinstance(depts, dict) or not depts:
         raise ConfigError(f"{path}: expected a 'departments' mapping of name -> list of labels")

@@ -15,9 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from cca.errors import ConfigError, describe_yaml_error
+from cca.errors import ConfigError, read_yaml
 
 VENDORS = ("servicenow", "zendesk", "jira")
 URGENCIES = ("low", "normal", "high", "critical")
@@ -106,12 +104,7 @@ def _vendor(path: Path, name: str, raw: Any) -> VendorRouting:
 
 def load_routing_map(path: Path) -> RoutingMap:
     """The routing map at ``path``; every problem is one ``ConfigError`` line."""
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read routing map: {exc}") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: malformed YAML: {describe_yaml_error(exc)}") from exc
+    data = read_yaml(path, "routing map")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping with servicenow/zendesk/jira keys")
     unknown = set(data) - {*VENDORS, "tags"}

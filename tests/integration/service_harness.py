@@ -110,3 +110,17 @@ def token(home: Path, *scopes: str, subject: str = "tester") -> dict[str, str]:
 def ticket(body: str, **fields: object) -> dict:
     return {"ticket": {"id": fields.pop("id", f"t-{uuid.uuid4().hex[:12]}"), "body": body,
                        **fields}}
+
+
+def rows(home: Path, sql: str, **params: object) -> list[dict]:
+    """The rows of ``sql`` in the home's database, as dicts."""
+    import sqlalchemy as sa
+
+    from cca.store import open_database
+
+    db = open_database(Settings(home=home))
+    try:
+        with db.begin() as conn:
+            return [dict(r) for r in conn.execute(sa.text(sql), params).mappings()]
+    finally:
+        db.dispose()

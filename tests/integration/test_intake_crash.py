@@ -19,8 +19,8 @@ import pytest
 from cca.settings import Settings
 from tests.conftest import ROOT, wait_until
 from tests.integration.conftest import cli_env
-from tests.integration.service_harness import service
-from tests.integration.test_ticketing_loop import loop_env, new_ticket, post, rows
+from tests.integration.service_harness import rows, service
+from tests.integration.test_ticketing_loop import loop_env, new_ticket, post
 from tests.standins.zendesk import ZendeskStandIn
 
 GROUPS = {5000, 5001, 5002, 5003, 5011}

@@ -11,11 +11,11 @@ import threading
 import time
 
 import pytest
-import sqlalchemy as sa
 
 from cca.store import open_database
 from cca.tickets import Ticket
 from tests.conftest import wait_until
+from tests.integration.service_harness import rows as _rows
 from tests.integration.service_harness import service, ticket, token
 
 
@@ -33,17 +33,6 @@ def client(home):
 @pytest.fixture(scope="module")
 def auth(home):
     return token(home, "classify", "feedback", "admin")
-
-
-def _rows(home, sql, **params):
-    from cca.settings import Settings
-
-    db = open_database(Settings(home=home))
-    try:
-        with db.begin() as conn:
-            return [dict(r) for r in conn.execute(sa.text(sql), params).mappings()]
-    finally:
-        db.dispose()
 
 
 def test_probes_and_openapi(client):

@@ -10,16 +10,14 @@ from __future__ import annotations
 import json
 import time
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
-import sqlalchemy as sa
 
 from cca.settings import Settings
 from cca.store import open_database
 from tests.conftest import FIXTURES, wait_until
 from tests.integration.conftest import run_cli
-from tests.integration.service_harness import service, ticket, token
+from tests.integration.service_harness import rows, service, ticket, token
 from tests.standins.base import Reply
 from tests.standins.zendesk import ZendeskStandIn
 
@@ -45,15 +43,6 @@ def loop_env(zd: ZendeskStandIn, **extra: str) -> dict[str, str]:
 def client(service_home, zd):
     with service(service_home, **loop_env(zd)) as c:
         yield c
-
-
-def rows(home: Path, sql: str, **params: object) -> list[dict]:
-    db = open_database(Settings(home=home))
-    try:
-        with db.begin() as conn:
-            return [dict(r) for r in conn.execute(sa.text(sql), params).mappings()]
-    finally:
-        db.dispose()
 
 
 def post(client, delivery) -> object:

@@ -10,8 +10,7 @@ from cca.settings import Settings
 from cca.store import open_database
 from pipelines.lifecycle import ingest_connectors
 from tests.conftest import FIXTURES, wait_until
-from tests.integration.service_harness import service
-from tests.integration.test_ticketing_loop import rows
+from tests.integration.service_harness import rows, service
 from tests.standins.jira import ACCOUNT_ID, AGENT_ID, JiraStandIn
 from tests.standins.servicenow import ServiceNowStandIn
 
