@@ -148,16 +148,18 @@ class IntakeWorkers:
         try:
             outcome = handle(self.parts, item)
         except WriteFailed as exc:
-            self._failed(worker, item, source, exc.reason, exc.retryable, exc.retry_after)
+            self._failed(worker, item, source, exc.reason, exc.retryable, exc.retry_after,
+                         str(exc.status) if exc.status else "network")
             return
         except StoreUnavailable:
             raise
         except (CCAError, ValidationError) as exc:  # a ticket that cannot be taken as is
-            self._failed(worker, item, source, str(exc).splitlines()[0], False, None)
+            self._failed(worker, item, source, str(exc).splitlines()[0], False, None, "input")
             return
         except Exception as exc:
             log.exception("intake event %s failed", item.id)
-            self._failed(worker, item, source, f"{type(exc).__name__}: {exc}", True, None)
+            self._failed(worker, item, source, f"{type(exc).__name__}: {exc}", True, None,
+                         "error")
             return
         with self.db.begin() as conn:
             repo.finish(conn, item.id, worker, outcome)
@@ -166,7 +168,7 @@ class IntakeWorkers:
                                                  "outcome": outcome})
 
     def _failed(self, worker: str, item: repo.Claimed, source: str, reason: str,
-                retryable: bool, retry_after: float | None) -> None:
+                retryable: bool, retry_after: float | None, status: str) -> None:
         s = self.settings
         with self.db.begin() as conn:
             if retryable and item.attempts < s.writeback_max_attempts:
@@ -174,11 +176,11 @@ class IntakeWorkers:
                               s.writeback_backoff_s * 2 ** (item.attempts - 1))
                 delay = max(backoff, retry_after or 0.0)
                 repo.reschedule(conn, item.id, worker, delay, reason)
-                self.metrics.writebacks.labels(source, "retry").inc()
+                self.metrics.writebacks.labels(source, "retry", status).inc()
                 log.warning("intake event %s: %s; retry in %.0f s", item.id, reason, delay)
                 return
             repo.bury(conn, item.id, worker, reason)
-        self.metrics.writebacks.labels(source, "dead-letter").inc()
+        self.metrics.writebacks.labels(source, "dead-letter", status).inc()
         log.error("intake event %s dead-lettered after %d attempt(s): %s", item.id,
                   item.attempts, reason)
 
@@ -189,6 +191,7 @@ def queue_status(db: Database, metrics: ServiceMetrics) -> dict[str, Any]:
         with db.begin() as conn:
             stats = repo.queue_stats(conn)
             rates = repo.reroutes(conn)
+            outcomes = repo.outcomes_since(conn, 24 * 3600)
     except StoreUnavailable:
         return {"available": False}
     metrics.intake_depth.set(stats.pending + stats.processing)
@@ -196,6 +199,7 @@ def queue_status(db: Database, metrics: ServiceMetrics) -> dict[str, Any]:
     metrics.intake_dead.set(stats.dead)
     return {"pending": stats.pending, "processing": stats.processing,
             "oldest_pending_s": round(stats.oldest_age_s, 3), "dead_letters": stats.dead,
+            "outcomes_24h": outcomes,
             "reroutes": [{"source": r.source, "stage": r.stage, "routed": r.routed,
                           "rerouted": r.rerouted, "rate": round(r.rate, 4)} for r in rates]}
 
@@ -231,7 +235,7 @@ def start_intake(settings: Settings, db: Database, departments: list[str],
 
     parts = LoopParts(db, routing, writers_from_settings(settings, routing),
                       engine_classifier(run), learned,
-                      on_write=lambda s, o: metrics.writebacks.labels(s, o).inc(),
+                      on_write=lambda s, o: metrics.writebacks.labels(s, o, "ok").inc(),
                       on_reroute=lambda s, st: metrics.reroutes.labels(s, st).inc())
     pool = IntakeWorkers(settings, db, parts, metrics, workers, name, wake=intake.wake)
     pool.start()

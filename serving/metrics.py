@@ -82,8 +82,10 @@ class ServiceMetrics:
                                 "(accepted, duplicate, ignored, refused_<status>).",
                                 ["source", "outcome"], registry=r)
         self.writebacks = Counter("cca_writebacks", "Write-backs to ticketing systems, by "
-                                  "source and outcome (routed, review, found-written, "
-                                  "retry, dead-letter).", ["source", "outcome"], registry=r)
+                                  "source, outcome (routed, review, found-written, retry, "
+                                  "dead-letter) and status (ok, the vendor's HTTP status, "
+                                  "or network).", ["source", "outcome", "status"],
+                                  registry=r)
         self.reroutes = Counter("cca_reroutes", "Auto-routed tickets a person moved to "
                                 "another group, by source and the stage that routed them.",
                                 ["source", "stage"], registry=r)

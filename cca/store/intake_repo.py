@@ -98,6 +98,11 @@ _PURGE_TEXT = sa.text(
 _ERASE = sa.text(
     "DELETE FROM intake_events WHERE customer_ref = ANY(:refs) OR ticket_id = ANY(:ids)"
 )
+_OUTCOMES = sa.text(
+    "SELECT source, COALESCE(outcome, status) AS outcome, count(*) AS n FROM intake_events "
+    "WHERE received_at > now() - make_interval(secs => :secs) "
+    "GROUP BY source, COALESCE(outcome, status) ORDER BY source, 2"
+)
 _REROUTES = sa.text(
     """
     SELECT w.source, w.stage, count(*) AS routed,
@@ -261,6 +266,15 @@ def purge_text(conn: Connection, received_before: datetime) -> int:
 def erase(conn: Connection, refs: list[str], ticket_ids: list[str]) -> int:
     """Delete a customer's events (their write-back records and corrections go with them)."""
     return conn.execute(_ERASE, {"refs": refs, "ids": ticket_ids}).rowcount
+
+
+def outcomes_since(conn: Connection, seconds: float) -> dict[str, dict[str, int]]:
+    """Events received in the last ``seconds``, per source, by outcome (or state while not
+    done): routed, review, own-write, correction…, pending, dead-letter."""
+    out: dict[str, dict[str, int]] = {}
+    for r in conn.execute(_OUTCOMES, {"secs": seconds}):
+        out.setdefault(r.source, {})[r.outcome] = int(r.n)
+    return out
 
 
 def reroutes(conn: Connection) -> list[Reroutes]:

@@ -276,6 +276,12 @@ def test_refused_write_goes_to_dead_letters_and_replays(client, zd, service_home
                           == "dead", 30)
         (event,) = rows(service_home, q, t=f"zendesk-{tid}")
         assert "422" in event["last_error"]
+        metrics = client.get("/metrics").text
+        assert ('cca_writebacks_total{outcome="dead-letter",source="zendesk",status="422"} 1.0'
+                in metrics)
+        outcomes = client.get("/status", headers=token(service_home, "admin")).json()[
+            "intake"]["outcomes_24h"]["zendesk"]
+        assert outcomes["dead-letter"] == 1 and outcomes["routed"] >= 1
         settings = Settings(home=service_home)
         listed = run_cli(settings, "integrations", "dead-letters")
         assert listed.returncode == 0 and f"zendesk-{tid}" in listed.stdout
