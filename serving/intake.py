@@ -103,6 +103,8 @@ class IntakeWorkers:
         self.wake = wake or threading.Event()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._held: dict[int, str] = {}  # events claimed and not yet settled -> worker
+        self._held_lock = threading.Lock()
         self.handled = 0
 
     def start(self) -> None:
@@ -111,6 +113,20 @@ class IntakeWorkers:
                                  name=f"cca-intake-{i + 1}", daemon=True)
             t.start()
             self._threads.append(t)
+        beat = threading.Thread(target=self._heartbeat, name="cca-intake-lease", daemon=True)
+        beat.start()
+        self._threads.append(beat)
+
+    def _heartbeat(self) -> None:
+        """Renew the leases of every event in hand, three times per lease."""
+        while not self._stop.wait(self.settings.intake_lease_s / 3):
+            with self._held_lock:
+                held = dict(self._held)
+            try:
+                with self.db.begin() as conn:
+                    repo.extend_leases(conn, held, self.settings.intake_lease_s)
+            except StoreUnavailable:
+                log.warning("intake: leases not renewed, PostgreSQL unreachable")
 
     def close(self, timeout_s: float = 30.0) -> None:
         self._stop.set()
@@ -137,10 +153,19 @@ class IntakeWorkers:
         with self.db.begin() as conn:
             claimed = repo.claim(conn, worker, self.settings.intake_batch_size,
                                  self.settings.intake_lease_s)
-        for item in claimed:
-            if self._stop.is_set():
-                break  # its lease ends and another worker takes it
-            self._one(worker, item)
+        with self._held_lock:
+            self._held.update((item.id, worker) for item in claimed)
+        try:
+            for n, item in enumerate(claimed):
+                if self._stop.is_set():  # stopping: the rest are due again at once
+                    with self.db.begin() as conn:
+                        repo.release(conn, [i.id for i in claimed[n:]], worker)
+                    break
+                self._one(worker, item)
+        finally:
+            with self._held_lock:
+                for item in claimed:
+                    self._held.pop(item.id, None)
         return len(claimed)
 
     def _one(self, worker: str, item: repo.Claimed) -> None:

@@ -50,6 +50,16 @@ _BURY = sa.text(
     "last_error = :error, done_at = now() WHERE id = :id AND worker = :worker "
     "AND status = 'processing'"
 )
+_EXTEND = sa.text(
+    "UPDATE intake_events SET lease_until = now() + make_interval(secs => :lease) "
+    "WHERE status = 'processing' AND (id, worker) IN "
+    "(SELECT * FROM unnest(CAST(:ids AS bigint[]), CAST(:workers AS text[])))"
+)
+_RELEASE = sa.text(
+    "UPDATE intake_events SET status = 'pending', lease_until = NULL, "
+    "attempts = greatest(attempts - 1, 0) "
+    "WHERE id = ANY(:ids) AND worker = :worker AND status = 'processing'"
+)
 _DEAD = sa.text(
     "SELECT id, source, ticket_id, ticket_ref, event_type, attempts, last_error, received_at, "
     "done_at FROM intake_events WHERE status = 'dead' ORDER BY id LIMIT :n"
@@ -217,6 +227,23 @@ def bury(conn: Connection, event_id: int, worker: str, error: str) -> bool:
     """The dead-letter list: kept, with the reason, until ``replay``."""
     res = conn.execute(_BURY, {"id": event_id, "worker": worker, "error": error[:2000]})
     return res.rowcount == 1
+
+
+def extend_leases(conn: Connection, held: dict[int, str], lease_s: float) -> int:
+    """Renew the leases of events still in hand (id -> worker): a slow write-back must not
+    let another worker take the same event meanwhile."""
+    if not held:
+        return 0
+    ids, workers = zip(*held.items(), strict=True)
+    return conn.execute(_EXTEND, {"ids": list(ids), "workers": list(workers),
+                                  "lease": lease_s}).rowcount
+
+
+def release(conn: Connection, event_ids: list[int], worker: str) -> int:
+    """Give back events claimed but not started (a worker stopping): due again at once."""
+    if not event_ids:
+        return 0
+    return conn.execute(_RELEASE, {"ids": event_ids, "worker": worker}).rowcount
 
 
 def dead_letters(conn: Connection, limit: int = 100) -> list[DeadLetter]:

@@ -21,6 +21,7 @@ from tests.conftest import ROOT, wait_until
 from tests.integration.conftest import cli_env
 from tests.integration.service_harness import rows, service
 from tests.integration.test_ticketing_loop import loop_env, new_ticket, post
+from tests.standins.base import Reply
 from tests.standins.zendesk import ZendeskStandIn
 
 GROUPS = {5000, 5001, 5002, 5003, 5011}
@@ -136,3 +137,22 @@ def test_full_queue_answers_503_with_retry_after_and_stores_nothing(service_home
         stored = rows(service_home, "SELECT count(*) AS n FROM intake_events "
                       "WHERE ticket_id = ANY(:t)", t=[f"zendesk-{t}" for t in tids])
         assert stored[0]["n"] == accepted
+
+
+def test_slow_write_keeps_its_lease_so_no_second_worker_writes_it_again(service_home):
+    """A write waiting out a 429 for longer than the lease: the lease is renewed while the
+    event is in hand, so the other worker never takes it (which would write it twice)."""
+    with ZendeskStandIn(groups=GROUPS) as zd, service(service_home, **loop_env(
+            zd, CCA_INTAKE_WORKERS="2", CCA_INTAKE_LEASE_S="1",
+            CCA_INTAKE_BATCH_SIZE="1")) as client:
+        tid = new_ticket(zd, "Card", "My card was declined at the till")
+        zd.fail_next(1, Reply(429, {"error": "TooManyRequests"}, {"Retry-After": "3"}),
+                     path_pattern=rf"/api/v2/tickets/{tid}$")
+        assert post(client, zd.webhook("created", tid)).json()["stored"] == 1
+        assert wait_until(lambda: zd.notes(tid), 30)
+        time.sleep(2)
+        puts = [r for r in zd.requests if r.method == "PUT"]
+        assert len(puts) == 2 and len(zd.notes(tid)) == 1  # the 429, then one write
+        (event,) = rows(service_home, "SELECT attempts, outcome FROM intake_events "
+                        "WHERE ticket_id = :t", t=f"zendesk-{tid}")
+        assert event["attempts"] == 1 and event["outcome"] in ("routed", "review")
