@@ -18,6 +18,7 @@ from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from cca.strict_json import NotJSON, finite_float
 from serving.connection_balance import ConnectionBalancer
 from serving.logs import correlation_id, request_id
 from serving.metrics import ServiceMetrics
@@ -65,7 +66,13 @@ class StrictJSONRequest(Request):
 
     async def json(self) -> Any:
         if not hasattr(self, "_json"):
-            self._json = json.loads(await self.body(), parse_constant=_not_json_constant)
+            try:
+                self._json = json.loads(await self.body(), parse_constant=_not_json_constant,
+                                        parse_float=finite_float)
+            except NotJSON as exc:
+                raise StarletteHTTPException(400, str(exc)) from None
+            except RecursionError:
+                raise StarletteHTTPException(400, "request body is nested too deeply") from None
         return self._json
 
 

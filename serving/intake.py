@@ -32,6 +32,7 @@ from serving.metrics import ServiceMetrics
 log = logging.getLogger("cca.intake")
 
 WEBHOOK_MAX_BYTES = 1_000_000
+_MAX_RETRY_AFTER_S = 3600.0
 Parser = Callable[[Mapping[str, str], bytes], list[WebhookEvent]]
 
 
@@ -58,8 +59,15 @@ class Intake:
                                        f"CCA_{source.upper()}_WEBHOOK_SECRET")
         if len(body) > WEBHOOK_MAX_BYTES:
             raise WebhookRejected(413, f"webhook body over {WEBHOOK_MAX_BYTES} bytes")
-        events = parser(headers, body)
+        try:
+            events = parser(headers, body)
+        except RecursionError:
+            raise WebhookRejected(400, "webhook body is nested too deeply") from None
         kept = [e for e in events if e.kind != "ignored"]
+        for event in kept:
+            if any("\x00" in str(v) for v in (event.subject, event.body, event.ticket_ref,
+                                                event.customer_ref or "")):
+                raise WebhookRejected(422, "ticket text contains a NUL character")
         stored = 0
         try:
             with self.db.begin() as conn:
@@ -125,8 +133,8 @@ class IntakeWorkers:
             try:
                 with self.db.begin() as conn:
                     repo.extend_leases(conn, held, self.settings.intake_lease_s)
-            except StoreUnavailable:
-                log.warning("intake: leases not renewed, PostgreSQL unreachable")
+            except Exception as exc:  # the heartbeat must outlive any one failure
+                log.warning("intake: leases not renewed: %s", type(exc).__name__)
 
     def close(self, timeout_s: float = 30.0) -> None:
         self._stop.set()
@@ -152,7 +160,8 @@ class IntakeWorkers:
         """Claim one batch of due events and handle each; how many were claimed."""
         with self.db.begin() as conn:
             claimed = repo.claim(conn, worker, self.settings.intake_batch_size,
-                                 self.settings.intake_lease_s)
+                                 self.settings.intake_lease_s,
+                                 self.settings.writeback_max_attempts)
         with self._held_lock:
             self._held.update((item.id, worker) for item in claimed)
         try:
@@ -199,7 +208,8 @@ class IntakeWorkers:
             if retryable and item.attempts < s.writeback_max_attempts:
                 backoff = min(s.writeback_max_backoff_s,
                               s.writeback_backoff_s * 2 ** (item.attempts - 1))
-                delay = max(backoff, retry_after or 0.0)
+                # A vendor's Retry-After wins when longer, within reason (an hour).
+                delay = min(max(backoff, retry_after or 0.0), _MAX_RETRY_AFTER_S)
                 repo.reschedule(conn, item.id, worker, delay, reason)
                 self.metrics.writebacks.labels(source, "retry", status).inc()
                 log.warning("intake event %s: %s; retry in %.0f s", item.id, reason, delay)

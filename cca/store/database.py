@@ -46,7 +46,7 @@ class Database:
     def __post_init__(self) -> None:
         # Autocommit: a lone SELECT needs no BEGIN/COMMIT round trips (see ``read``).
         self._reader = sa.create_engine(self.url, pool_size=5, max_overflow=5,
-                                        isolation_level="AUTOCOMMIT")
+                                        isolation_level="AUTOCOMMIT", hide_parameters=True)
         if self.hnsw_ef_search is not None:
             for engine in (self.engine, self._reader):
                 sa.event.listen(engine, "connect", partial(_set_ef_search, self.hnsw_ef_search))
@@ -74,6 +74,13 @@ class Database:
                 raise
         with self._reader.connect() as conn:
             return query(conn)
+
+    @contextmanager
+    def session(self) -> Iterator[Connection]:
+        """One connection held for a while, each statement committed at once: for session
+        state such as advisory locks, which PostgreSQL drops if this process dies."""
+        with self._reader.connect() as conn:
+            yield conn
 
     def dispose(self) -> None:
         self.engine.dispose()
@@ -119,7 +126,7 @@ def _embedded_url(settings: Settings, database: str) -> tuple[URL, Any]:
             raise StateError(f"embedded PostgreSQL did not start under {settings.pgdata} "
                              f"({exc}); see {log_file}") from exc
         admin = _sqlalchemy_url(server.get_uri())
-    engine = sa.create_engine(admin, isolation_level="AUTOCOMMIT")
+    engine = sa.create_engine(admin, isolation_level="AUTOCOMMIT", hide_parameters=True)
     with engine.connect() as conn:
         exists = conn.execute(
             sa.text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": database}
@@ -136,7 +143,10 @@ def open_database(settings: Settings, *, migrate: bool = True) -> Database:
         url, server = _sqlalchemy_url(settings.database_url), None
     else:
         url, server = _embedded_url(settings, settings.database_name)
-    engine = sa.create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+    # hide_parameters: an error's text (logged, or kept as a dead letter's reason) never
+    # carries the ticket text or customer reference that was bound to the statement.
+    engine = sa.create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5,
+                              hide_parameters=True)
     # Before the first connection: every pooled connection gets the session settings.
     db = Database(engine=engine, url=url, embedded_server=server,
                   hnsw_ef_search=settings.cache_hnsw_ef_search)

@@ -9,12 +9,17 @@ lease may finish, reschedule or bury a row (``worker`` is the fencing token).
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
+
+if TYPE_CHECKING:
+    from cca.store.database import Database
 
 _ENQUEUE = sa.text(
     "INSERT INTO intake_events (source, event_key, kind, event_type, ticket_id, ticket_ref, "
@@ -23,6 +28,12 @@ _ENQUEUE = sa.text(
     "ON CONFLICT (source, event_key) DO NOTHING RETURNING id"
 )
 _WAITING = sa.text("SELECT count(*) FROM intake_events WHERE status IN ('pending', 'processing')")
+_BURY_CRASHED = sa.text(
+    "UPDATE intake_events SET status = 'dead', outcome = 'dead-letter', lease_until = NULL, "
+    "done_at = now(), last_error = 'a worker stopped (crashed or was killed) while handling "
+    "it ' || attempts || ' times' WHERE status = 'processing' AND lease_until < now() "
+    "AND attempts >= :max_attempts"
+)
 _CLAIM = sa.text(
     """
     UPDATE intake_events SET status = 'processing', attempts = attempts + 1, worker = :worker,
@@ -80,16 +91,22 @@ _STATS = sa.text(
     """
 )
 _WRITEBACK_COLS = ("id, event_id, source, ticket_id, ticket_ref, marker, stage, label, "
-                   "department, confidence, model_version, review, group_value, "
+                   "department, confidence, model_version, review, urgency, group_value, "
                    "priority_value, tags, note, status")
 _WRITEBACK_FOR = sa.text(f"SELECT {_WRITEBACK_COLS} FROM writebacks "
                          "WHERE source = :source AND ticket_ref = :ref")
 _START_WRITEBACK = sa.text(
     "INSERT INTO writebacks (event_id, source, ticket_id, ticket_ref, marker, stage, label, "
-    "department, confidence, model_version, review, group_value, priority_value, tags, note) "
-    "VALUES (:event_id, :source, :ticket_id, :ticket_ref, :marker, :stage, :label, "
-    ":department, :confidence, :model_version, :review, :group_value, :priority_value, "
-    ":tags, :note) ON CONFLICT (source, ticket_ref) DO NOTHING"
+    "department, confidence, model_version, review, urgency, group_value, priority_value, "
+    "tags, note) VALUES (:event_id, :source, :ticket_id, :ticket_ref, :marker, :stage, "
+    ":label, :department, :confidence, :model_version, :review, :urgency, :group_value, "
+    ":priority_value, :tags, :note) ON CONFLICT (source, ticket_ref) DO NOTHING"
+)
+_TRY_LOCK = sa.text("SELECT pg_try_advisory_lock(hashtextextended(:k, 0))")
+_UNLOCK = sa.text("SELECT pg_advisory_unlock(hashtextextended(:k, 0))")
+_REROUTE_UNSENT = sa.text(
+    "UPDATE writebacks SET group_value = :group_value, priority_value = :priority_value, "
+    "tags = :tags WHERE id = :id AND status = 'sending'"
 )
 _SENT = sa.text("UPDATE writebacks SET status = 'sent', sent_at = now() WHERE id = :id")
 _CORRECTION = sa.text(
@@ -97,11 +114,11 @@ _CORRECTION = sa.text(
     "corrected, actor, stage, label, department, corrected_label, corrected_department) "
     "VALUES (:event_id, :writeback_id, :source, :ticket_id, :field, :written, :corrected, "
     ":actor, :stage, :label, :department, :corrected_label, :corrected_department) "
-    "ON CONFLICT (event_id) DO NOTHING RETURNING id"
+    "ON CONFLICT (event_id, field) DO NOTHING RETURNING id"
 )
 _PURGE_TEXT = sa.text(
     "UPDATE intake_events SET payload = payload || '{\"subject\": \"\", \"body\": \"\", "
-    "\"customer_ref\": null}'::jsonb, customer_ref = NULL "
+    "\"customer_ref\": null}'::jsonb, customer_ref = NULL, last_error = NULL "
     "WHERE received_at < :cut AND status IN ('done', 'dead') "
     "AND (payload->>'subject' <> '' OR payload->>'body' <> '' OR customer_ref IS NOT NULL)"
 )
@@ -170,6 +187,7 @@ class WritebackRow:
     confidence: float
     model_version: str
     review: bool
+    urgency: str
     group_value: str | None
     priority_value: str | None
     tags: list[str]
@@ -204,7 +222,11 @@ def waiting(conn: Connection) -> int:
     return int(conn.execute(_WAITING).scalar_one())
 
 
-def claim(conn: Connection, worker: str, n: int, lease_s: float) -> list[Claimed]:
+def claim(conn: Connection, worker: str, n: int, lease_s: float,
+          max_attempts: int = 1_000_000) -> list[Claimed]:
+    """Up to ``n`` due events for ``worker``. An event whose lease ran out ``max_attempts``
+    times (it kills whatever handles it) goes to the dead letters instead of looping."""
+    conn.execute(_BURY_CRASHED, {"max_attempts": max_attempts})
     rows = conn.execute(_CLAIM, {"worker": worker, "n": n, "lease": lease_s}).all()
     return sorted((Claimed(r.id, r.payload, r.attempts, r.received_at) for r in rows),
                   key=lambda c: c.id)
@@ -262,6 +284,22 @@ def queue_stats(conn: Connection) -> QueueStats:
     return QueueStats(int(r.pending), int(r.processing), int(r.dead), float(r.oldest_s))
 
 
+@contextmanager
+def ticket_lock(db: Database, source: str, ticket_ref: str) -> Iterator[bool]:
+    """Try to hold the one right to write to this ticket (a session advisory lock); yields
+    whether it was taken. Two events for one ticket (a webhook and the pull, two
+    subscriptions) never write at once, and a worker that dies releases it with its
+    connection, while one that is merely slow keeps it."""
+    key = f"cca-writeback:{source}:{ticket_ref}"
+    with db.session() as conn:
+        taken = bool(conn.execute(_TRY_LOCK, {"k": key}).scalar_one())
+        try:
+            yield taken
+        finally:
+            if taken:
+                conn.execute(_UNLOCK, {"k": key})
+
+
 def writeback_for(conn: Connection, source: str, ticket_ref: str) -> WritebackRow | None:
     r = conn.execute(_WRITEBACK_FOR, {"source": source, "ref": ticket_ref}).first()
     return WritebackRow(**r._mapping) if r else None
@@ -273,6 +311,14 @@ def start_writeback(conn: Connection, row: dict[str, Any]) -> WritebackRow:
     stored = writeback_for(conn, row["source"], row["ticket_ref"])
     assert stored is not None
     return stored
+
+
+def update_unsent(conn: Connection, writeback_id: int, group_value: str | None,
+                  priority_value: str | None, tags: list[str]) -> None:
+    """What a write not yet sent will set, from the routing map as it is now (an analyst
+    may have fixed the map before replaying a dead letter)."""
+    conn.execute(_REROUTE_UNSENT, {"id": writeback_id, "group_value": group_value,
+                                   "priority_value": priority_value, "tags": tags})
 
 
 def mark_sent(conn: Connection, writeback_id: int) -> None:

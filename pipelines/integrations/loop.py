@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,6 +23,8 @@ from cca.store.intake_repo import (
     mark_sent,
     record_correction,
     start_writeback,
+    ticket_lock,
+    update_unsent,
     writeback_for,
 )
 from cca.store.tickets_repo import upsert_tickets
@@ -30,9 +32,12 @@ from cca.tickets import Decision, Ticket
 from pipelines.integrations.events import WebhookEvent
 from pipelines.integrations.mapping import RoutingMap
 from pipelines.integrations.note import marker_for, routing_note
-from pipelines.integrations.writeback import Routing, Writer
+from pipelines.integrations.writeback import Routing, WriteFailed, Writer
 
 log = logging.getLogger("cca.intake")
+
+# How soon an event that found its ticket busy (another event writing it) is tried again.
+_BUSY_RETRY_S = 2.0
 
 Classify = Callable[[Ticket], Decision]
 Learn = Callable[[str, str, str], None]  # ticket id, label, actor
@@ -74,6 +79,16 @@ def event_ticket(event: WebhookEvent) -> Ticket:
 
 
 def _route(parts: LoopParts, event: WebhookEvent, claimed: Claimed) -> str:
+    """Classify and write back, holding the ticket's write lock throughout: another event
+    for the same ticket (the pull and a webhook, two subscriptions) waits its turn."""
+    with ticket_lock(parts.db, event.source, event.ticket_ref) as mine:
+        if not mine:
+            raise WriteFailed("another worker is writing this ticket now", retryable=True,
+                              retry_after=_BUSY_RETRY_S)
+        return _route_locked(parts, event, claimed)
+
+
+def _route_locked(parts: LoopParts, event: WebhookEvent, claimed: Claimed) -> str:
     ticket = event_ticket(event)
     with parts.db.begin() as conn:  # one round trip: the record, and the ticket if new
         existing = writeback_for(conn, event.source, event.ticket_ref)
@@ -91,14 +106,16 @@ def _route(parts: LoopParts, event: WebhookEvent, claimed: Claimed) -> str:
         with parts.db.begin() as conn:
             row = start_writeback(conn, _writeback_row(parts.routing, event, decision,
                                                        claimed.id))
-        fresh = row.event_id == claimed.id and claimed.attempts == 1
+        fresh = True  # recorded just now, under the lock: it cannot have been sent
+    elif writer is None:
+        return "classified-not-written"
     else:
-        if writer is None:
-            return "classified-not-written"
         row, fresh = existing, False
     if not fresh and writer.already_written(row.ticket_ref, row.marker):
         outcome = "found-written"
     else:
+        if not fresh:
+            row = _as_mapped_now(parts, row)
         writer.write(_routing_of(row))
         outcome = "review" if row.review else "routed"
     with parts.db.begin() as conn:
@@ -107,20 +124,39 @@ def _route(parts: LoopParts, event: WebhookEvent, claimed: Claimed) -> str:
     return outcome
 
 
+def _targets(routing: RoutingMap, source: str, label: str | None, department: str | None,
+             urgency: str, review: bool) -> tuple[str | None, str | None, list[str]]:
+    """Group, vendor priority and tags for a decision, from the routing map."""
+    vendor = routing.vendor(source)
+    group = vendor.review_group if review else vendor.group_for(label, department)
+    tags = [routing.routed_tag] + ([routing.review_tag] if review else [])
+    return group, vendor.urgency.get(urgency), tags
+
+
+def _as_mapped_now(parts: LoopParts, row: WritebackRow) -> WritebackRow:
+    """A write not sent yet goes where the routing map says now: a dead letter replayed
+    after an analyst fixed the map must not fail on the old group again."""
+    group, priority, tags = _targets(parts.routing, row.source, row.label, row.department,
+                                     row.urgency, row.review)
+    if (group, priority, tags) == (row.group_value, row.priority_value, row.tags):
+        return row
+    with parts.db.begin() as conn:
+        update_unsent(conn, row.id, group, priority, tags)
+    return replace(row, group_value=group, priority_value=priority, tags=tags)
+
+
 def _writeback_row(routing: RoutingMap, event: WebhookEvent, decision: Decision,
                    event_id: int) -> dict[str, Any]:
-    vendor = routing.vendor(event.source)
     review = decision.stage == "review"
     marker = marker_for(f"{event.source}-{uuid.uuid4().hex[:16]}")
-    group = vendor.review_group if review else vendor.group_for(decision.label,
-                                                                 decision.department)
-    tags = [routing.routed_tag] + ([routing.review_tag] if review else [])
+    group, priority, tags = _targets(routing, event.source, decision.label,
+                                     decision.department, decision.urgency, review)
     return {"event_id": event_id, "source": event.source, "ticket_id": event.ticket_id,
             "ticket_ref": event.ticket_ref, "marker": marker, "stage": decision.stage,
             "label": decision.label, "department": decision.department,
             "confidence": float(decision.confidence), "model_version": decision.model_version,
-            "review": review, "group_value": group,
-            "priority_value": vendor.urgency.get(decision.urgency), "tags": tags,
+            "review": review, "urgency": decision.urgency, "group_value": group,
+            "priority_value": priority, "tags": tags,
             "note": routing_note(decision, marker, review=review)}
 
 
@@ -131,17 +167,24 @@ def _routing_of(row: WritebackRow) -> Routing:
 
 
 def _learn(parts: LoopParts, event: WebhookEvent, event_id: int) -> str:
-    """An update: a person's change of the routed group (or priority) is a correction; the
-    product's own write coming back is not."""
+    """An update: a person's change of the routed group or priority is a correction; the
+    product's own write coming back is not. While our write is still on its way, the
+    update waits (it would otherwise be compared with nothing and lost)."""
     if "group" not in event.changes and "priority" not in event.changes:
         return "no-routed-change"
     with parts.db.begin() as conn:
         row = writeback_for(conn, event.source, event.ticket_ref)
-    if row is None or row.status != "sent":
+    if row is None:
         return "not-routed"
+    if row.status != "sent":
+        raise WriteFailed("the routing of this ticket is not written back yet",
+                          retryable=True, retry_after=_BUSY_RETRY_S)
+    outcomes = []
     if "group" in event.changes:
-        return _group_change(parts, event, event_id, row)
-    return _priority_change(parts, event, event_id, row)
+        outcomes.append(_group_change(parts, event, event_id, row))
+    if "priority" in event.changes:
+        outcomes.append(_priority_change(parts, event, event_id, row))
+    return "+".join(dict.fromkeys(outcomes))
 
 
 def _by_us(parts: LoopParts, event: WebhookEvent) -> bool:

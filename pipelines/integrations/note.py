@@ -28,7 +28,11 @@ def routing_note(decision: Decision, marker: str, *, review: bool) -> str:
         lines.append("Top classes: " + ", ".join(f"{lb} {p:.2f}" for lb, p in top) + ".")
     if decision.rule_id:
         lines.append(f"Rule: {decision.rule_id}.")
-    if decision.reason:
+    if decision.stage == "llm":
+        # The LLM's own words were written from other customers' (redacted) tickets shown
+        # as examples, and from this ticket, which may try to instruct it: not repeated.
+        lines.append("Reason: chosen by the LLM among the candidate classes.")
+    elif decision.reason:
         lines.append(f"Reason: {_one_line(decision.reason)}.")
     if decision.neighbours:
         lines.append("Similar tickets: " + ", ".join(

@@ -35,10 +35,11 @@ def _secret(value: SecretStr | str | None) -> str:
 
 
 def configured(settings: Settings) -> bool:
-    """Whether any vendor's webhook or write-back is set up (else the loop stays off)."""
-    return any(getattr(settings, name) for name in (
-        "zendesk_webhook_secret", "jira_webhook_secret", "servicenow_webhook_secret",
-        "zendesk_url", "jira_url", "servicenow_url"))
+    """Whether the loop is on: a webhook secret is set, or the pulled tickets are to be
+    written back. A pull connector's credentials alone change nothing."""
+    return bool(any(_secret(getattr(settings, name)) for name in (
+        "zendesk_webhook_secret", "jira_webhook_secret", "servicenow_webhook_secret"))
+        or settings.writeback)
 
 
 def routing_from_settings(settings: Settings, departments: Iterable[str]) -> RoutingMap:

@@ -20,6 +20,7 @@ from tests.integration.conftest import run_cli
 from tests.integration.service_harness import rows, service, ticket, token
 from tests.standins.base import Reply
 from tests.standins.zendesk import ZendeskStandIn
+from tests.standins.zendesk_webhooks import sign, zulu
 
 GROUPS = {5000, 5001, 5002, 5003, 5011}
 AGENT = 777001  # a person, not the integration user
@@ -133,6 +134,19 @@ def test_signature_and_bad_input_refused_and_nothing_stored(client, zd, service_
     assert r.status_code == 400 and "NaN" in r.json()["error"]
     assert post(client, zd.deliver({"type": "zen:event-type:ticket.created"})
                 ).status_code in (400, 422)
+    raw = body.replace(b'"account_id":', b'"x":1e999,"account_id":')  # valid grammar, inf
+    r = client.post("/webhooks/zendesk", content=raw,
+                    headers={"content-type": "application/json",
+                             **sign(zd.webhook_secret, raw, zulu())})
+    assert r.status_code == 400 and "too large" in r.json()["error"]
+    deep = b"[" * 100_000 + b"]" * 100_000
+    r = client.post("/webhooks/zendesk", content=deep,
+                    headers={"content-type": "application/json",
+                             **sign(zd.webhook_secret, deep, zulu())})
+    assert r.status_code == 400
+    nul = zd.deliver({**json.loads(body), "detail": {**json.loads(body)["detail"],
+                                                     "subject": "card\u0000declined"}})
+    assert post(client, nul).status_code == 422
     huge = zd.deliver({**json.loads(body), "pad": "x" * 1_100_000})
     assert post(client, huge).status_code == 413
     assert client.post("/webhooks/jira", content=b"{}").status_code == 404  # no secret set
@@ -149,6 +163,15 @@ def test_nan_and_infinity_refused_on_every_json_endpoint(client, service_home):
                         headers={**auth, "Content-Type": "application/json"})
         assert r.status_code == 400, r.text
         assert "RFC 8259" in r.json()["error"]
+    for raw in (b'{"ticket": {"id": "n4", "body": "hello", "metadata": {"a": 1e999}}}',
+                b'{"ticket": {"id": "n5", "body": "hello", "metadata": {"a": -1e400}}}'):
+        r = client.post("/classify", content=raw,
+                        headers={**auth, "Content-Type": "application/json"})
+        assert r.status_code == 400 and "too large" in r.json()["error"], r.text
+    deep = b'{"ticket": ' + b"[" * 50_000 + b"]" * 50_000 + b"}"
+    r = client.post("/classify", content=deep,
+                    headers={**auth, "Content-Type": "application/json"})
+    assert 400 <= r.status_code < 500
     ok = client.post("/classify", json=ticket("my parcel is late"), headers=auth)
     assert ok.status_code == 200
 

@@ -120,3 +120,45 @@ def test_pulled_incidents_are_written_back_when_enabled(client, sn, jira, servic
     assert rows(service_home, "SELECT event_type, status FROM intake_events "
                 "WHERE ticket_id = :t", t=f"servicenow-{number}") == [
         {"event_type": "pull", "status": "done"}]
+
+
+def test_same_ticket_by_webhook_and_pull_at_once_is_written_once(client, sn, service_home):
+    settings = Settings(home=service_home, writeback=True, servicenow_url=sn.url,
+                        servicenow_user=sn.user, servicenow_password=sn.password)
+    db = open_database(settings)
+    try:
+        ingest_connectors(settings, db)  # not the first pull: new incidents are queued
+        sys_id = sn.create("Card", "My card was swallowed by the machine outside the bank")
+        # The pull and the webhook each bring it (two events, two keys), a moment apart.
+        assert ingest_connectors(settings, db)["connectors"][0]["queued_for_writeback"] == 1
+        assert send(client, "servicenow", sn.webhook(sys_id))["stored"] == 1
+    finally:
+        db.dispose()
+    number = sn.tickets[sys_id]["number"]
+    q = "SELECT event_type, status, outcome FROM intake_events WHERE ticket_id = :t"
+    assert wait_until(lambda: all(r["status"] == "done" for r in rows(
+        service_home, q, t=f"servicenow-{number}")), 30)
+    events = rows(service_home, q, t=f"servicenow-{number}")
+    assert len(events) == 2
+    assert sorted(e["outcome"] for e in events) in (["already-routed", "routed"],
+                                                    ["already-routed", "review"])
+    assert len(sn.notes(sys_id)) == 1
+    patches = [r for r in sn.requests if r.method == "PATCH" and r.path.endswith(sys_id)]
+    assert len(patches) == 1
+
+
+def test_group_and_urgency_changed_together_are_two_corrections(client, sn, service_home):
+    sys_id = sn.create("Refund", "Please refund the double charge on my bill")
+    assert send(client, "servicenow", sn.webhook(sys_id))["stored"] == 1
+    assert wait_until(lambda: sn.notes(sys_id), 30)
+    written = sn.tickets[sys_id]
+    group = SN_GROUP.format(3 if written["assignment_group"] != SN_GROUP.format(3) else 1)
+    urgency = "3" if written["urgency"] != "3" else "1"
+    send(client, "servicenow", sn.agent_change(sys_id, "jane.agent", assignment_group=group,
+                                               urgency=urgency))
+    number = written["number"]
+    q = "SELECT field, corrected FROM corrections WHERE ticket_id = :t ORDER BY field"
+    assert wait_until(lambda: len(rows(service_home, q, t=f"servicenow-{number}")) == 2, 30)
+    (g, p) = rows(service_home, q, t=f"servicenow-{number}")
+    assert g == {"field": "group", "corrected": group}
+    assert p["field"] == "priority" and p["corrected"] in ("low", "high")

@@ -55,6 +55,7 @@ def upgrade() -> None:
                "WHERE status IN ('pending', 'processing')")
     op.execute("CREATE INDEX ix_intake_ticket ON intake_events (source, ticket_ref)")
     op.execute("CREATE INDEX ix_intake_customer ON intake_events (customer_ref)")
+    op.execute("CREATE INDEX ix_intake_received ON intake_events (received_at)")
     op.execute(
         """
         CREATE TABLE writebacks (
@@ -70,6 +71,7 @@ def upgrade() -> None:
             confidence   double precision NOT NULL,
             model_version text NOT NULL,
             review       boolean NOT NULL,
+            urgency      text NOT NULL,
             group_value  text,
             priority_value text,
             tags         text[] NOT NULL DEFAULT '{}',
@@ -85,7 +87,7 @@ def upgrade() -> None:
         """
         CREATE TABLE corrections (
             id                   bigserial PRIMARY KEY,
-            event_id             bigint NOT NULL UNIQUE
+            event_id             bigint NOT NULL
                                  REFERENCES intake_events (id) ON DELETE CASCADE,
             writeback_id         bigint NOT NULL REFERENCES writebacks (id) ON DELETE CASCADE,
             source               text NOT NULL,
@@ -99,7 +101,8 @@ def upgrade() -> None:
             department           text,
             corrected_label      text,
             corrected_department text,
-            at                   timestamptz NOT NULL DEFAULT now()
+            at                   timestamptz NOT NULL DEFAULT now(),
+            UNIQUE (event_id, field)
         )
         """
     )
