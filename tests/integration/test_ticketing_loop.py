@@ -8,6 +8,7 @@ product's own writes never looped; a vendor outage, a 429 and a refusal on the w
 from __future__ import annotations
 
 import json
+import random
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -51,7 +52,10 @@ def post(client, delivery) -> object:
     return client.post("/webhooks/zendesk", content=body, headers=headers)
 
 
-_next = iter(range(41_000, 49_000))
+# Ticket ids new to every session: the service's replay store (Redis, shared by every test
+# session on this machine and kept for days) must not answer them from an earlier run.
+_FIRST = random.randrange(10**8, 9 * 10**8)
+_next = iter(range(_FIRST, _FIRST + 100_000))
 
 
 def new_ticket(zd: ZendeskStandIn, subject: str, description: str) -> int:

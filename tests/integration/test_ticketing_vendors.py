@@ -4,6 +4,8 @@ queue against their stand-ins (tests/standins/), and the hourly pull written bac
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from cca.settings import Settings
@@ -15,12 +17,15 @@ from tests.standins.jira import ACCOUNT_ID, AGENT_ID, JiraStandIn
 from tests.standins.servicenow import ServiceNowStandIn
 
 SN_GROUP = "0a0a0a0a0a0a0a0a0a0a0a0a0a0a50{:02d}"
+# Ticket numbers new to every session (the replay store in Redis outlives a test run).
+KEY = f"HELP-{random.randrange(10**6, 10**7)}"
 
 
 @pytest.fixture(scope="module")
 def sn():
     groups = [SN_GROUP.format(n) for n in (0, 1, 2, 3)]
     with ServiceNowStandIn(groups=groups) as standin:
+        standin._next_number = random.randrange(10**6, 9 * 10**6)
         yield standin
 
 
@@ -78,24 +83,24 @@ def test_servicenow_incident_routed_and_agent_reassignment_learnt(client, sn, se
 
 
 def test_jira_request_routed_with_internal_comment_and_label(client, jira, service_home):
-    delivery = jira.webhook("created", "HELP-77", summary="Parcel late",
+    delivery = jira.webhook("created", KEY, summary="Parcel late",
                             description="My delivery is late, where is my parcel?")
     assert send(client, "jira", delivery)["stored"] == 1
     assert send(client, "jira", delivery)["duplicates"] == 1  # same X-Atlassian identifier
-    assert wait_until(lambda: jira.comments.get("HELP-77"), 30)
-    (comment,) = jira.comments["HELP-77"]
+    assert wait_until(lambda: jira.comments.get(KEY), 30)
+    (comment,) = jira.comments[KEY]
     assert comment["public"] is False and "[cca:" in comment["body"]
-    assert "cca_routed" in jira.issues["HELP-77"]["labels"]
-    assert jira.group_of("HELP-77") in {"10", "11", "12", "13"}
+    assert "cca_routed" in jira.issues[KEY]["labels"]
+    assert jira.group_of(KEY) in {"10", "11", "12", "13"}
     # An agent moves the request: a correction; the product's account changing it is not.
-    send(client, "jira", jira.webhook("updated", "HELP-77", actor=ACCOUNT_ID,
-                                      group=jira.group_of("HELP-77")))
-    other = "11" if jira.group_of("HELP-77") != "11" else "12"
-    send(client, "jira", jira.webhook("updated", "HELP-77", actor=AGENT_ID, group=other))
-    q = "SELECT corrected, actor FROM corrections WHERE ticket_id = 'jira-HELP-77'"
+    send(client, "jira", jira.webhook("updated", KEY, actor=ACCOUNT_ID,
+                                      group=jira.group_of(KEY)))
+    other = "11" if jira.group_of(KEY) != "11" else "12"
+    send(client, "jira", jira.webhook("updated", KEY, actor=AGENT_ID, group=other))
+    q = f"SELECT corrected, actor FROM corrections WHERE ticket_id = 'jira-{KEY}'"
     assert wait_until(lambda: rows(service_home, q), 30)
     assert rows(service_home, q) == [{"corrected": other, "actor": AGENT_ID}]
-    assert len(jira.comments["HELP-77"]) == 1
+    assert len(jira.comments[KEY]) == 1
     assert not jira.violations, jira.violations
 
 
