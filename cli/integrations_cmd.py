@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import faulthandler
+import os
 import signal
 import threading
 from typing import Annotated
@@ -43,6 +44,9 @@ def worker_cmd(
 
 
 def _work(s: Settings, count: int) -> None:
+    # This process serves no /metrics. Inheriting a service's PROMETHEUS_MULTIPROC_DIR would
+    # leave its gauge files there, summed into the service's figures even after a kill -9.
+    os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
     # deferred: the runtime loads the model, SQLAlchemy and the cascade
     from serving.batcher import MicroBatcher
     from serving.logs import configure
