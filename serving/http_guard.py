@@ -72,7 +72,8 @@ class StrictJSONRequest(Request):
             except NotJSON as exc:
                 raise StarletteHTTPException(400, str(exc)) from None
             except RecursionError:
-                raise StarletteHTTPException(400, "request body is nested too deeply") from None
+                raise StarletteHTTPException(
+                    400, "request body JSON is nested too deeply") from None
         return self._json
 
 
