@@ -113,7 +113,6 @@ class IntakeWorkers:
         self._threads: list[threading.Thread] = []
         self._held: dict[int, str] = {}  # events claimed and not yet settled -> worker
         self._held_lock = threading.Lock()
-        self.handled = 0
 
     def start(self) -> None:
         for i in range(self.count):
@@ -197,7 +196,6 @@ class IntakeWorkers:
             return
         with self.db.begin() as conn:
             repo.finish(conn, item.id, worker, outcome)
-        self.handled += 1
         log.info("intake event handled", extra={"event": item.id, "source": source,
                                                  "outcome": outcome})
 

@@ -44,6 +44,15 @@ def worker_log(home, proc=None) -> str:
     return (home / "worker.log").read_text(errors="replace")[-3000:]
 
 
+def queued(client, zd: ZendeskStandIn, subject: str, texts: list[str]) -> list[int]:
+    """New tickets at the stand-in, each delivered once and stored by the service."""
+    tids = [new_ticket(zd, subject, text) for text in texts]
+    for tid in tids:
+        accepted = post(client, zd.webhook("created", tid))
+        assert accepted.status_code == 202 and accepted.json()["stored"] == 1
+    return tids
+
+
 def kill9(proc: subprocess.Popen) -> None:
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(10)
@@ -52,11 +61,8 @@ def kill9(proc: subprocess.Popen) -> None:
 def test_kill_9_mid_write_loses_nothing_and_writes_nothing_twice(service_home):
     with ZendeskStandIn(groups=GROUPS) as zd, service(service_home, **loop_env(
             zd, CCA_INTAKE_WORKERS="0")) as client:
-        tids = [new_ticket(zd, "Delivery", f"My parcel {n} is late, where is it?")
-                for n in range(6)]
-        for tid in tids:
-            accepted = post(client, zd.webhook("created", tid))
-            assert accepted.status_code == 202 and accepted.json()["stored"] == 1
+        tids = queued(client, zd, "Delivery",
+                      [f"My parcel {n} is late, where is it?" for n in range(6)])
         zd.delay_after_apply = 3.0
         worker = start_worker(service_home, zd)
         try:
@@ -101,11 +107,8 @@ def test_kill_9_at_other_moments_loses_nothing(service_home, delay):
     """Killed while loading, while claiming, between writes: every event still lands once."""
     with ZendeskStandIn(groups=GROUPS) as zd, service(service_home, **loop_env(
             zd, CCA_INTAKE_WORKERS="0")) as client:
-        tids = [new_ticket(zd, "Invoice", f"Billing question number {n} about my invoice")
-                for n in range(4)]
-        for tid in tids:
-            accepted = post(client, zd.webhook("created", tid))
-            assert accepted.status_code == 202 and accepted.json()["stored"] == 1
+        tids = queued(client, zd, "Invoice",
+                      [f"Billing question number {n} about my invoice" for n in range(4)])
         zd.delay_after_apply = 0.3
         worker = start_worker(service_home, zd)
         wait_until(lambda: any(zd.notes(t) for t in tids), 180)

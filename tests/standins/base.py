@@ -19,6 +19,13 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 
+class Sleeps(list[float]):
+    """A ``sleep`` for clients under test: records the waits instead of waiting."""
+
+    def __call__(self, seconds: float) -> None:
+        self.append(seconds)
+
+
 @dataclass
 class Request:
     method: str

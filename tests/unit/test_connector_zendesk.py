@@ -16,17 +16,12 @@ import pytest
 from cca.errors import StateError
 from cca.tickets import Ticket
 from pipelines.connectors import ConnectorBatch, ZendeskConnector
-from tests.standins.base import Reply
+from tests.standins.base import Reply, Sleeps
 from tests.standins.zendesk import ZendeskStandIn
 
 ZD_AFTER_1 = "MTc5NTY1NjQwMC4wfHwzNTQzN3w="
 ZD_AFTER_2 = "MTc5NTY2MzYwMC4wfHwzNTQ0MHw="
 EXPORT = "/api/v2/incremental/tickets/cursor.json"
-
-
-class Sleeps(list[float]):
-    def __call__(self, seconds: float) -> None:
-        self.append(seconds)
 
 
 @pytest.fixture

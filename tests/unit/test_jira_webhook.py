@@ -16,7 +16,7 @@ import pytest
 
 from pipelines.connectors.jira_sm import JiraServiceManagementConnector
 from pipelines.integrations.events import WebhookRejected
-from pipelines.integrations.jira import parse_webhook
+from pipelines.integrations.jira_webhook import parse_webhook
 from pipelines.integrations.signatures import body_key
 from tests.conftest import FIXTURES
 from tests.standins.jira import AGENT_ID, CUSTOMER_ID, JiraStandIn, recorded

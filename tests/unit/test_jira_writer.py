@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from pipelines.integrations.jira import JiraWriter
+from pipelines.integrations.jira_writer import JiraWriter
 from pipelines.integrations.writeback import Routing, WriteFailed
 from tests.standins.base import Reply
 from tests.standins.jira import ACCOUNT_ID, JiraStandIn

@@ -10,17 +10,12 @@ import pytest
 
 from pipelines.integrations.writeback import Routing, WriteFailed
 from pipelines.integrations.zendesk_writer import ZendeskWriter
-from tests.standins.base import Reply
+from tests.standins.base import Reply, Sleeps
 from tests.standins.zendesk import ZendeskStandIn
 
 TICKET = 35436  # recorded: group 98738, priority high, tags ["card"]
 MARKER = "[cca:d-1]"
 NOTE = f"Routed by Call Centre Agent to Cards.\nModel m1. {MARKER}"
-
-
-class Sleeps(list[float]):
-    def __call__(self, seconds: float) -> None:
-        self.append(seconds)
 
 
 @pytest.fixture
