@@ -37,6 +37,8 @@ class BundleInfo:
     metrics: dict = field(default_factory=dict)
     # Classes with every ticket kept in fit: this model saw their holdout-hash tickets.
     kept_in_fit: list[str] = field(default_factory=list)
+    # Per-class thresholds and their precision bounds (cca.operating_points); {} before them.
+    operating_points: dict = field(default_factory=dict)
 
 
 @dataclass

@@ -36,6 +36,41 @@ class ClassifierParams:
 
 
 @dataclass
+class Parts:
+    """The two views' log-probabilities behind the pooled ones, row by row.
+
+    Whether the text view and the embedding view agree is a signal the pooled probability
+    hides; and a class's column can be dropped to ask what the model would have said had it
+    never learnt that class (how training simulates tickets about something new).
+    """
+
+    log_text: np.ndarray
+    log_emb: np.ndarray  # the fast tier's, or the deep tier's where it was needed
+    temperature: np.ndarray  # per row: the tier's temperature
+    used_deep: np.ndarray
+    weight: float  # the embedding view's weight in the pool
+
+    def proba(self, drop: np.ndarray | None = None) -> np.ndarray:
+        """Calibrated probabilities; ``drop[i]``: a column left out of row i (-1: none)."""
+        logits = ((1 - self.weight) * self.log_text + self.weight * self.log_emb)
+        logits = logits / self.temperature[:, None]
+        return _softmax(_without(logits, drop))
+
+    def views_agree(self, drop: np.ndarray | None = None) -> np.ndarray:
+        return (_without(self.log_text, drop).argmax(axis=1)
+                == _without(self.log_emb, drop).argmax(axis=1))
+
+
+def _without(logits: np.ndarray, drop: np.ndarray | None) -> np.ndarray:
+    if drop is None:
+        return logits
+    out = logits.copy()
+    rows = np.flatnonzero(drop >= 0)
+    out[rows, drop[rows]] = -np.inf
+    return out
+
+
+@dataclass
 class TieredClassifier:
     params: ClassifierParams = field(default_factory=ClassifierParams)
     labels: list[str] = field(default_factory=list)
@@ -46,6 +81,9 @@ class TieredClassifier:
     fast_temperature: float = 1.0
     deep_temperature: float = 1.0
     fast_threshold: float = 0.0
+    # The trust model (cca.scope.TrustModel) fitted with the operating points; None in bundles
+    # from before them. Typed loosely: cca.scope builds on this module, not the reverse.
+    trust: object | None = None
 
     def fit(self, texts: list[str], fast_vectors: np.ndarray, deep_vectors: np.ndarray | None,
             y: list[str]) -> TieredClassifier:
@@ -85,17 +123,27 @@ class TieredClassifier:
 
         ``deep_vectors(rows)`` is called once, for the uncertain rows only.
         """
+        parts = self.predict_parts(texts, fast_vectors, deep_vectors)
+        return parts.proba(), parts.used_deep
+
+    def predict_parts(self, texts: list[str], fast_vectors: np.ndarray,
+                      deep_vectors: DeepVectors | None = None) -> Parts:
+        """What ``predict_proba`` pools, view by view (see ``Parts``)."""
         assert self.fast_model is not None
+        n = len(texts)
         log_text = self._log_text(texts)
-        proba = self._pool(log_text, self.fast_model, fast_vectors, self.fast_temperature)
-        deep = np.zeros(len(texts), dtype=bool)
+        log_emb = _log_proba(self.fast_model, fast_vectors)
+        temperature = np.full(n, self.fast_temperature)
+        parts = Parts(log_text, log_emb, temperature, np.zeros(n, dtype=bool),
+                      self.params.embedding_weight)
         if self.deep_model is not None and deep_vectors is not None:
-            deep = proba.max(axis=1) < self.fast_threshold
+            deep = parts.proba().max(axis=1) < self.fast_threshold
             rows = np.flatnonzero(deep).tolist()
             if rows:
-                proba[rows] = self._pool(log_text[rows], self.deep_model, deep_vectors(rows),
-                                         self.deep_temperature)
-        return proba, deep
+                log_emb[rows] = _log_proba(self.deep_model, deep_vectors(rows))
+                temperature[rows] = self.deep_temperature
+                parts.used_deep[rows] = True
+        return parts
 
     def calibrate(self, texts: list[str], fast_vectors: np.ndarray,
                   deep_vectors: np.ndarray | None, y: list[str]) -> None:

@@ -9,14 +9,15 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from cca.package_data import data_path
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="CCA_", env_file=None, extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="CCA_", env_file=None, extra="ignore",
+                                      populate_by_name=True)
 
     home: Path = Field(default=Path(".cca"), description="Root of all local state.")
     database_url: str | None = Field(
@@ -78,9 +79,21 @@ class Settings(BaseSettings):
 
     # Classifier and cascade
     rules_min_confidence: float = 0.9
-    # None: use the threshold chosen at training time for classifier_target_precision.
+    # Set: one threshold on the calibrated probability for every class, overriding the
+    # per-class operating points chosen at training time (docs/models.md).
     classifier_threshold: float | None = Field(default=None, ge=0, le=1)
-    classifier_target_precision: float = 0.98
+    # (a) auto-answered precision over everything the cascade answers, promised with
+    # guarantee_confidence; (b) every class's own. Per class or department: precision_targets.
+    classifier_target_precision: float = Field(
+        default=0.98, gt=0, lt=1, validation_alias=AliasChoices(
+            "CCA_TARGET_PRECISION", "CCA_CLASSIFIER_TARGET_PRECISION"))
+    class_min_precision: float = Field(default=0.90, gt=0, lt=1)
+    precision_targets: Path | None = None  # YAML overrides per class or department
+    guarantee_confidence: float = Field(default=0.95, gt=0.5, lt=1)
+    operating_folds: int = Field(default=5, ge=2, le=20)  # cross-validation for the evidence
+    # Share of simulated unknown tickets (an intent the model never learnt) to send to review.
+    unknown_rejection: float = Field(default=0.9, ge=0, le=1)
+    unknown_weight: float = Field(default=0.2, gt=0, le=5)  # their weight in the trust model
     llm_min_confidence: float = 0.7
     train_holdout_fraction: float = 0.15
     random_seed: int = 13

@@ -12,6 +12,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from cca.classifier import TieredClassifier, threshold_for_precision
+from cca.operating_points import OperatingPoints
+from cca.scope import TrustModel, features, neighbour_signals
+from cca.tickets import Neighbour
 from rules import RuleSet
 from training.holdout import holdout_f1
 from training.labelled_set import CacheTrackRecord, LabelledSet, Rows
@@ -45,7 +48,10 @@ class HoldoutCascade:
     conf: np.ndarray
     used_deep: np.ndarray  # where the deep tier was needed
     earlier: list[str | None]
-    threshold: float  # the classifier's review threshold
+    threshold: float  # one review threshold on the probability (CCA_CLASSIFIER_THRESHOLD)
+    # Per-class operating points on the trust score; without them, ``threshold`` applies.
+    points: OperatingPoints | None = None
+    trust: np.ndarray | None = None
 
     @property
     def correct(self) -> np.ndarray:
@@ -59,7 +65,11 @@ class HoldoutCascade:
     @property
     def sure(self) -> np.ndarray:
         """Where the classifier answers (not sent to review)."""
-        return self.reaches & (self.conf >= self.threshold)
+        if self.points is None or self.trust is None:
+            return self.reaches & (self.conf >= self.threshold)
+        accepted = np.array([self.points.accepts(str(p), float(t))
+                             for p, t in zip(self.pred, self.trust, strict=True)], dtype=bool)
+        return self.reaches & accepted
 
     @property
     def coverage(self) -> float:
@@ -67,16 +77,17 @@ class HoldoutCascade:
 
     def describe(self) -> str:
         answered, right = earlier_done(self.earlier, self.truth)
+        auto = self.metrics()["holdout_auto_accuracy"]
         return (f"holdout accuracy {self.correct.mean():.4f} (MiniLM on "
                 f"{self.used_deep.mean():.0%}); rules+cache answer {1 - self.reaches.mean():.1%}"
-                f" ({right / max(answered, 1):.2%} right); classifier threshold "
-                f"{self.threshold:.3f}; cascade covers {self.coverage:.1%}")
+                f" ({right / max(answered, 1):.2%} right); cascade covers {self.coverage:.1%}"
+                f" at {auto:.2%} right")
 
     def metrics(self) -> dict[str, float]:
         """The holdout metrics saved with the bundle, stage by stage."""
         reaches, correct = self.reaches, self.correct
         answered, right = earlier_done(self.earlier, self.truth)
-        auto = (~reaches) | (self.conf >= self.threshold)
+        auto = (~reaches) | self.sure
         answers = np.where(reaches, self.pred,
                            np.asarray([e or "" for e in self.earlier], dtype=object))
         return {
@@ -103,11 +114,14 @@ def earlier_done(earlier: list[str | None], truth: np.ndarray) -> tuple[int, int
 
 
 def score_holdout(clf: TieredClassifier, holdout: Rows, earlier: EarlierStages,
-                  target_precision: float) -> HoldoutCascade:
-    """Predict the holdout and choose the threshold that makes the cascade meet the target."""
+                  target_precision: float, points: OperatingPoints | None = None,
+                  neighbours: list[list[Neighbour]] | None = None) -> HoldoutCascade:
+    """Predict the holdout, and score the operating points chosen out of fold on it (plus one
+    common probability threshold meeting the target, for ``CCA_CLASSIFIER_THRESHOLD``)."""
     deep = holdout.deep
-    proba, used_deep = clf.predict_proba(
-        holdout.texts, holdout.vectors, None if deep is None else (lambda r: deep[r]))
+    parts = clf.predict_parts(holdout.texts, holdout.vectors,
+                              None if deep is None else (lambda r: deep[r]))
+    proba = parts.proba()
     truth = np.asarray(holdout.labels)
     pred = np.asarray(clf.labels)[proba.argmax(axis=1)]
     conf = proba.max(axis=1)
@@ -115,5 +129,27 @@ def score_holdout(clf: TieredClassifier, holdout: Rows, earlier: EarlierStages,
     reaches = np.array([e is None for e in earlier.answers])
     threshold = threshold_for_precision(conf[reaches], correct[reaches], target_precision,
                                         already=earlier_done(earlier.answers, truth))
-    return HoldoutCascade(truth=truth, pred=pred, conf=conf, used_deep=used_deep,
-                          earlier=earlier.answers, threshold=threshold)
+    trust = None
+    if isinstance(clf.trust, TrustModel) and neighbours is not None:
+        sim, agree = neighbour_signals(neighbours, list(pred))
+        x, _, _ = features(parts, clf.trust.geometry, holdout.vectors, sim, agree)
+        trust = clf.trust.score(x)
+    return HoldoutCascade(truth=truth, pred=pred, conf=conf, used_deep=parts.used_deep,
+                          earlier=earlier.answers, threshold=threshold, points=points,
+                          trust=trust)
+
+
+def describe_points(points: OperatingPoints) -> str:
+    """One line on the operating points, for the training log."""
+    summary, overall = points.summary(), points.overall
+    text = (f"operating points ({points.folds}-fold out-of-fold evidence): auto-answered "
+            f"{summary['oof_auto_precision']:.2%} right (bound "
+            f"{summary['oof_auto_precision_bound']:.2%}"
+            f" at {points.confidence:.0%} confidence) at {summary['oof_auto_coverage']:.1%} "
+            f"coverage; {summary['classes_earned']} classes earned, "
+            f"{summary['classes_review']} to review")
+    if "unknown_answered" in overall:
+        text += f"; simulated unknowns answered {float(overall['unknown_answered']):.1%}"
+    if not overall["holds"]:
+        text += "; the overall target cannot be met: the classifier answers nothing"
+    return text

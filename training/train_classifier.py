@@ -24,12 +24,19 @@ from cca.bundle import BundleInfo, ModelBundle, save_track_record_seeds, set_cur
 from cca.classifier import ClassifierParams, TieredClassifier
 from cca.embeddings import Embedder
 from cca.errors import StateError
+from cca.operating_points import Evidence, OperatingPoints, Targets, Unknowns, choose
 from cca.settings import Settings
 from cca.store import Database
 from cca.store.vectors import seed_track_record
-from rules import load_rules
+from rules import RuleSet, load_rules
 from training.holdout import Split, split_by_id
-from training.holdout_cascade import EarlierStages, HoldoutCascade, score_holdout
+from training.holdout_cascade import (
+    EarlierStages,
+    HoldoutCascade,
+    describe_points,
+    earlier_done,
+    score_holdout,
+)
 from training.labelled_set import (
     CacheTrackRecord,
     LabelledSet,
@@ -38,6 +45,7 @@ from training.labelled_set import (
     load_labelled_set,
     take,
 )
+from training.operating import fit_trust, out_of_fold
 
 # Called with the fit and holdout frames (columns id, text, label) before anything is fitted;
 # raises to stop training (the data validation step plugs in here).
@@ -93,6 +101,7 @@ class _Fitted:
     cache: CacheTrackRecord
     rules_version: str
     fit_seconds: float
+    points: OperatingPoints
 
 
 def _quiet(_msg: str) -> None:
@@ -114,7 +123,7 @@ def train_from_store(
     own department).
     """
     opts = options or TrainOptions()
-    fitted = _fit(settings, db, (embedder, deep_embedder), opts)
+    fitted = _fit(settings, db, (embedder, deep_embedder), opts, departments)
     info = _bundle_info(fitted, (embedder, deep_embedder), departments, opts.params)
     bundle = ModelBundle(info=info, classifier=fitted.clf)
     seeds = fitted.cache.seeds
@@ -128,7 +137,7 @@ def train_from_store(
 
 
 def _fit(settings: Settings, db: Database, embedders: tuple[Embedder, Embedder | None],
-         opts: TrainOptions) -> _Fitted:
+         opts: TrainOptions, departments: dict[str, str]) -> _Fitted:
     """Read, split and validate the data, fit on one part, calibrate and score on the other."""
     say = opts.progress or _quiet
     data = load_labelled_set(db, embedders, opts.since, say)
@@ -144,11 +153,37 @@ def _fit(settings: Settings, db: Database, embedders: tuple[Embedder, Embedder |
     fit, hold = data.rows(idx_fit), data.rows(idx_hold)
     clf = TieredClassifier(params=opts.params).fit(fit.texts, fit.vectors, fit.deep, fit.labels)
     clf.calibrate(hold.texts, hold.vectors, hold.deep, hold.labels)
+    points = _operating_points(settings, data, idx_fit, clf, cache, rules, departments, say)
     earlier = EarlierStages.on(data, split.holdout, rules, cache, settings.rules_min_confidence)
-    holdout = score_holdout(clf, hold, earlier, settings.classifier_target_precision)
+    holdout = score_holdout(clf, hold, earlier, settings.classifier_target_precision,
+                            points=points, neighbours=[cache.neighbours[i] for i in idx_hold])
     say(holdout.describe())
     return _Fitted(data=data, split=split, clf=clf, holdout=holdout, cache=cache,
-                   rules_version=rules.version, fit_seconds=time.perf_counter() - t0)
+                   rules_version=rules.version, fit_seconds=time.perf_counter() - t0,
+                   points=points)
+
+
+def _operating_points(settings: Settings, data: LabelledSet, idx_fit: np.ndarray,
+                      clf: TieredClassifier, cache: CacheTrackRecord, rules: RuleSet,
+                      departments: dict[str, str], say: TrainProgress) -> OperatingPoints:
+    """Out-of-fold evidence, the trust model (kept on ``clf``) and the per-class thresholds."""
+    oof = out_of_fold(clf, data, idx_fit, settings.operating_folds, say, settings.random_seed)
+    trust = fit_trust(oof, data, idx_fit, [cache.neighbours[i] for i in idx_fit],
+                      settings.cache_top_k, settings.unknown_weight, settings.random_seed)
+    clf.trust = trust.model
+    earlier = EarlierStages.on(data, list(idx_fit), rules, cache, settings.rules_min_confidence)
+    reaches = np.array([e is None for e in earlier.answers])
+    answered, right = earlier_done(earlier.answers, np.asarray(data.labels)[idx_fit])
+    evidence = Evidence(score=trust.score[reaches], pred=trust.pred[reaches],
+                        correct=trust.correct[reaches], earlier_answered=answered,
+                        earlier_correct=right, n_total=len(idx_fit))
+    targets = Targets.load(settings.precision_targets, settings.classifier_target_precision,
+                           settings.class_min_precision)
+    points = choose(evidence, clf.labels, departments, targets, settings.guarantee_confidence,
+                    settings.operating_folds,
+                    Unknowns(trust.unknown_score, trust.unknown_pred, settings.unknown_rejection))
+    say(describe_points(points))
+    return points
 
 
 def _split(settings: Settings, data: LabelledSet) -> Split:
@@ -179,9 +214,11 @@ def _bundle_info(fitted: _Fitted, embedders: tuple[Embedder, Embedder | None],
         classifier_threshold=fitted.holdout.threshold,
         fast_threshold=clf.fast_threshold,
         params=asdict(params),
-        metrics={**fitted.holdout.metrics(), "fast_temperature": clf.fast_temperature,
+        metrics={**fitted.holdout.metrics(), **fitted.points.summary(),
+                 "fast_temperature": clf.fast_temperature,
                  "deep_temperature": clf.deep_temperature},
         kept_in_fit=fitted.split.kept_in_fit,
+        operating_points=fitted.points.to_dict(),
     )
 
 
