@@ -20,8 +20,11 @@ from cascade.llm_prompt import describe
 from cascade.llm_stage import DisabledLLMStage, LLMStage
 from cascade.vector_cache import CachePolicy, decide
 from cca.bundle import ModelBundle, load_bundle
+from cca.classifier import Parts
 from cca.embeddings import Embedder, embedder_for_model
 from cca.errors import StateError
+from cca.operating_points import OperatingPoints
+from cca.scope import TrustModel, features, neighbour_signals
 from cca.settings import Settings
 from cca.store import Database, StoreUnavailable
 from cca.store.vectors import nearest, track_records
@@ -43,6 +46,7 @@ class Work:
     top_classes: list[tuple[str, float]] = field(default_factory=list)
     ranked: list[str] = field(default_factory=list)  # the classifier's labels, best first
     decision: Decision | None = None
+    reason: str = ""  # why the classifier did not answer, for the review decision
     text_hash: str | None = None
     embed_cost: float = 0.0
 
@@ -76,6 +80,10 @@ class Cascade:
         self.threshold = (settings.classifier_threshold
                           if settings.classifier_threshold is not None
                           else bundle.info.classifier_threshold)
+        # Per-class operating points, unless one common threshold is set (or the bundle
+        # predates them): then ``threshold`` applies to every class.
+        self.points = (OperatingPoints.from_dict(bundle.info.operating_points)
+                       if settings.classifier_threshold is None else None)
         self.version = (
             f"{bundle.info.version}+rules.{rules.version}+{embedder.model_id}"
         )
@@ -257,13 +265,15 @@ class Cascade:
             deep_ms = (time.perf_counter() - t1) * 1000
             return vectors
 
-        proba, used_deep = clf.predict_proba(
+        parts = clf.predict_parts(
             texts, np.vstack([w.vector for w in todo]),
             deep_vectors if self.deep_embedder is not None else None)
+        proba, used_deep = parts.proba(), parts.used_deep
+        trust = self._trust(parts, todo)
         ms = ((time.perf_counter() - t0) * 1000 - deep_ms) / len(todo)
         n_deep = max(int(used_deep.sum()), 1)
         labels = clf.labels
-        for w, p, deep in zip(todo, proba, used_deep, strict=True):
+        for row, (w, p, deep) in enumerate(zip(todo, proba, used_deep, strict=True)):
             w.timings["classifier"] = ms
             if deep:
                 w.timings["deep_embed"] = deep_ms / n_deep
@@ -271,11 +281,40 @@ class Cascade:
             top = order[:3]
             w.ranked = [labels[i] for i in order]
             w.top_classes = [(labels[i], round(float(p[i]), 4)) for i in top]
-            if p[top[0]] >= self.threshold:
-                w.decision = self._decision(
-                    w, "classifier", labels[top[0]], p[top[0]], top_classes=w.top_classes,
-                    reason=f"calibrated probability {p[top[0]]:.3f} >= {self.threshold:.3f}",
-                )
+            sure, why = self._sure(labels[top[0]], float(p[top[0]]),
+                                   None if trust is None else float(trust[row]))
+            w.reason = why
+            if sure:
+                w.decision = self._decision(w, "classifier", labels[top[0]], p[top[0]],
+                                            top_classes=w.top_classes, reason=why)
+
+    def _trust(self, parts: Parts, todo: list[Work]) -> np.ndarray | None:
+        """The trust score of each ticket's best class, when the bundle has operating points
+        (and no common CCA_CLASSIFIER_THRESHOLD overrides them)."""
+        model = self.bundle.classifier.trust
+        if self.points is None or not isinstance(model, TrustModel):
+            return None
+        predicted = [self.bundle.classifier.labels[c] for c in parts.proba().argmax(axis=1)]
+        sim, agree = neighbour_signals([w.neighbours for w in todo], predicted)
+        x, _, _ = features(parts, model.geometry, np.vstack([w.vector for w in todo]),
+                           sim, agree)
+        return model.score(x)
+
+    def _sure(self, label: str, probability: float, trust: float | None) -> tuple[bool, str]:
+        """Whether the classifier may answer ``label`` on its own, and why (or why not)."""
+        if trust is None or self.points is None:
+            sure = probability >= self.threshold
+            sign = ">=" if sure else "<"
+            return sure, f"calibrated probability {probability:.3f} {sign} {self.threshold:.3f}"
+        point = self.points.classes.get(label)
+        if point is None or point.threshold is None:
+            return False, (f"class {label!r} has not earned automatic answers (too little "
+                           "evidence for its precision bound)")
+        sure = trust >= point.threshold
+        return sure, (f"trust {trust:.3f} {'>=' if sure else '<'} {label!r} threshold "
+                      f"{point.threshold:.3f} (precision >= {point.bound:.1%} at "
+                      f"{self.points.confidence:.0%} confidence, {point.support} tickets); "
+                      f"calibrated probability {probability:.3f}")
 
     def _review_without_llm(self, todo: list[Work]) -> None:
         """Review at once when even the classifier's best class is unlikely: the candidates
@@ -287,8 +326,8 @@ class Cascade:
             if best < floor:
                 w.decision = self._decision(
                     w, "review", None, best, top_classes=w.top_classes,
-                    reason=f"no stage confident enough (classifier {best:.3f} < "
-                    f"{self.threshold:.3f}); below {floor:.2f}, not sent to the LLM")
+                    reason=f"no stage confident enough (classifier: {w.reason}); best "
+                    f"probability below {floor:.2f}, not sent to the LLM")
 
     def _llm_or_review(self, todo: list[Work]) -> None:
         labels = self.bundle.info.labels
