@@ -15,6 +15,7 @@ from datetime import datetime
 import numpy as np
 from threadpoolctl import threadpool_limits
 
+from cascade.llm_acceptance import judge, load_rule, target_precision
 from cascade.llm_batch import ask_batch
 from cascade.llm_prompt import describe
 from cascade.llm_stage import DisabledLLMStage, LLMStage
@@ -73,6 +74,9 @@ class Cascade:
         self.settings, self.db, self.bundle = settings, db, bundle
         self.rules, self.embedder, self.deep_embedder = rules, embedder, deep_embedder
         self.llm = llm or DisabledLLMStage()
+        # Which LLM answers may route a ticket, measured by `cca llm calibrate` for this
+        # endpoint and model; None (never calibrated): the LLM only suggests.
+        self.llm_rule = load_rule(db, settings)
         # The model was trained on redacted text, and nothing past the rules (embedder,
         # classifier, LLM, logs) may see raw PII, so tickets are redacted right after the rules.
         self.sanitizer = sanitizer or Sanitizer.from_settings(settings)
@@ -330,27 +334,37 @@ class Cascade:
                     f"probability below {floor:.2f}, not sent to the LLM")
 
     def _llm_or_review(self, todo: list[Work]) -> None:
+        """The LLM's answer where its endpoint's acceptance rule trusts answers like it
+        (``cascade.llm_acceptance``); otherwise review, the answer attached as a suggestion."""
         labels = self.bundle.info.labels
         answers = ask_batch(self.llm, self.db, todo, labels,
                             few_shot=self.settings.llm_max_few_shot,
                             max_concurrency=self.settings.llm_max_concurrency,
                             can_call=self.llm_can_answer, descriptions=self.descriptions)
+        target = target_precision(self.settings)
         for w, answer in zip(todo, answers, strict=True):
-            top_classes = w.top_classes
-            if (answer is not None and answer.label in labels
-                    and answer.confidence >= self.settings.llm_min_confidence):
-                w.decision = self._decision(w, "llm", answer.label, answer.confidence,
-                                            top_classes=top_classes, reason=answer.explanation,
-                                            cost_usd=answer.cost_usd)
-                continue
+            top_classes, cost = w.top_classes, answer.cost_usd if answer else 0.0
+            suggested = answer if answer is not None and answer.label in labels else None
+            if suggested is None:
+                why = ("LLM stage abstained" if answer is None
+                       else f"LLM answer {answer.label!r} not accepted")
+            else:
+                verdict = judge(self.llm_rule, suggested.label, suggested.confidence,
+                                w.ranked, w.neighbours, target=target,
+                                bundle_version=self.bundle.info.version)
+                if verdict.accepted:
+                    w.decision = self._decision(w, "llm", suggested.label,
+                                                suggested.confidence, top_classes=top_classes,
+                                                reason=suggested.explanation, cost_usd=cost)
+                    continue
+                why = verdict.reason
             best = top_classes[0][1] if top_classes else 0.0
-            why = ("LLM stage abstained" if answer is None
-                   else f"LLM answer {answer.label!r} not accepted")
             w.decision = self._decision(
-                w, "review", None, best, top_classes=top_classes,
-                cost_usd=answer.cost_usd if answer else 0.0,
+                w, "review", None, best, top_classes=top_classes, cost_usd=cost,
                 reason=f"no stage confident enough (classifier {best:.3f} < "
                 f"{self.threshold:.3f}); {why}",
+                suggestion=suggested.label if suggested else None,
+                suggestion_confidence=suggested.confidence if suggested else None,
             )
 
 

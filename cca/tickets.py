@@ -84,3 +84,8 @@ class Decision(BaseModel):
     reason: str = ""
     # sha256 of the redacted text the later stages read: the audit's link to the text.
     text_hash: str | None = None
+    # A review's LLM answer that was not trusted to route the ticket (its endpoint is not
+    # calibrated, or the answer fell in a cell measured below the target precision): shown
+    # to the reviewer, never acted on.
+    suggestion: str | None = None
+    suggestion_confidence: float | None = None

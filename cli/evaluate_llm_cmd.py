@@ -1,8 +1,11 @@
 """``cca evaluate --llm``: the cascade with and without the LLM stage, and the LLM alone.
 
-With no ``CCA_LLM_BASE_URL`` the local llama.cpp server (``cca llm serve``) is started for the
-run and stopped after it. Tokens are priced at the evaluation's prices (default: $0.15 per
-million input and $0.60 per million output tokens), whatever model actually answered.
+The LLM's answers route tickets only where the acceptance rule stored for its endpoint and
+model (``cca llm calibrate``) trusts them; the report shows that rule, the auto-answered
+precision with and without the LLM, and the coverage it adds. With no ``CCA_LLM_BASE_URL`` the
+local llama.cpp server (``cca llm serve``) is started for the run and stopped after it.
+Tokens are priced at the evaluation's prices (default: $0.15 per million input and $0.60 per
+million output tokens), whatever model actually answered.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from pipelines.read_tickets import Columns, read_ticket_file
 
 
 @contextlib.contextmanager
-def _endpoint(s: Settings) -> Iterator[Settings]:
+def endpoint(s: Settings) -> Iterator[Settings]:
     """The settings pointing at an LLM: the configured one, else a local server started
     for the run (generous timeouts: a 0.5B model on a CPU takes seconds a ticket)."""
     if s.llm_base_url:
@@ -40,31 +43,22 @@ def _endpoint(s: Settings) -> Iterator[Settings]:
             "llm_response_format": "json_object_schema"})
 
 
-def _spread(items: list[Any], limit: int | None) -> list[int]:
-    """Indices of ``limit`` items spread evenly over the list (all labels stay represented
-    in a file sorted by label)."""
-    n = len(items)
-    if not limit or limit >= n:
-        return list(range(n))
-    return sorted({int(i * n / limit) for i in range(limit)})
-
-
 def run(db: Any, path: Path, cols: Columns, *, limit: int | None, llm_sample: int,
         price_in_per_m: float, price_out_per_m: float, json_out: Path | None) -> dict:
     # deferred: the cascade loads scikit-learn and onnxruntime, the LLM stage openai
     from cascade.cascade import Cascade
     from cascade.llm_openai import OpenAICompatibleStage
-    from evaluation.llm_eval import compare, llm_only
+    from evaluation.llm_eval import compare, llm_only, spread
 
     base = settings().model_copy(update={"llm_price_in_per_1k_usd": price_in_per_m / 1000,
                                          "llm_price_out_per_1k_usd": price_out_per_m / 1000})
     parsed = read_ticket_file(path, cols, max_chars=base.max_text_chars,
                               collapse_duplicates=False)
     parsed.refuse_if_rejected("nothing evaluated")
-    keep = _spread(parsed.tickets, limit)
+    keep = spread(len(parsed.tickets), limit)
     tickets = [parsed.tickets[i] for i in keep]
     truths = [parsed.labels[t.id] for t in tickets]
-    with _endpoint(base) as s:
+    with endpoint(base) as s:
         stage = OpenAICompatibleStage(s)
         cascade = Cascade.load(s, db, llm=stage)
         with progress_bar("cascade without, then with the LLM",

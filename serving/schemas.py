@@ -110,13 +110,21 @@ class DecisionOut(BaseModel):
     cost_usd: float
     replayed: bool = Field(description="True: the stored decision for this ticket id and "
                                        "content, not a new classification.")
+    suggestion: str | None = Field(
+        default=None, description="A review's label proposed by the LLM but not trusted to "
+        "route the ticket (endpoint not calibrated, or measured below the target precision "
+        "for answers like this one); for the reviewer.")
+    suggestion_confidence: float | None = Field(
+        default=None, description="The LLM's own confidence in its suggestion (not a "
+        "measured precision).")
 
     @classmethod
     def of(cls, d: Decision, replayed: bool) -> DecisionOut:
         return cls(ticket_id=d.ticket_id, label=d.label, department=d.department,
                    urgency=d.urgency, sla_breach=d.sla_breach, needs_review=d.stage == "review",
                    confidence=d.confidence, stage=d.stage, model_version=d.model_version,
-                   cost_usd=round(d.cost_usd, 8), replayed=replayed)
+                   cost_usd=round(d.cost_usd, 8), replayed=replayed,
+                   suggestion=d.suggestion, suggestion_confidence=d.suggestion_confidence)
 
 
 class NeighbourOut(BaseModel):

@@ -21,6 +21,21 @@ def text_hash(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+def decision_details(d: Decision) -> dict[str, Any]:
+    """The ``details`` column of a decision's audit row: ids, labels, timings and reasons,
+    never ticket text (a suggestion is a label)."""
+    return {
+        "rule_id": d.rule_id,
+        "sla_breach": d.sla_breach,
+        "neighbours": [n.model_dump() for n in d.neighbours],
+        "top_classes": d.top_classes,
+        "timings_ms": d.timings_ms,
+        "reason": d.reason,
+        "suggestion": d.suggestion,
+        "suggestion_confidence": d.suggestion_confidence,
+    }
+
+
 def append_decisions(conn: Connection, pairs: list[tuple[Ticket, Decision]]) -> None:
     if not pairs:
         return
@@ -45,16 +60,7 @@ def append_decisions(conn: Connection, pairs: list[tuple[Ticket, Decision]]) -> 
                 "model_version": d.model_version,
                 "cost_usd": d.cost_usd,
                 "latency_ms": sum(d.timings_ms.values()),
-                "details": json.dumps(
-                    {
-                        "rule_id": d.rule_id,
-                        "sla_breach": d.sla_breach,
-                        "neighbours": [n.model_dump() for n in d.neighbours],
-                        "top_classes": d.top_classes,
-                        "timings_ms": d.timings_ms,
-                        "reason": d.reason,
-                    }
-                ),
+                "details": json.dumps(decision_details(d)),
             }
             for t, d in pairs
         ],
@@ -66,7 +72,7 @@ class LoggedDecision:
     stage: str
     label: str | None  # None: sent to review
     model_version: str
-    details: dict[str, Any]  # rule, neighbours, top classes, timings, reason
+    details: dict[str, Any]  # rule, neighbours, top classes, timings, reason, suggestion
 
 
 def last_decision(conn: Connection, ticket_id: str) -> LoggedDecision | None:
