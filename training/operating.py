@@ -65,11 +65,7 @@ def out_of_fold(clf: TieredClassifier, data: LabelledSet, fit: np.ndarray, folds
 def _fold_model(clf: TieredClassifier, data: LabelledSet, train: np.ndarray
                 ) -> TieredClassifier:
     rows = data.rows(train)
-    model = TieredClassifier(params=clf.params).fit(rows.texts, rows.vectors, rows.deep,
-                                                    rows.labels)
-    model.fast_temperature, model.deep_temperature = clf.fast_temperature, clf.deep_temperature
-    model.fast_threshold = clf.fast_threshold
-    return model
+    return clf.refit_on(rows.texts, rows.vectors, rows.deep, rows.labels)
 
 
 @dataclass(frozen=True)
