@@ -2,35 +2,51 @@
 
 A neighbour proposes a label when it is similar enough, or when the top-k neighbours agree.
 Similarity alone is not safe (near-identical wording can carry another intent), so the
-proposal is only taken when that label's track record is good enough: the share of earlier
-reuses of it that validated labels confirmed. The record is seeded at training time by a
+proposal is only taken when that label's track record earns it: the share of earlier reuses
+of it that validated labels confirmed. The record is seeded at training time by a
 leave-one-out pass over the index (the same proposal rule, so the estimate is per class) and
-then moved by feedback on the cache's own answers. Labels with little evidence sit at an
-uninformative prior and are not reused until they earn it.
+then moved by feedback on the cache's own answers.
+
+The rule is a bound, not an estimate: a label is reused only when the one-sided lower
+confidence bound (exact binomial, Clopper-Pearson) of its reuse precision reaches the class's
+minimum precision. A point estimate such as 29 right of 30 looks as good as 970 of 1,000, but
+only the second is evidence; with the bound a label with little evidence is simply not reused
+until it earns it, and how much evidence that takes follows from the target, not from a prior.
+The cascade-wide precision target is then the cascade's own operating point, which counts the
+cache's answers.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
+from functools import lru_cache
 
+from cca.guarantees import precision_lower_bound
 from cca.settings import Settings
 from cca.tickets import Neighbour
+
+# What a class must show at least, when the settings do not say (cca.settings gains
+# ``class_min_precision``); the confidence of every bound the project states.
+DEFAULT_CLASS_MIN_PRECISION = 0.90
+CONFIDENCE = 0.95
 
 
 @dataclass(frozen=True)
 class CachePolicy:
     min_similarity: float = 0.92
-    min_track_record: float = 0.85
+    # The lower bound of a label's reuse precision must be at least this.
+    min_precision: float = DEFAULT_CLASS_MIN_PRECISION
+    confidence: float = CONFIDENCE
     topk_agree: int = 3
     topk_min_confidence: float = 0.85
-    prior_strength: float = 2.0
+    prior_strength: float = 2.0  # only for the track record shown and the answer's confidence
 
     @classmethod
     def from_settings(cls, settings: Settings) -> CachePolicy:
         return cls(
             min_similarity=settings.cache_min_similarity,
-            min_track_record=settings.cache_min_track_record,
+            min_precision=getattr(settings, "class_min_precision", DEFAULT_CLASS_MIN_PRECISION),
             topk_agree=settings.cache_topk_agree,
             topk_min_confidence=settings.cache_topk_min_confidence,
             prior_strength=settings.cache_track_record_prior,
@@ -47,6 +63,13 @@ class CacheAnswer:
 def track_record(reuses: int, confirmed: int, prior_strength: float) -> float:
     """Posterior mean of the reuse precision under a Beta(prior/2, prior/2) prior."""
     return (confirmed + prior_strength / 2) / (reuses + prior_strength)
+
+
+@lru_cache(maxsize=4096)
+def reuse_bound(reuses: int, confirmed: int, confidence: float = CONFIDENCE) -> float:
+    """Lower confidence bound of a label's reuse precision (cached: the cache asks it for
+    every ticket, and a label's counts change only with feedback or a new champion)."""
+    return precision_lower_bound(confirmed, reuses, confidence)
 
 
 def propose(neighbours: list[Neighbour], policy: CachePolicy) -> CacheAnswer | None:
@@ -78,11 +101,13 @@ def decide(
     if proposal is None:
         return None
     reuses, confirmed = records.get(proposal.label, (0, 0))
-    record = track_record(reuses, confirmed, policy.prior_strength)
-    if record < policy.min_track_record:
+    bound = reuse_bound(reuses, confirmed, policy.confidence)
+    if bound < policy.min_precision:
         return None
+    record = track_record(reuses, confirmed, policy.prior_strength)
     return CacheAnswer(
         label=proposal.label,
         confidence=record,
-        reason=f"{proposal.reason}; label track record {record:.3f} over {reuses} reuses",
+        reason=(f"{proposal.reason}; label track record {record:.3f} "
+                f"({policy.confidence * 100:.0f} % lower bound {bound:.3f}) over {reuses} reuses"),
     )

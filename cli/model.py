@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from cca.errors import InputError
+from cca.errors import InputError, StateError
 from cca.tickets import Ticket
 from cli import evaluate_llm_cmd
 from cli.common import console, database, print_json, progress_bar, settings
@@ -17,6 +17,7 @@ from cli.lifecycle_cmd import do_prepare
 from pipelines.read_tickets import Columns, read_ticket_file
 
 if TYPE_CHECKING:
+    from cca.settings import Settings
     from cca.store import Database
 
 # scikit-learn, onnxruntime, SQLAlchemy and the models load inside the commands that need
@@ -143,10 +144,24 @@ def evaluate_cmd(
                                                   "tokens.")] = 0.15,
     price_out_per_m: Annotated[float, typer.Option(min=0, help="--llm: USD per million "
                                                    "output tokens.")] = 0.60,
+    train: Annotated[Path | None, typer.Option(help="With --unknown-classes: the labelled "
+                                               "training file.")] = None,
+    unknown_classes: Annotated[int | None, typer.Option(
+        help="Train without K random intents of --train in a scratch home, and measure how "
+             "many of their --data tickets go to review.")] = None,
+    seeds: Annotated[int, typer.Option(help="--unknown-classes: how many random draws.")] = 3,
+    baseline: Annotated[bool, typer.Option(help="--unknown-classes: also train on every "
+                                           "intent, for the coverage drop.")] = True,
 ) -> None:
     """Run the cascade on labelled tickets and report accuracy, coverage, speed and cost."""
     if not label_col:
         raise InputError("--label-col is required for evaluation")
+    if unknown_classes is not None or train is not None:
+        _check_unknown_options(train, unknown_classes, seeds, llm or predictions is not None)
+        assert train is not None and unknown_classes is not None
+        print_json(do_unknown_eval(train, data, Columns(text=text_col, label=label_col),
+                                   (unknown_classes, seeds, baseline), json_out))
+        return
     if llm:
         with database() as db:
             report = evaluate_llm_cmd.run(
@@ -159,6 +174,69 @@ def evaluate_cmd(
         report = do_evaluate(db, data, Columns(text=text_col, label=label_col), json_out,
                              predictions)
     print_json(report)
+
+
+def _check_unknown_options(train: Path | None, unknown_classes: int | None, seeds: int,
+                           other_mode: bool) -> None:
+    """One line for each way the unknown-intent options can be misused."""
+    if train is None:
+        raise InputError("--unknown-classes needs --train FILE: the intents are removed "
+                         "from the training data, the tickets to score come from --data")
+    if unknown_classes is None:
+        raise InputError("--train is only used with --unknown-classes K")
+    if unknown_classes < 1:
+        raise InputError(f"--unknown-classes must be at least 1, not {unknown_classes}")
+    if seeds < 1:
+        raise InputError(f"--seeds must be at least 1, not {seeds}")
+    if other_mode:
+        raise InputError("--unknown-classes cannot be combined with --llm or --predictions")
+
+
+def _train_scratch(s: Settings, db: Database) -> str:
+    """``cca train``'s steps in a scratch home; its candidate serves there whatever the gate
+    decides (the experiment measures the model trained, not the gate)."""
+    # deferred: scikit-learn, SQLAlchemy and mlflow
+    from training.registry import promote
+    from training.steps import retrain
+
+    result = retrain(s, db, progress=lambda msg: console.print(f"  train: {msg}"))
+    if not result["promoted"]:
+        promote(s, db, str(result["model_version"]), "unknown-intent-eval",
+                "scratch home: the candidate is measured whatever the gate decided")
+    return str(result["bundle_version"])
+
+
+def do_unknown_eval(train: Path, test: Path, cols: Columns, runs: tuple[int, int, bool],
+                    json_out: Path | None) -> dict:
+    """The unknown-intent experiment (``runs``: K intents out, seeds, baseline or not), its
+    JSON, and its run in the project's MLflow."""
+    # deferred: the cascade, training and mlflow load scikit-learn, SQLAlchemy and mlflow
+    from evaluation.unknown_eval import Hooks, UnknownIntentPlan, run_unknown_eval
+    from evaluation.unknown_eval_log import log_unknown_eval
+    from training import tracking
+
+    s = settings()
+    k, seeds, baseline = runs
+    plan = UnknownIntentPlan(train=train, test=test, cols=cols, unknown_classes=k,
+                             seeds=seeds, baseline=baseline)
+    hooks = Hooks(train=_train_scratch, bar=progress_bar,
+                  say=lambda msg: console.print(f"unknown intents: {msg}", highlight=False))
+    report = run_unknown_eval(s, plan, hooks)
+    if json_out:  # written before MLflow is asked, so an outage loses no measurement
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(report, indent=2))
+    try:
+        with tracking.mlflow_session(s, "the report is in the JSON") as client:
+            report["mlflow_run_id"] = log_unknown_eval(client, tracking.experiment_id(s),
+                                                       report)
+    except StateError as exc:
+        console.print(f"[yellow]not logged to MLflow[/yellow]: {exc}", highlight=False)
+    else:
+        console.print(f"MLflow: run {report['mlflow_run_id']} (cca.step=unknown_intent_eval) "
+                      f"at {s.tracking_uri}")
+        if json_out:
+            json_out.write_text(json.dumps(report, indent=2))
+    return report
 
 
 def feedback_cmd(

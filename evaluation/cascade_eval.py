@@ -16,6 +16,7 @@ import numpy as np
 from sklearn.metrics import f1_score
 
 from cascade.cascade import Cascade
+from cca.guarantees import precision_lower_bound
 from cca.tickets import STAGES, Decision, Ticket
 from evaluation.metrics import percentiles
 
@@ -69,6 +70,26 @@ def score(
         "stage_accuracy": by_stage,
         "out_of_scope": int(sum(t not in known for t in truths)),
         "cost_per_ticket_usd": round(sum(d.cost_usd for d in decisions) / n, 8),
+        **cache_hits(decisions, correct),
+    }
+
+
+def cache_hits(decisions: list[Decision], correct: np.ndarray,
+               confidence: float = 0.95) -> dict:
+    """GPTCache-style: how often the cache answered (hits), how often wrongly (a label other
+    than the truth, or any label for an out-of-scope ticket), and the one-sided upper
+    confidence bound of the wrong-hit rate: what the cache's precision can be promised at."""
+    hit = np.array([d.stage == "cache" for d in decisions], dtype=bool)
+    hits = int(hit.sum())
+    wrong = int((hit & ~correct).sum())
+    return {
+        "cache_hits": hits,
+        "cache_wrong_hits": wrong,
+        "cache_hit_rate": round(hits / len(decisions), 4) if decisions else 0.0,
+        "cache_wrong_hit_rate": round(wrong / hits, 4) if hits else 0.0,
+        "cache_wrong_hit_bound": (round(1 - precision_lower_bound(hits - wrong, hits,
+                                                                  confidence), 4)
+                                  if hits else 1.0),
     }
 
 

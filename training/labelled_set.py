@@ -21,6 +21,7 @@ import pandas as pd
 from cascade.vector_cache import CachePolicy, decide, propose
 from cca.embeddings import Embedder
 from cca.errors import StateError
+from cca.guarantees import precision_lower_bound
 from cca.settings import Settings
 from cca.store import Database
 from cca.store.tickets_repo import labelled_tickets
@@ -116,19 +117,44 @@ def embeddings_for(db: Database, embedder: Embedder, ids: list[str], texts: list
     return np.vstack(rows).astype(np.float32)
 
 
+CACHE_FOLDS = 5  # out-of-fold gate: each ticket judged on the other folds' track record
+
+
 @dataclass(frozen=True)
 class CacheTrackRecord:
     """What the cache would have answered for each ticket of a labelled set, and how often
-    its proposal of each label would have been right (the seeds)."""
+    its proposal of each label would have been right (the seeds the serving cache gets).
+
+    Each ticket's proposal comes from its nearest *other* tickets (leave-one-out), and whether
+    the label's record lets it through is judged on the seeds of the *other* folds only, so
+    ``answers`` are out-of-fold in both halves of the rule: the hits and wrong hits counted
+    from them (``metrics``) are what the serving cache would do on tickets it never saw, not
+    a record judged on the ticket it is about.
+    """
 
     neighbours: list[list[Neighbour]]  # per ticket: its nearest other labelled tickets
-    seeds: dict[str, tuple[int, int]]  # label -> (proposed, right)
+    labels: list[str]  # per ticket: its validated label
+    seeds: dict[str, tuple[int, int]]  # label -> (proposed, right), over every ticket
     policy: CachePolicy
+    answers: list[str | None]  # per ticket: the out-of-fold answer, None: passed on
 
     def answer(self, row: int) -> str | None:
         """The cache's answer for this row of the set, None to pass it on."""
-        found = decide(self.neighbours[row], self.seeds, self.policy)
-        return found.label if found else None
+        return self.answers[row]
+
+    def metrics(self) -> dict[str, float]:
+        """GPTCache-style figures of the out-of-fold answers: hits, wrong hits, their rates
+        and the one-sided upper confidence bound of the wrong-hit rate."""
+        hits = sum(a is not None for a in self.answers)
+        wrong = sum(a is not None and a != t
+                    for a, t in zip(self.answers, self.labels, strict=True))
+        n = len(self.answers)
+        bound = (1.0 - precision_lower_bound(hits - wrong, hits, self.policy.confidence)
+                 if hits else 1.0)
+        return {"cache_hits": float(hits), "cache_wrong_hits": float(wrong),
+                "cache_hit_rate": hits / n if n else 0.0,
+                "cache_wrong_hit_rate": wrong / hits if hits else 0.0,
+                "cache_wrong_hit_bound": bound}
 
 
 def cache_track_record(settings: Settings, db: Database, model_id: str,
@@ -136,9 +162,34 @@ def cache_track_record(settings: Settings, db: Database, model_id: str,
     neighbours = leave_one_out_neighbours(db, model_id, data.ids, data.vectors,
                                           settings.cache_top_k)
     policy = CachePolicy.from_settings(settings)
-    return CacheTrackRecord(neighbours=neighbours,
-                            seeds=track_record_seeds(neighbours, data.labels, policy),
-                            policy=policy)
+    return CacheTrackRecord(
+        neighbours=neighbours, labels=list(data.labels),
+        seeds=track_record_seeds(neighbours, data.labels, policy), policy=policy,
+        answers=out_of_fold_answers(neighbours, data.labels, cache_folds(data.ids), policy))
+
+
+def cache_folds(ids: Sequence[str], folds: int = CACHE_FOLDS) -> list[int]:
+    """A fold per ticket from a hash of its id: stable across runs and row orders."""
+    return [int.from_bytes(hashlib.sha256(f"cache-fold:{tid}".encode()).digest()[:8], "big")
+            % folds for tid in ids]
+
+
+def out_of_fold_answers(neighbours: list[list[Neighbour]], labels: list[str],
+                        folds: list[int], policy: CachePolicy) -> list[str | None]:
+    """Each ticket's answer with the gate judged on the seeds of the other folds."""
+    total = track_record_seeds(neighbours, labels, policy)
+    others: dict[int, dict[str, tuple[int, int]]] = {}
+    for fold in set(folds):
+        rows = [i for i, f in enumerate(folds) if f == fold]
+        mine = track_record_seeds([neighbours[i] for i in rows], [labels[i] for i in rows],
+                                  policy)
+        others[fold] = {label: (r - mine.get(label, (0, 0))[0], c - mine.get(label, (0, 0))[1])
+                        for label, (r, c) in total.items()}
+    answers: list[str | None] = []
+    for found, fold in zip(neighbours, folds, strict=True):
+        hit = decide(found, others[fold], policy)
+        answers.append(hit.label if hit else None)
+    return answers
 
 
 def leave_one_out_neighbours(
