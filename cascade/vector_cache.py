@@ -26,17 +26,14 @@ from cca.guarantees import precision_lower_bound
 from cca.settings import Settings
 from cca.tickets import Neighbour
 
-# What a class must show at least, when the settings do not say (cca.settings gains
-# ``class_min_precision``); the confidence of every bound the project states.
-DEFAULT_CLASS_MIN_PRECISION = 0.90
-CONFIDENCE = 0.95
+CONFIDENCE = 0.95  # the default of CCA_GUARANTEE_CONFIDENCE
 
 
 @dataclass(frozen=True)
 class CachePolicy:
     min_similarity: float = 0.92
     # The lower bound of a label's reuse precision must be at least this.
-    min_precision: float = DEFAULT_CLASS_MIN_PRECISION
+    min_precision: float = 0.90
     confidence: float = CONFIDENCE
     topk_agree: int = 3
     topk_min_confidence: float = 0.85
@@ -46,7 +43,8 @@ class CachePolicy:
     def from_settings(cls, settings: Settings) -> CachePolicy:
         return cls(
             min_similarity=settings.cache_min_similarity,
-            min_precision=getattr(settings, "class_min_precision", DEFAULT_CLASS_MIN_PRECISION),
+            min_precision=settings.class_min_precision,
+            confidence=settings.guarantee_confidence,
             topk_agree=settings.cache_topk_agree,
             topk_min_confidence=settings.cache_topk_min_confidence,
             prior_strength=settings.cache_track_record_prior,

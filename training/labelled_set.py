@@ -117,9 +117,6 @@ def embeddings_for(db: Database, embedder: Embedder, ids: list[str], texts: list
     return np.vstack(rows).astype(np.float32)
 
 
-CACHE_FOLDS = 5  # out-of-fold gate: each ticket judged on the other folds' track record
-
-
 @dataclass(frozen=True)
 class CacheTrackRecord:
     """What the cache would have answered for each ticket of a labelled set, and how often
@@ -165,10 +162,11 @@ def cache_track_record(settings: Settings, db: Database, model_id: str,
     return CacheTrackRecord(
         neighbours=neighbours, labels=list(data.labels),
         seeds=track_record_seeds(neighbours, data.labels, policy), policy=policy,
-        answers=out_of_fold_answers(neighbours, data.labels, cache_folds(data.ids), policy))
+        answers=out_of_fold_answers(neighbours, data.labels,
+                                    cache_folds(data.ids, settings.operating_folds), policy))
 
 
-def cache_folds(ids: Sequence[str], folds: int = CACHE_FOLDS) -> list[int]:
+def cache_folds(ids: Sequence[str], folds: int = 5) -> list[int]:
     """A fold per ticket from a hash of its id: stable across runs and row orders."""
     return [int.from_bytes(hashlib.sha256(f"cache-fold:{tid}".encode()).digest()[:8], "big")
             % folds for tid in ids]

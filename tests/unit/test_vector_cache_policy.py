@@ -47,11 +47,14 @@ def test_a_label_is_reused_only_once_its_bound_reaches_the_class_minimum():
     assert decide(near, {"a": (120, 116)}, stricter) is None
 
 
-def test_policy_takes_the_class_minimum_from_the_settings_when_there_is_one():
-    s = Settings(home="/tmp/unused-home")
-    expected = getattr(s, "class_min_precision", 0.90)
-    assert CachePolicy.from_settings(s).min_precision == expected
-    assert CachePolicy.from_settings(s).min_similarity == s.cache_min_similarity
+def test_policy_takes_the_class_minimum_and_confidence_from_the_settings():
+    s = Settings(home="/tmp/unused-home", class_min_precision=0.93, guarantee_confidence=0.9)
+    policy = CachePolicy.from_settings(s)
+    assert (policy.min_precision, policy.confidence) == (0.93, 0.9)
+    assert policy.min_similarity == s.cache_min_similarity
+    # 29 of 29 right: bound 0.05 ** (1/29) = 0.902 at 95 %, 0.10 ** (1/29) = 0.924 at 90 %.
+    assert decide([n("a", 0.99)], {"a": (29, 29)}, policy) is None
+    assert decide([n("a", 0.99)], {"a": (37, 37)}, policy) is not None
 
 
 def test_high_similarity_alone_is_not_enough():
