@@ -56,14 +56,19 @@ Counts = Callable[[float], tuple[int, int]]  # threshold -> (correct, answered)
 
 
 def fixed_sequence(counts: Counts, target: float, confidence: float = 0.95,
-                   grid: Sequence[float] = THRESHOLD_GRID) -> tuple[float, int, int] | None:
+                   grid: Sequence[float] = THRESHOLD_GRID, start: int = 0
+                   ) -> tuple[float, int, int] | None:
     """The lowest threshold of ``grid`` reached before the first failed test.
 
     Returns (threshold, correct, answered) at that threshold, or None when not even the most
     cautious testable threshold meets the target. Thresholds answering fewer than
-    ``min_support`` tickets are skipped (see there).
+    ``min_support`` tickets, or fewer than ``start``, are skipped (see there). How many
+    tickets a threshold answers depends on the scores alone, not on which answers are right,
+    so where the sequence starts is fixed before any test looks at the outcomes; starting
+    where a few errors can be absorbed keeps one mislabelled ticket among the most confident
+    from closing a class for good.
     """
-    need = min_support(target, confidence)
+    need = max(min_support(target, confidence), start)
     chosen: tuple[float, int, int] | None = None
     for threshold in grid:
         correct, answered = counts(threshold)

@@ -22,6 +22,7 @@ A class's minimum is its own entry, else its department's, else the default.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -157,6 +158,9 @@ class Unknowns:
     rejection: float
 
 
+START_SHARE = 0.25  # a class's sequence starts where it answers this share of its tickets
+
+
 def choose(evidence: Evidence, labels: list[str], departments: dict[str, str],
            targets: Targets, confidence: float = 0.95, folds: int = 0,
            unknowns: Unknowns | None = None) -> OperatingPoints:
@@ -166,7 +170,8 @@ def choose(evidence: Evidence, labels: list[str], departments: dict[str, str],
         mask = evidence.pred == label
         floors[label] = fixed_sequence(
             _counter(evidence.score[mask], evidence.correct[mask]),
-            targets.for_class(label, departments.get(label)), confidence)
+            targets.for_class(label, departments.get(label)), confidence,
+            start=math.ceil(START_SHARE * int(mask.sum())))
     level = _overall_level(evidence, floors, targets.target_precision, confidence)
     if level is not None and unknowns is not None:
         level = max(level, _unknown_level(unknowns, floors))
