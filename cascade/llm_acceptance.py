@@ -5,11 +5,15 @@ wrong, and accepting its answers on that say-so cut the cascade's auto-answered 
 (docs/models.md). So ``cca llm calibrate`` asks the endpoint about labelled tickets the
 cascade would pass on to it, sorts every answer into a cell of a small grid of features that
 cost no extra call (where its label sits in the classifier's ranking, whether the nearest
-neighbours carry it, the model's own confidence), and measures each cell's precision. A cell
-routes tickets only where the lower end of its Clopper-Pearson interval reaches the target
-precision, so a cell with little evidence never does. Any other answer, and every answer of
-an endpoint never calibrated (or calibrated behind another model), goes to review with the
-LLM's label attached as a suggestion: the LLM can save a reviewer time but cannot lower the
+neighbours carry it, the model's own confidence), and counts each cell's right answers.
+
+A cell routes tickets only where its exact (Clopper-Pearson) lower precision bound reaches
+the target, tested like the classifier's operating points (``cca.guarantees``): cells in a
+fixed order, most plausible first, stopping at the first that fails, so every accepted cell
+meets the target with the stated confidence together, not just each on its own; a cell with
+too few answers to show the target is skipped. Any other answer, and every answer of an
+endpoint never calibrated (or calibrated behind another model), goes to review with the LLM's
+label attached as a suggestion: the LLM can save a reviewer time but cannot lower the
 precision of what is answered automatically.
 """
 
@@ -21,6 +25,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from cca.guarantees import min_support, precision_lower_bound
 from cca.settings import Settings
 from cca.store import Database, StoreUnavailable
 from cca.store.llm_rules_repo import StoredRule, latest_rule
@@ -35,8 +40,8 @@ RULE_FORMAT = 1
 
 
 def target_precision(settings: Settings) -> float:
-    """The precision an automatic answer must reach: the one the classifier's threshold was
-    chosen for, so an LLM answer is held to the same bar as the stages before it."""
+    """The precision an automatic answer must reach: the cascade's target, so an LLM answer
+    is held to the same bar as the stages before it."""
     return settings.classifier_target_precision
 
 
@@ -45,7 +50,7 @@ def endpoint_key(base_url: str) -> str:
     return base_url.strip().rstrip("/")
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True)
 class Cell:
     rank: str
     neighbours: str
@@ -72,15 +77,16 @@ def cell_of(label: str, confidence: float, ranked: Sequence[str],
                 confidence="high" if confidence >= confidence_edge else "low")
 
 
-def lower_bound(correct: int, n: int, level: float) -> float:
-    """The lower end of the two-sided Clopper-Pearson interval at ``level`` for correct/n:
-    exact for small counts, where a normal approximation would flatter a small cell."""
-    if n <= 0 or correct <= 0:
-        return 0.0
-    # deferred: scipy.stats is only needed to build a rule, never to serve one
-    from scipy.stats import beta
+def _prior(cell: Cell) -> tuple[int, int, int]:
+    rank, votes = RANKS.index(cell.rank), NEIGHBOURS.index(cell.neighbours)
+    return CONFIDENCES.index(cell.confidence), rank + votes, rank
 
-    return float(beta.ppf((1 - level) / 2, correct, n - correct + 1))
+
+# The order cells are tested in, fixed here before any data is seen (which keeps the
+# fixed-sequence test valid): high confidence first, then the more the earlier stages agree
+# with the answer, the earlier.
+ORDER: tuple[Cell, ...] = tuple(sorted(
+    (Cell(r, v, c) for r in RANKS for v in NEIGHBOURS for c in CONFIDENCES), key=_prior))
 
 
 @dataclass(frozen=True)
@@ -94,7 +100,7 @@ class CellStats:
     def precision(self) -> float:
         return self.correct / self.n if self.n else 0.0
 
-    def accepted(self, target: float) -> bool:
+    def passes(self, target: float) -> bool:
         return self.n > 0 and self.lower_bound >= target
 
 
@@ -106,7 +112,7 @@ class AcceptanceRule:
     model: str
     bundle_version: str
     confidence_edge: float  # the LLM confidence splitting "high" from "low", as calibrated
-    level: float  # the Clopper-Pearson interval's confidence level
+    level: float  # the confidence of the one-sided Clopper-Pearson bounds
     asked: int  # tickets sent to the endpoint (answered or not)
     cells: tuple[CellStats, ...]
     created_at: datetime | None = None
@@ -131,7 +137,18 @@ class AcceptanceRule:
         return self._by_cell.get(cell)
 
     def accepted_cells(self, target: float) -> list[CellStats]:
-        return [c for c in self.cells if c.accepted(target)]
+        """The cells that route tickets at ``target``: in ``ORDER``, each with enough answers
+        must pass, and the first that fails ends the sequence."""
+        needed = min_support(target, self.level)
+        accepted = []
+        for cell in ORDER:
+            stats = self._by_cell.get(cell)
+            if stats is None or stats.n < needed:
+                continue
+            if not stats.passes(target):
+                break
+            accepted.append(stats)
+        return accepted
 
     def accepted_precision(self, target: float) -> float | None:
         """Precision measured over the accepted cells together (None: none accepted)."""
@@ -170,15 +187,15 @@ class Outcome:
 def build_rule(outcomes: Iterable[Outcome], *, endpoint: str, model: str,
                bundle_version: str, confidence_edge: float, level: float,
                asked: int) -> AcceptanceRule:
-    """Count every cell that got answers; each keeps its own interval (no pooling of cells,
-    so a weak cell is never carried by a strong neighbour)."""
+    """Count every cell that got answers, each with its own bound at confidence ``level`` (no
+    pooling of cells, so a weak cell is never carried by a strong neighbour)."""
     counts: dict[Cell, list[int]] = {}
     for o in outcomes:
         tally = counts.setdefault(o.cell, [0, 0])
         tally[0] += 1
         tally[1] += o.correct
-    cells = tuple(CellStats(cell, n, k, lower_bound(k, n, level))
-                  for cell, (n, k) in sorted(counts.items()))
+    cells = tuple(CellStats(cell, n, k, precision_lower_bound(k, n, level))
+                  for cell, (n, k) in sorted(counts.items(), key=lambda kv: _prior(kv[0])))
     return AcceptanceRule(endpoint=endpoint_key(endpoint), model=model,
                           bundle_version=bundle_version, confidence_edge=confidence_edge,
                           level=level, asked=asked, cells=cells)
@@ -207,11 +224,16 @@ def judge(rule: AcceptanceRule | None, label: str, confidence: float, ranked: Se
     if stats is None:
         return Verdict(False, f"LLM answer in a cell never seen in calibration ({cell.key}): "
                               "suggestion only", cell)
-    if not stats.accepted(target):
-        return Verdict(False, f"LLM answer in a cell measured at {stats.precision:.0%} "
-                              f"({stats.correct}/{stats.n}, at least {stats.lower_bound:.0%} at "
-                              f"{rule.level:.0%} confidence) < {target:.0%}", cell)
-    return Verdict(True, "", cell)
+    if any(a.cell == cell for a in rule.accepted_cells(target)):
+        return Verdict(True, "", cell)
+    measured = (f"LLM answer in a cell measured at {stats.precision:.0%} ({stats.correct}/"
+                f"{stats.n}, at least {stats.lower_bound:.0%} at {rule.level:.0%} confidence)")
+    if stats.n < min_support(target, rule.level):
+        return Verdict(False, f"{measured}: too few answers to show {target:.0%}", cell)
+    if not stats.passes(target):
+        return Verdict(False, f"{measured} < {target:.0%}", cell)
+    return Verdict(False, f"{measured}, but tested after a cell that fell short of "
+                          f"{target:.0%}", cell)
 
 
 def load_rule(db: Database, settings: Settings) -> AcceptanceRule | None:

@@ -183,9 +183,6 @@ class Settings(BaseSettings):
     llm_breaker_failures: int = Field(default=3, ge=1)
     llm_breaker_cooldown_s: float = Field(default=30.0, gt=0)
     llm_max_few_shot: int = Field(default=5, ge=0)
-    # `cca llm calibrate`: an LLM answer routes a ticket only in a cell whose precision's
-    # Clopper-Pearson interval at this level lies above the target (cascade/llm_acceptance.py).
-    llm_calibration_level: float = Field(default=0.95, gt=0, lt=1)
     llm_price_in_per_1k_usd: float = 0.0
     llm_price_out_per_1k_usd: float = 0.0
     # The local llama.cpp server (`cca llm serve`): where it listens, CPU threads, context.

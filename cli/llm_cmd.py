@@ -85,6 +85,8 @@ def calibrate_cmd(
     data: Annotated[Path, typer.Option(help="Labelled CSV/JSONL the model has not seen.")],
     text_col: TextCol = "text",
     label_col: LabelCol = "label",
+    id_col: Annotated[str | None, typer.Option(help="Ticket id column (else from the text "
+                                               "and file name).")] = None,
     limit: Annotated[int, typer.Option(min=1, help="Tickets to ask the LLM about, spread "
                                        "over those the cascade passes on.")] = 300,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the report here.")
@@ -96,8 +98,8 @@ def calibrate_cmd(
     if not label_col:
         raise InputError("--label-col is required for calibration")
     with database() as db:
-        rule, report = run_calibration(db, data, Columns(text=text_col, label=label_col),
-                                       limit=limit)
+        rule, report = run_calibration(db, data, Columns(text=text_col, label=label_col,
+                                                         id=id_col), limit=limit)
     stdout.print(cells_table(rule, report["target_precision"]))
     precision = report["llm_calibrated_precision"]
     stdout.print(
@@ -146,10 +148,11 @@ def cells_table(rule: AcceptanceRule, target: float) -> Table:
     table = Table("rank", "neighbours", "LLM confidence", "answers", "right", "precision",
                   f"lower bound ({rule.level:.0%})", f"routes (>= {target:.0%})",
                   title=f"{rule.model}: precision by cell")
-    for c in rule.cells:
+    routes = {c.cell for c in rule.accepted_cells(target)}
+    for c in rule.cells:  # in the order they are tested
         table.add_row(c.cell.rank, c.cell.neighbours, c.cell.confidence, str(c.n),
                       str(c.correct), f"{c.precision:.1%}", f"{c.lower_bound:.1%}",
-                      "yes" if c.accepted(target) else "no")
+                      "yes" if c.cell in routes else "no")
     return table
 
 
@@ -191,7 +194,7 @@ def run_calibration(db: Database, path: Path, cols: Columns, *, limit: int
         rule = build_rule(outcomes, endpoint=s.llm_base_url or "", model=s.llm_model,
                           bundle_version=cascade.bundle.info.version,
                           confidence_edge=s.llm_min_confidence,
-                          level=s.llm_calibration_level, asked=len(keep))
+                          level=s.guarantee_confidence, asked=len(keep))
         with db.begin() as conn:
             rule_id = save_rule(conn, endpoint=rule.endpoint, model=rule.model,
                                 bundle_version=rule.bundle_version, sample_size=rule.asked,

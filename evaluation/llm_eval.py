@@ -88,6 +88,7 @@ def rule_report(rule: AcceptanceRule | None, target: float) -> dict[str, Any]:
         return {"calibrated": False, "target_precision": target,
                 "llm_calibrated_precision": None}
     accepted = rule.accepted_precision(target)
+    routes = {c.cell for c in rule.accepted_cells(target)}
     return {
         "calibrated": True, "endpoint": rule.endpoint, "model": rule.model,
         "bundle_version": rule.bundle_version,
@@ -96,12 +97,12 @@ def rule_report(rule: AcceptanceRule | None, target: float) -> dict[str, Any]:
         "overall_precision": round(rule.overall_precision, 4),
         "target_precision": target, "confidence_level": rule.level,
         "confidence_edge": rule.confidence_edge,
-        "accepted_cells": sum(c.accepted(target) for c in rule.cells),
-        "accepted_answers": sum(c.n for c in rule.accepted_cells(target)),
+        "accepted_cells": len(routes),
+        "accepted_answers": sum(c.n for c in rule.cells if c.cell in routes),
         "llm_calibrated_precision": None if accepted is None else round(accepted, 4),
         "cells": [{"cell": c.cell.key, "n": c.n, "correct": c.correct,
                    "precision": round(c.precision, 4), "lower_bound": round(c.lower_bound, 4),
-                   "accepted": c.accepted(target)} for c in rule.cells],
+                   "accepted": c.cell in routes} for c in rule.cells],
     }
 
 

@@ -8,6 +8,7 @@ import pytest
 from scipy.stats import beta
 
 from cascade.llm_acceptance import (
+    ORDER,
     AcceptanceRule,
     Cell,
     Outcome,
@@ -15,7 +16,6 @@ from cascade.llm_acceptance import (
     cell_of,
     endpoint_key,
     judge,
-    lower_bound,
 )
 from cca.store.llm_rules_repo import StoredRule
 from cca.tickets import Neighbour
@@ -58,13 +58,19 @@ def test_the_nearest_neighbour_is_the_most_similar_not_the_first_listed():
     assert cell_of("refund", 0.9, RANKED, shuffled, EDGE).neighbours == "nearest"
 
 
-def test_lower_bound_is_the_clopper_pearson_interval_end():
-    assert lower_bound(0, 10, 0.95) == 0.0
-    assert lower_bound(5, 0, 0.95) == 0.0
-    assert lower_bound(95, 100, 0.95) == pytest.approx(beta.ppf(0.025, 95, 6))
-    # all right: (alpha/2) ** (1/n); 183 answers in a row are needed to clear 98 %
-    assert lower_bound(182, 182, 0.95) < 0.98 <= lower_bound(183, 183, 0.95)
-    assert lower_bound(50, 50, 0.95) == pytest.approx(0.025 ** (1 / 50))
+def test_cells_are_tested_in_a_fixed_order_most_plausible_first():
+    assert len(ORDER) == len(set(ORDER)) == 18
+    assert ORDER[0] == TOP and ORDER[-1] == Cell("3+", "none", "low")
+    assert ORDER.index(Cell("3+", "none", "high")) < ORDER.index(Cell("1", "majority", "low"))
+
+
+def test_each_cell_has_its_one_sided_clopper_pearson_bound():
+    rule = _rule({TOP: (100, 95), Cell("2", "none", "high"): (150, 150)})
+    top, second = rule.stats(TOP), rule.stats(Cell("2", "none", "high"))
+    assert top is not None and second is not None
+    assert top.lower_bound == pytest.approx(beta.ppf(0.05, 95, 6))
+    assert second.lower_bound == pytest.approx(0.05 ** (1 / 150))  # all right: alpha ** (1/n)
+    assert rule.cells == (top, second)  # kept in the order they are tested
 
 
 def test_build_rule_counts_each_cell_on_its_own():
@@ -76,22 +82,47 @@ def test_build_rule_counts_each_cell_on_its_own():
     top, weak = rule.stats(TOP), rule.stats(low)
     assert top is not None and weak is not None
     assert (top.n, top.correct, weak.n, weak.correct) == (200, 200, 40, 30)
-    assert top.accepted(0.98) and not weak.accepted(0.98)
+    assert top.passes(0.98) and not weak.passes(0.98)
     assert rule.accepted_cells(0.98) == [top]
     assert rule.accepted_precision(0.98) == 1.0
     assert rule.accepted_precision(0.999) is None  # nothing that sure
 
 
+def test_the_sequence_stops_at_the_first_cell_that_fails():
+    """A later cell that passes on its own is not accepted once an earlier one failed: the
+    stop is what makes all accepted cells meet the target together."""
+    second = Cell("1", "nearest", "high")
+    late = Cell("3+", "none", "low")
+    rule = _rule({second: (300, 290), late: (300, 300)})
+    assert rule.stats(late).passes(0.98)
+    assert rule.accepted_cells(0.98) == []
+    verdict = judge(rule, "fees", 0.1, RANKED, [], target=0.98, bundle_version="b1")
+    assert not verdict.accepted and verdict.cell == late
+    assert verdict.reason.endswith("but tested after a cell that fell short of 98%")
+
+
+def test_a_cell_with_too_few_answers_is_skipped_not_a_stop():
+    # 100 right of 100 cannot show 98 % at 95 % (149 needed): skipped, and the next is tested
+    few, next_ = TOP, Cell("1", "nearest", "high")
+    rule = _rule({few: (100, 100), next_: (200, 200)})
+    assert [c.cell for c in rule.accepted_cells(0.98)] == [next_]
+    verdict = judge(rule, "refund", 0.9, RANKED, _n("refund", "refund"), target=0.98,
+                    bundle_version="b1")
+    assert not verdict.accepted
+    assert verdict.reason == ("LLM answer in a cell measured at 100% (100/100, at least 97% at "
+                              "95% confidence): too few answers to show 98%")
+
+
 def test_a_cell_below_target_is_not_accepted_even_when_its_rate_looks_high():
-    # 99 % measured on 100 answers: the interval's lower end (~94.6 %) is below 98 %.
-    rule = _rule({TOP: (100, 99)})
+    # 99 % measured on 300 answers: the bound (~97.4 %) is below 98 %.
+    rule = _rule({TOP: (300, 297)})
     verdict = judge(rule, "refund", 0.9, RANKED, _n("refund", "refund"), target=0.98,
                     bundle_version="b1")
     assert not verdict.accepted and verdict.cell == TOP
-    assert "measured at 99% (99/100, at least 9" in verdict.reason
+    assert "measured at 99% (297/300, at least 97% at 95% confidence)" in verdict.reason
     assert verdict.reason.endswith("< 98%")
     # and a lower target it clears
-    assert judge(rule, "refund", 0.9, RANKED, _n("refund", "refund"), target=0.9,
+    assert judge(rule, "refund", 0.9, RANKED, _n("refund", "refund"), target=0.95,
                  bundle_version="b1").accepted
 
 
