@@ -29,7 +29,13 @@ from pathlib import Path
 import numpy as np
 
 from cca.errors import ConfigError, read_yaml
-from cca.guarantees import THRESHOLD_GRID, fixed_sequence, min_support, precision_lower_bound
+from cca.guarantees import (
+    THRESHOLD_GRID,
+    Counts,
+    fixed_sequence,
+    min_support,
+    precision_lower_bound,
+)
 
 METHOD = ("Learn-then-Test: fixed-sequence test over a fixed threshold grid, "
           "exact binomial (Clopper-Pearson) bounds")
@@ -96,6 +102,7 @@ class ClassPoint:
     expected_coverage: float  # support / n
     target: float
     status: str  # "earned" or "review"
+    earlier: int = 0  # answers of this label by the rules and the cache, in precision and bound
 
 
 @dataclass
@@ -146,6 +153,9 @@ class Evidence:
     earlier_answered: int
     earlier_correct: int
     n_total: int  # all tickets, earlier stages' included
+    # Per label: (right, answered) by the rules and the cache. A class's automatic answers are
+    # theirs plus the classifier's, so its precision is judged on both.
+    earlier_by_label: dict[str, tuple[int, int]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -158,7 +168,7 @@ class Unknowns:
     rejection: float
 
 
-START_SHARE = 0.25  # a class's sequence starts where it answers this share of its tickets
+START_SHARE = 0.5  # a class's sequence starts where it answers half of its tickets
 
 
 def choose(evidence: Evidence, labels: list[str], departments: dict[str, str],
@@ -168,10 +178,11 @@ def choose(evidence: Evidence, labels: list[str], departments: dict[str, str],
     floors = {}
     for label in labels:
         mask = evidence.pred == label
+        before = evidence.earlier_by_label.get(label, (0, 0))
         floors[label] = fixed_sequence(
-            _counter(evidence.score[mask], evidence.correct[mask]),
+            _counter(evidence.score[mask], evidence.correct[mask], before),
             targets.for_class(label, departments.get(label)), confidence,
-            start=math.ceil(START_SHARE * int(mask.sum())))
+            start=before[1] + math.ceil(START_SHARE * int(mask.sum())))
     level = _overall_level(evidence, floors, targets.target_precision, confidence)
     if level is not None and unknowns is not None:
         level = max(level, _unknown_level(unknowns, floors))
@@ -182,7 +193,7 @@ def choose(evidence: Evidence, labels: list[str], departments: dict[str, str],
         threshold = None if floor is None or level is None else max(floor[0], level)
         target = targets.for_class(label, departments.get(label))
         classes[label] = _point(evidence.score[mask], evidence.correct[mask], threshold,
-                                target, confidence)
+                                target, confidence, evidence.earlier_by_label.get(label, (0, 0)))
     overall = _overall(evidence, classes, level is not None, confidence)
     if unknowns is not None:
         overall["unknown_answered"] = _unknown_answered(unknowns, classes)
@@ -210,13 +221,16 @@ def _unknown_answered(unknowns: Unknowns, classes: dict[str, ClassPoint]) -> flo
     return float((unknowns.score >= threshold).mean()) if len(threshold) else 0.0
 
 
-def _counter(score: np.ndarray, correct: np.ndarray):
+def _counter(score: np.ndarray, correct: np.ndarray,
+             before: tuple[int, int] = (0, 0)) -> Counts:
+    """(right, answered) at a threshold, on top of ``before`` (the earlier stages')."""
     order = np.argsort(-score)
     sorted_score, hits = score[order], np.cumsum(correct[order])
 
     def counts(threshold: float) -> tuple[int, int]:
         answered = int(np.searchsorted(-sorted_score, -threshold, side="right"))
-        return (int(hits[answered - 1]) if answered else 0), answered
+        return (before[0] + (int(hits[answered - 1]) if answered else 0),
+                before[1] + answered)
 
     return counts
 
@@ -239,23 +253,29 @@ def _overall_level(evidence: Evidence, floors: dict[str, tuple[float, int, int] 
 
 
 def _point(score: np.ndarray, correct: np.ndarray, threshold: float | None, target: float,
-           confidence: float) -> ClassPoint:
+           confidence: float, before: tuple[int, int]) -> ClassPoint:
+    """The class at its threshold; precision and bound count the earlier stages' answers of
+    this label too (``support`` and coverage are the classifier's own)."""
     n = len(score)
     if threshold is None:
         return ClassPoint(None, 0.0, 0.0, 0, n, 0.0, target, "review")
     answer = score >= threshold
-    support, right = int(answer.sum()), int(correct[answer].sum())
+    support = int(answer.sum())
+    total, right = support + before[1], int(correct[answer].sum()) + before[0]
     return ClassPoint(
-        threshold=float(threshold), precision=right / support if support else 0.0,
-        bound=round(precision_lower_bound(right, support, confidence), 6), support=support,
-        n=n, expected_coverage=support / n if n else 0.0, target=target, status="earned")
+        threshold=float(threshold), precision=right / total if total else 0.0,
+        bound=round(precision_lower_bound(right, total, confidence), 6), support=support,
+        n=n, expected_coverage=support / n if n else 0.0, target=target, status="earned",
+        earlier=before[1])
 
 
 def _overall(evidence: Evidence, classes: dict[str, ClassPoint], holds: bool,
              confidence: float) -> dict[str, float | int | bool]:
-    answered = evidence.earlier_answered + sum(p.support for p in classes.values())
-    right = evidence.earlier_correct + sum(round(p.precision * p.support)
-                                           for p in classes.values())
+    threshold = np.array([(classes[p].threshold if p in classes else None) or np.inf
+                          for p in evidence.pred], dtype=float)
+    answer = evidence.score >= threshold
+    answered = evidence.earlier_answered + int(answer.sum())
+    right = evidence.earlier_correct + int(evidence.correct[answer].sum())
     return {"precision": right / answered if answered else 0.0,
             "bound": round(precision_lower_bound(right, answered, confidence), 6),
             "support": answered,

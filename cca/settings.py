@@ -93,7 +93,7 @@ class Settings(BaseSettings):
     operating_folds: int = Field(default=5, ge=2, le=20)  # cross-validation for the evidence
     # Share of simulated unknown tickets (an intent the model never learnt) to send to review.
     unknown_rejection: float = Field(default=0.9, ge=0, le=1)
-    unknown_weight: float = Field(default=0.2, gt=0, le=5)  # their weight in the trust model
+    unknown_weight: float = Field(default=0.5, gt=0, le=5)  # their weight in the trust model
     llm_min_confidence: float = 0.7
     train_holdout_fraction: float = 0.15
     random_seed: int = 13

@@ -38,6 +38,16 @@ class EarlierStages:
                 answers.append(cache.answer(i))
         return cls(answers)
 
+    def by_label(self, truth: np.ndarray) -> dict[str, tuple[int, int]]:
+        """Per answered label: (right, answered)."""
+        out: dict[str, list[int]] = {}
+        for answer, label in zip(self.answers, truth, strict=True):
+            if answer is not None:
+                counts = out.setdefault(answer, [0, 0])
+                counts[0] += int(answer == label)
+                counts[1] += 1
+        return {k: (r, n) for k, (r, n) in out.items()}
+
 
 @dataclass(frozen=True)
 class HoldoutCascade:

@@ -176,7 +176,8 @@ def _operating_points(settings: Settings, data: LabelledSet, idx_fit: np.ndarray
     answered, right = earlier_done(earlier.answers, np.asarray(data.labels)[idx_fit])
     evidence = Evidence(score=trust.score[reaches], pred=trust.pred[reaches],
                         correct=trust.correct[reaches], earlier_answered=answered,
-                        earlier_correct=right, n_total=len(idx_fit))
+                        earlier_correct=right, n_total=len(idx_fit),
+                        earlier_by_label=earlier.by_label(np.asarray(data.labels)[idx_fit]))
     targets = Targets.load(settings.precision_targets, settings.classifier_target_precision,
                            settings.class_min_precision)
     points = choose(evidence, clf.labels, departments, targets, settings.guarantee_confidence,
