@@ -84,10 +84,11 @@ class Cascade:
         self.threshold = (settings.classifier_threshold
                           if settings.classifier_threshold is not None
                           else bundle.info.classifier_threshold)
-        # Per-class operating points, unless one common threshold is set (or the bundle
-        # predates them): then ``threshold`` applies to every class.
+        # Per-class operating points, unless one common threshold is set or asked for (or
+        # the bundle predates them): then ``threshold`` applies to every class.
         self.points = (OperatingPoints.from_dict(bundle.info.operating_points)
-                       if settings.classifier_threshold is None else None)
+                       if settings.classifier_threshold is None
+                       and settings.per_class_thresholds else None)
         self.version = (
             f"{bundle.info.version}+rules.{rules.version}+{embedder.model_id}"
         )
@@ -361,8 +362,7 @@ class Cascade:
             best = top_classes[0][1] if top_classes else 0.0
             w.decision = self._decision(
                 w, "review", None, best, top_classes=top_classes, cost_usd=cost,
-                reason=f"no stage confident enough (classifier {best:.3f} < "
-                f"{self.threshold:.3f}); {why}",
+                reason=f"no stage confident enough (classifier: {w.reason}); {why}",
                 suggestion=suggested.label if suggested else None,
                 suggestion_confidence=suggested.confidence if suggested else None,
             )

@@ -88,6 +88,9 @@ class Settings(BaseSettings):
         default=0.98, gt=0, lt=1, validation_alias=AliasChoices(
             "CCA_TARGET_PRECISION", "CCA_CLASSIFIER_TARGET_PRECISION"))
     class_min_precision: float = Field(default=0.90, gt=0, lt=1)
+    # False: one common threshold on the probability, chosen on the holdout for the target
+    # (no per-class promise), e.g. while there are too few labels for any class to earn one.
+    per_class_thresholds: bool = True
     precision_targets: Path | None = None  # YAML overrides per class or department
     guarantee_confidence: float = Field(default=0.95, gt=0.5, lt=1)
     operating_folds: int = Field(default=5, ge=2, le=20)  # cross-validation for the evidence

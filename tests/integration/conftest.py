@@ -28,6 +28,7 @@ def settings(home: Path) -> Settings:
         home=home,
         rules_path=FIXTURES / "service_desk_rules.yaml",
         department_map=FIXTURES / "service_desk_departments.yaml",
+        per_class_thresholds=False,  # see tests/conftest.py
     )
 
 
@@ -54,6 +55,7 @@ def cli_env(settings: Settings, **extra: str) -> dict[str, str]:
         "CCA_RULES_PATH": str(settings.rules_path),
         "CCA_DEPARTMENT_MAP": str(settings.department_map),
         "CCA_NO_PROGRESS": "1",
+        "CCA_PER_CLASS_THRESHOLDS": str(settings.per_class_thresholds).lower(),
         "COLUMNS": "200",
     })
     env.update(extra)

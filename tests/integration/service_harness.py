@@ -23,6 +23,7 @@ BASE_ENV = {
     "CCA_RULES_PATH": str(FIXTURES / "service_desk_rules.yaml"),
     "CCA_DEPARTMENT_MAP": str(FIXTURES / "service_desk_departments.yaml"),
     "CCA_NO_PROGRESS": "1",
+    "CCA_PER_CLASS_THRESHOLDS": "false",  # see tests/conftest.py
 }
 
 

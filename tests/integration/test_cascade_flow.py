@@ -72,6 +72,30 @@ def test_every_decision_says_who_answered_and_why(settings, db, trained):
         assert d.cost_usd == 0.0
 
 
+def test_classes_without_evidence_for_their_bound_go_to_review(settings, db, trained):
+    """48 tickets cannot support any class's precision bound: with per-class thresholds on,
+    the classifier answers nothing and says why, where the common threshold answered."""
+    bundle, _ = trained
+    points = bundle.info.operating_points
+    assert points["classes"].keys() == set(bundle.info.labels)
+    assert all(p["status"] == "review" and p["threshold"] is None
+               for p in points["classes"].values())
+    tickets = [Ticket(id=f"q9-{i}", body=text) for i, text in enumerate((
+        "The parcel with my order is late, where is it?",
+        "My delivery still has not arrived after two weeks",
+        "Why was I charged twice on my last invoice?",
+        "Please cancel my subscription at the end of the month"))]
+    common = Cascade.load(settings, db).classify_batch(tickets)
+    guarded = Cascade.load(settings.model_copy(update={"per_class_thresholds": True}),
+                           db).classify_batch(tickets)
+    answered = [i for i, d in enumerate(common) if d.stage == "classifier"]
+    assert answered, [(d.stage, d.reason) for d in common]
+    assert all(d.stage != "classifier" for d in guarded)
+    for i in answered:
+        assert guarded[i].label is None and guarded[i].top_classes[0][0] == common[i].label
+        assert "has not earned automatic answers" in guarded[i].reason
+
+
 def test_cache_answers_once_a_label_has_a_track_record_and_feedback_moves_it(
     settings, db, trained
 ):

@@ -22,7 +22,8 @@ COLS = Columns(text="text", label="category")
 @pytest.fixture(scope="session")
 def banking_cascade(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cascade]:
     settings = Settings(home=tmp_path_factory.mktemp("banking"),
-                        department_map=ROOT / "rules" / "departments" / "banking77.yaml")
+                        department_map=ROOT / "rules" / "departments" / "banking77.yaml",
+                        per_class_thresholds=True)
     db = open_database(settings)
     departments = load_department_map(settings.department_map)
     import_parsed(db, read_ticket_file(BANKING77 / "train.csv", COLS, source="b77-train"),
