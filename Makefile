@@ -8,7 +8,7 @@ UV := $(PYTHON) -m uv
 
 CCA_HOME ?= .cca
 
-.PHONY: setup run test lint bench bench-serve bench-webhooks mlflow-ui airflow-test clean
+.PHONY: setup run test lint bench bench-serve bench-webhooks mlflow-ui browser airflow-test clean
 
 setup:
 	@$(UV) --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet "uv>=0.5"
@@ -39,9 +39,20 @@ bench-serve: setup
 bench-webhooks: setup
 	$(UV) run --frozen python benchmarks/webhooks.py $(ARGS)
 
-# The MLflow UI on the local store the main job writes (http://127.0.0.1:5000).
+# The MLflow UI on the local store the main job writes (http://127.0.0.1:5000); one worker:
+# a single reader needs no more, and MLflow's default of 4 crowds a 2-core machine.
+# How to read it: docs/mlflow.md.
 mlflow-ui: setup
-	$(UV) run --frozen mlflow ui --backend-store-uri sqlite:///$(abspath $(CCA_HOME))/mlflow/mlflow.db --port 5000
+	$(UV) run --frozen mlflow ui --backend-store-uri sqlite:///$(abspath $(CCA_HOME))/mlflow/mlflow.db --port 5000 --workers 1
+
+# Headless Chromium (Debian's package), which tests/integration/test_mlflow_ui.py renders the
+# MLflow UI with; installed only when missing, and only as root with apt-get (else the test
+# is skipped and says why).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "chromium missing and cannot be installed (needs root and apt-get)"; fi; }
 
 # One DAG run without a scheduler, e.g. `make airflow-test DAG=prepare_tickets`.
 DAG ?= prepare_tickets

@@ -5,6 +5,11 @@ says) and ``CCA_HOME/models/CURRENT`` (what ``Cascade.load`` reads); the cache's
 seeds saved with the bundle are applied at the same moment. Every move is appended
 to ``model_events`` (who, when, why) and tagged on the model version, so the history does not
 depend on MLflow being up, and ``rollback`` replays it to find the previous champion.
+
+``@challenger`` names the latest registered candidate and is never moved by a promotion or
+a rollback: after a promotion both aliases name the same version (shadow mode then has
+nothing to compare and skips it); after a rollback the challenger is still the newest
+candidate, which is what shadow mode should keep watching.
 """
 
 from __future__ import annotations
@@ -14,12 +19,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from cca.bundle import current_version, load_track_record_seeds, set_current
+from cca.bundle import current_version, load_bundle_info, load_track_record_seeds, set_current
 from cca.errors import InputError, StateError
 from cca.model_registry import (
-    CHALLENGER,
     CHAMPION,
-    alias_version,
     champion,
     ensure_local_bundle,
     number,
@@ -29,6 +32,8 @@ from cca.store import Database, exclusive
 from cca.store.models_repo import ModelEvent, NewModelEvent, append_event, model_events
 from cca.store.vectors import seed_track_record
 from training import tracking
+from training.model_card import registered_model_description, version_description
+from training.results import Evaluation
 
 _MOVES = ("promote", "rollback")
 
@@ -119,12 +124,6 @@ def switch_champion(settings: Settings, db: Database, mlflow_client: Any, mv: An
     mlflow_client.set_registered_model_alias(name, CHAMPION, number(mv))
     set_current(settings.models_dir, bundle_version)
     apply_track_record_seeds(settings, db, bundle_version)
-    try:
-        challenger = alias_version(mlflow_client, name, CHALLENGER)
-    except Exception:  # the registry failing here must not undo a completed move
-        challenger = None
-    if challenger is not None and number(challenger) == number(mv):
-        mlflow_client.delete_registered_model_alias(name, CHALLENGER)
     now = datetime.now(UTC).isoformat(timespec="seconds")
     past = {"promote": "promoted", "rollback": "restored"}.get(move.action, move.action)
     for key, value in ((f"{past}_at", now), (f"{past}_by", move.actor),
@@ -136,6 +135,36 @@ def switch_champion(settings: Settings, db: Database, mlflow_client: Any, mv: An
             "bundle_version": bundle_version, **move.details}
     record_event(db, NewModelEvent(move.action, name, number(mv), move.actor, move.reason, info))
     return info
+
+
+def register_version(settings: Settings, db: Database, mlflow_client: Any,
+                     evaluation: Evaluation, actor: str) -> str:
+    """Register the candidate's logged model, its scores as tags and its summary as the
+    version's description (the registered model's from the model card); the version."""
+    import mlflow  # deferred: mlflow is a heavy import (loaded by the session by now)
+
+    candidate, name = evaluation.candidate, settings.registered_model
+    macro_f1 = evaluation.candidate_scores["macro_f1"]
+    tags = {"bundle_version": candidate.bundle_version, "run_id": candidate.run.run_id,
+            "data_since": candidate.since, "holdout_macro_f1": macro_f1,
+            "holdout_accuracy": candidate.metrics["holdout_accuracy"],
+            "holdout_n": evaluation.holdout_n,
+            "compared_with": (evaluation.champion.version if evaluation.champion else None)
+            or "-"}
+    mv = mlflow.register_model(candidate.run.model_uri, name,
+                               tags={k: str(v) for k, v in tags.items()})
+    version = number(mv)
+    info = load_bundle_info(settings.models_dir, candidate.bundle_version)
+    if info is not None:
+        mlflow_client.update_registered_model(
+            name, description=registered_model_description(info, settings))
+    mlflow_client.update_model_version(name, version, description=(
+        version_description(info, macro_f1, evaluation.holdout_n) if info is not None
+        else f"cca bundle {candidate.bundle_version}: holdout macro-F1 {macro_f1:.4f}"))
+    record_event(db, NewModelEvent(
+        "register", name, version, actor, "retrained",
+        {"bundle_version": candidate.bundle_version, "run_id": candidate.run.run_id}))
+    return version
 
 
 def promote(settings: Settings, db: Database, version: str, actor: str, reason: str) -> dict:

@@ -12,13 +12,21 @@ stay plain dicts (``Scores``) because the promotion gate and its tests read them
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any, TypedDict
 
 
 def _own_fields(cls: type, data: dict[str, Any], skip: str = "") -> dict[str, Any]:
-    """The dataclass's own fields read from a flat dict (``skip``: a nested result)."""
-    return {f.name: data[f.name] for f in fields(cls) if f.name != skip}
+    """The dataclass's own fields read from a flat dict (``skip``: a nested result).
+
+    A field with a default may be absent: an XCom written before the field existed (a DAG
+    run that straddles an upgrade) still reads back."""
+    return {f.name: data[f.name] for f in fields(cls)
+            if f.name != skip and (f.name in data or not _has_default(f))}
+
+
+def _has_default(f: Any) -> bool:
+    return f.default is not MISSING or f.default_factory is not MISSING
 
 
 class Scores(TypedDict):
@@ -57,6 +65,9 @@ class Candidate:
     holdout_ids: list[str]
     holdout_labels: list[str]
     run: LoggedRun
+    # The bundle's precision guarantee as the gate compares it (``gate.guarantee_summary``):
+    # {} for a bundle without operating points.
+    guarantee: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         own = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "run"}
@@ -77,6 +88,7 @@ class ChampionScores:
     kept_in_fit: list[str]  # classes it fitted whole: not compared by the gate
     embeddings: list[str | None]  # (fast, deep) model ids it was trained with
     configured: list[str | None]  # (fast, deep) model ids configured now
+    guarantee: dict[str, Any] = field(default_factory=dict)  # as Candidate.guarantee
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ChampionScores:

@@ -24,12 +24,13 @@ from cca.bundle import ModelBundle, load_bundle
 from cca.departments import load_department_map
 from cca.embeddings import get_deep_embedder, get_embedder
 from cca.errors import StateError
+from cca.model_registry import CHALLENGER
 from cca.settings import Settings
 from cca.store import Database, exclusive, use_database
 from cca.store.models_repo import NewModelEvent, label_departments
 from cca.store.tickets_repo import labelled_tickets
 from training import registry, tracking
-from training.gate import GatePolicy, GateResult, gate_decision
+from training.gate import GatePolicy, GateResult, gate_decision, guarantee_summary
 from training.holdout import holdout_f1
 from training.labelled_set import embeddings_for
 from training.registry import Move
@@ -96,7 +97,8 @@ def train_candidate(settings: Settings | None = None, db: Database | None = None
         metrics={k: float(v) for k, v in bundle.info.metrics.items()},
         n_fit=report.n_train, n_holdout=report.n_holdout, labels=report.labels,
         kept_in_fit=report.kept_in_fit, fit_seconds=report.fit_seconds,
-        holdout_ids=report.holdout_ids, holdout_labels=report.holdout_true, run=logged)
+        holdout_ids=report.holdout_ids, holdout_labels=report.holdout_true, run=logged,
+        guarantee=guarantee_summary(bundle.info.operating_points))
 
 
 @dataclass(frozen=True)
@@ -172,7 +174,8 @@ def _champion_scores(s: Settings, client: Any, holdout: _HoldoutSet) -> Champion
         version=registry.number(mv), bundle_version=champ.info.version,
         scores=holdout.score(champ) if trained == holdout.configured else None,
         kept_in_fit=champ.info.kept_in_fit, embeddings=list(trained),
-        configured=list(holdout.configured))
+        configured=list(holdout.configured),
+        guarantee=guarantee_summary(champ.info.operating_points))
 
 
 def register_candidate(evaluation: Evaluation, settings: Settings | None = None,
@@ -186,33 +189,10 @@ def register_candidate(evaluation: Evaluation, settings: Settings | None = None,
             if found:
                 version = registry.number(found[0])
             else:
-                version = _register(s, database, client, evaluation)
-            client.set_registered_model_alias(name, registry.CHALLENGER, version)
+                version = registry.register_version(s, database, client, evaluation,
+                                                    GATE_ACTOR)
+            client.set_registered_model_alias(name, CHALLENGER, version)
     return Registration(evaluation=evaluation, model_version=str(version))
-
-
-def _register(s: Settings, database: Database, client: Any, evaluation: Evaluation) -> str:
-    """Register the candidate's logged model with its scores as tags; the version number."""
-    import mlflow  # deferred: mlflow is a heavy import (loaded by the session by now)
-
-    candidate, name = evaluation.candidate, s.registered_model
-    macro_f1 = evaluation.candidate_scores["macro_f1"]
-    tags = {"bundle_version": candidate.bundle_version, "run_id": candidate.run.run_id,
-            "data_since": candidate.since, "holdout_macro_f1": macro_f1,
-            "holdout_accuracy": candidate.metrics["holdout_accuracy"],
-            "holdout_n": evaluation.holdout_n,
-            "compared_with": (evaluation.champion.version if evaluation.champion else None)
-            or "-"}
-    mv = mlflow.register_model(candidate.run.model_uri, name,
-                               tags={k: str(v) for k, v in tags.items()})
-    version = registry.number(mv)
-    client.update_model_version(
-        name, version, description=f"cca bundle {candidate.bundle_version}: "
-        f"holdout macro-F1 {macro_f1:.4f}")
-    registry.record_event(database, NewModelEvent(
-        "register", name, version, GATE_ACTOR, "retrained",
-        {"bundle_version": candidate.bundle_version, "run_id": candidate.run.run_id}))
-    return version
 
 
 def promote_if_better(registered: Registration, settings: Settings | None = None,
@@ -233,16 +213,25 @@ def promote_if_better(registered: Registration, settings: Settings | None = None
             current = registry.number(now) if now else None
             if current == version:
                 return _already_champion(registered, s, database, client, now)
-            gate = gate_decision(registered, current, GatePolicy.from_settings(s))
-            _record_decision(s, database, client, registered, gate)
+            policy = GatePolicy.from_settings(s)
+            gate = gate_decision(registered, current, policy)
+            _record_decision(s, database, client, registered, gate, policy)
     return Promotion(registered, promoted=gate.passed, reasons=gate.reasons, notes=gate.notes,
                      serving=None if gate.passed else serving)
 
 
 def _record_decision(s: Settings, database: Database, client: Any, registered: Registration,
-                     gate: GateResult) -> None:
-    """Passed: the version becomes champion. Refused: tagged and recorded, nothing moves."""
+                     gate: GateResult, policy: GatePolicy) -> None:
+    """Passed: the version becomes champion. Refused: tagged and recorded, nothing moves.
+
+    The decision is written to MLflow (run and version) first and the move follows, so the
+    event row stays the last act: a failure in between leaves no event, and the retry
+    decides (and writes) again."""
+    # deferred: gate_log loads mlflow and matplotlib, heavy imports (mlflow is loaded by now)
+    from training.gate_log import log_gate_decision
+
     name, version = s.registered_model, registered.model_version
+    log_gate_decision(s, client, registered, gate, policy)
     details = {"reasons": gate.reasons, "notes": gate.notes, "source": "gate",
                "candidate_macro_f1": registered.evaluation.candidate_scores["macro_f1"]}
     if gate.passed:

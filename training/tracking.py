@@ -17,20 +17,29 @@ from typing import Any
 from cca.errors import StateError
 from cca.model_registry import check_reachable, client, first_line, is_local_default
 from cca.settings import Settings
+from training.model_card import experiment_description
 
 _URI_VARS = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+NOTE = "mlflow.note.content"  # the tag MLflow shows as an experiment's or run's description
 
 
 def experiment_id(settings: Settings) -> str:
-    """The project's experiment, created on first use with artifacts under CCA_HOME."""
+    """The project's experiment, created on first use with artifacts under CCA_HOME.
+
+    Its description (what a run holds, where the guide is) is written each time, so an
+    experiment created by an older version gains it and a changed text replaces it."""
     mlflow_client = client(settings)
     found = mlflow_client.get_experiment_by_name(settings.mlflow_experiment)
     if found is not None:
-        return found.experiment_id
-    location = None
-    if is_local_default(settings):
-        location = (settings.mlflow_dir / "artifacts").as_uri()
-    return mlflow_client.create_experiment(settings.mlflow_experiment, artifact_location=location)
+        experiment = found.experiment_id
+    else:
+        location = None
+        if is_local_default(settings):
+            location = (settings.mlflow_dir / "artifacts").as_uri()
+        experiment = mlflow_client.create_experiment(settings.mlflow_experiment,
+                                                     artifact_location=location)
+    mlflow_client.set_experiment_tag(experiment, NOTE, experiment_description(settings))
+    return experiment
 
 
 @contextmanager

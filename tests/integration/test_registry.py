@@ -13,6 +13,7 @@ from mlflow import MlflowClient
 from cca.bundle import current_version
 from cca.departments import load_department_map
 from cca.errors import InputError, StateError
+from cca.model_registry import alias_version
 from cca.settings import Settings
 from cca.store.models_repo import NewModelEvent, append_event, label_departments, model_events
 from tests.conftest import ROOT
@@ -63,6 +64,12 @@ def champion_of(s: Settings) -> str | None:
     return registry.number(mv) if mv else None
 
 
+def challenger_of(s: Settings) -> str | None:
+    mv = alias_version(MlflowClient(s.tracking_uri, s.tracking_uri),
+                                s.registered_model, "challenger")
+    return registry.number(mv) if mv else None
+
+
 def test_rollback_with_a_single_champion_refuses_in_one_line(s, db, two_versions):
     with pytest.raises(StateError, match="no previous champion of cca-test-registry"):
         registry.rollback(s, db, "bob", "testing")
@@ -92,6 +99,7 @@ def test_manual_promotion_serves_the_version_and_is_recorded(s, db, two_versions
     tags = MlflowClient(s.tracking_uri, s.tracking_uri).get_model_version(
         s.registered_model, "2").tags
     assert tags["promoted_by"] == "alice"
+    assert challenger_of(s) == "2"  # the latest candidate keeps its alias when promoted
     again = registry.promote(s, db, "2", "alice", "again")
     assert not again["promoted"] and "already champion" in again["message"]
 
@@ -116,6 +124,8 @@ def test_rollback_restores_the_previous_champion_even_without_its_local_bundle(
     tags = MlflowClient(s.tracking_uri, s.tracking_uri).get_model_version(
         s.registered_model, "2").tags
     assert tags["rolled_back_reason"] == "v2 misroutes refunds"
+    # a rollback moves @champion only: v2 stays the latest candidate, for shadow mode
+    assert challenger_of(s) == "2"
     # v1 is the first champion on record: nothing before it
     with pytest.raises(StateError, match="no previous champion"):
         registry.rollback(s, db, "bob", "once more")

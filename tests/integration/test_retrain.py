@@ -12,6 +12,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import sqlalchemy as sa
 from mlflow import MlflowClient
@@ -142,11 +143,14 @@ def test_first_candidate_is_promoted_served_and_fully_logged(s, db, first):
     assert json.loads(inputs["training"].profile)["num_rows"] == first["n_fit"]
     assert json.loads(inputs["evaluation"].profile)["num_rows"] == first["n_holdout"]
     files = {f.path for f in client.list_artifacts(first["run_id"], "evaluation")}
-    assert {"evaluation/confusion_matrix.png", "evaluation/per_class_report.json"} <= files
+    assert {"evaluation/confusion_matrix.png", "evaluation/per_class_report.json",
+            "evaluation/per_class.png", "evaluation/summary.csv",
+            "evaluation/operating_points.json"} <= files
     card = client.download_artifacts(first["run_id"], "model_card.md")
     assert "How to roll back" in Path(card).read_text()
     mv = client.get_model_version(s.registered_model, "1")
     assert mv.tags["bundle_version"] == first["bundle_version"]
+    assert_reads_in_mlflow(s, client, first)
     with db.begin() as conn:
         actions = conn.execute(sa.text(
             "SELECT action FROM model_events WHERE model = :m ORDER BY id"),
@@ -154,6 +158,42 @@ def test_first_candidate_is_promoted_served_and_fully_logged(s, db, first):
     assert actions == ["register", "promote"]
     model_id, seeds = bundle_seeds(s, first["bundle_version"])
     assert serving_seeds(db, model_id) == {k: v for k, v in seeds.items() if v != (0, 0)}
+
+
+def assert_reads_in_mlflow(s: Settings, client: MlflowClient, first: dict) -> None:
+    """What a data scientist opening the UI needs (issue #21): class names in the per-class
+    report, the gate's decision on run and version, metrics linked to the model and the
+    holdout dataset, descriptions everywhere, and both aliases after a promotion."""
+    run = client.get_run(first["run_id"])
+    table = pd.read_csv(client.download_artifacts(first["run_id"],
+                                                  "evaluation/per_class_report.csv"))
+    assert list(table.columns[:5]) == ["class", "precision", "recall", "f1", "support"]
+    assert {"precision_bound", "threshold", "status"} <= set(table.columns)
+    assert sorted(table["class"]) == sorted(set(first["holdout_labels"]))  # no summary rows
+    summary = pd.read_csv(client.download_artifacts(first["run_id"], "evaluation/summary.csv"))
+    assert summary.set_index("metric").loc["accuracy", "value"] == pytest.approx(
+        run.data.metrics["holdout_accuracy"], abs=1e-6)
+    for tags in (run.data.tags, client.get_model_version(s.registered_model, "1").tags):
+        assert tags["gate.decision"] == "passed" and tags["gate.champion_version"] == "-"
+        assert float(tags["gate.min_macro_f1"]) == s.promotion_min_macro_f1
+    assert run.data.metrics["gate_passed"] == 1.0
+    assert run.data.tags["mlflow.note.content"].startswith("Promotion gate: passed")
+    assert "# Model card" in run.data.tags["mlflow.note.content"]
+    model = client.get_logged_model(first["model_id"])
+    linked = {m.key: m for m in model.metrics}
+    holdout = {k: m for k, m in linked.items() if k.startswith("holdout_")}
+    assert "holdout_macro_f1" in holdout
+    assert all(m.dataset_name.startswith("tickets-holdout-") for m in holdout.values())
+    assert linked["holdout_macro_f1"].model_id == first["model_id"]
+    assert linked["fit_seconds"].dataset_name is None  # not a holdout measurement
+    registered = client.get_registered_model(s.registered_model)
+    assert "@challenger" in registered.description
+    assert {k: str(v) for k, v in registered.aliases.items()} == {"champion": "1",
+                                                                  "challenger": "1"}
+    assert "Promotion gate: passed" in client.get_model_version(
+        s.registered_model, "1").description
+    experiment = client.get_experiment(run.info.experiment_id)
+    assert "one run per candidate" in experiment.tags["mlflow.note.content"]
 
 
 def test_holdout_is_stable_and_never_fitted(s, db, first):
@@ -215,6 +255,23 @@ def test_candidate_below_the_floor_is_refused_and_champion_keeps_serving(s, db, 
     refused = registry.events(db, s.registered_model, ("gate-refused",))
     assert refused[-1].version == result["model_version"]
     assert "required" in refused[-1].reason
+    # the decision, the comparison with the champion and the per-class change, in MLflow
+    run = client.get_run(result["run_id"])
+    for tags in (run.data.tags, challenger.tags):
+        assert tags["gate.decision"] == "refused" and "< required 1.0100" in tags["gate.reasons"]
+        assert tags["gate.champion_version"] == "1" and tags["gate.worst_class"] != "-"
+        assert float(tags["gate.min_macro_f1"]) == 1.01
+    metrics = run.data.metrics
+    assert metrics["gate_passed"] == 0.0
+    assert metrics["gate_delta_macro_f1"] == pytest.approx(
+        metrics["gate_candidate_macro_f1"] - metrics["gate_champion_macro_f1"], abs=1e-6)
+    assert run.data.tags["mlflow.note.content"].startswith("Promotion gate: refused")
+    gate_files = {f.path for f in client.list_artifacts(result["run_id"], "gate")}
+    assert gate_files == {"gate/per_class_f1_delta.png", "gate/per_class_f1_delta.csv"}
+    delta = pd.read_csv(client.download_artifacts(result["run_id"],
+                                                  "gate/per_class_f1_delta.csv"))
+    assert list(delta.columns) == ["class", "champion_f1", "candidate_f1", "delta"]
+    assert delta["delta"].is_monotonic_increasing  # largest fall first
 
 
 def test_candidate_trained_on_shuffled_labels_is_refused(s, db, first):
@@ -288,6 +345,9 @@ def test_an_interrupted_promotion_is_completed_not_refused(s, db, first):
     result = steps.promote_if_better(registered, s, db)
     assert result.promoted is True and result.reasons == [], result
     assert champion_of(s) == version
+    # @challenger (the latest candidate) is not taken away by the promotion
+    assert registry.number(client.get_model_version_by_alias(
+        s.registered_model, "challenger")) == version
     assert current_version(s.models_dir) == bundle_version
     assert serving_seeds(db, model_id) == {k: v for k, v in seeds.items() if v != (0, 0)}
     assert not registry.events(db, s.registered_model, ("gate-refused",), version)

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
-from training.gate import GatePolicy, gate_decision, promotion_gate
+from training.gate import GatePolicy, gate_decision, guarantee_summary, promotion_gate
 from training.holdout import holdout_f1, in_holdout, split_by_id
 from training.results import (
     Candidate,
@@ -173,3 +174,72 @@ def test_identical_texts_land_on_the_same_side():
     assert held and len(held) < 400
     for i in range(0, 400, 2):
         assert (i in held) == (i + 1 in held)
+
+
+def points(holds: bool, bound: float, **status: str) -> dict:
+    """Operating points as ``cca.bundle.BundleInfo.operating_points`` holds them."""
+    return {"target_precision": 0.98, "class_min_precision": 0.90,
+            "overall": {"precision": bound + 0.01, "bound": bound, "support": 500,
+                        "coverage": 0.8, "holds": holds},
+            "classes": {label: {"threshold": 0.6 if s == "earned" else None, "status": s}
+                        for label, s in status.items()}}
+
+
+def with_guarantees(candidate: dict, champion: dict) -> Registration:
+    base = registered(replace(champion_v2(scores(0.90, a=0.90)),
+                              guarantee=guarantee_summary(champion)))
+    cand = replace(base.evaluation.candidate, guarantee=guarantee_summary(candidate))
+    return replace(base, evaluation=replace(base.evaluation, candidate=cand))
+
+
+def test_a_candidate_that_loses_the_champions_precision_guarantee_is_refused():
+    champion = points(True, 0.981, a="earned", b="earned", c="review")
+    lost = gate_decision(with_guarantees(points(False, 0.962, a="earned", b="review",
+                                                c="review"), champion), "2", POLICY)
+    assert not lost.passed
+    assert lost.reasons == [
+        "precision guarantee fails: overall bound 0.9620 < target 0.9800, where champion "
+        "v2's held (0.9810)",
+        "1 class(es) earned by champion v2 would go to review: b"]
+    # better F1 does not buy it back; the same guarantee (or a better one) passes
+    kept = gate_decision(with_guarantees(points(True, 0.983, a="earned", b="earned",
+                                                c="earned"), champion), "2", POLICY)
+    assert kept.passed, kept.reasons
+    # a champion whose guarantee did not hold sets no overall bar
+    weak = points(False, 0.95, a="earned", b="review")
+    assert gate_decision(with_guarantees(points(False, 0.94, a="earned", b="review"), weak),
+                         "2", POLICY).passed
+
+
+def test_bundles_without_operating_points_are_not_compared_on_the_guarantee():
+    old_champion = gate_decision(with_guarantees(points(False, 0.9, a="review"), {}), "2",
+                                 POLICY)
+    assert old_champion.passed
+    assert "precision guarantee not compared: champion v2 has no operating points" in (
+        old_champion.notes)
+    old_candidate = gate_decision(with_guarantees({}, points(True, 0.99, a="earned")), "2",
+                                  POLICY)
+    assert old_candidate.passed
+    assert guarantee_summary({}) == {}
+
+
+def test_guarantees_travel_in_the_xcoms_and_older_xcoms_still_read():
+    registration = with_guarantees(points(True, 0.99, a="earned"), points(True, 0.98, a="earned"))
+    flat = json.loads(json.dumps(registration.to_dict()))
+    assert Registration.from_dict(flat) == registration
+    assert flat["guarantee"]["earned"] == ["a"] and flat["champion"]["guarantee"]["holds"]
+    del flat["guarantee"], flat["champion"]["guarantee"]  # written before the field existed
+    older = Registration.from_dict(flat)
+    assert older.evaluation.candidate.guarantee == {} == older.evaluation.champion.guarantee
+
+
+def test_the_gate_reports_the_figures_behind_its_decision():
+    champion = scores(0.90, a=0.90, b=0.90, c=0.90)
+    result = promotion_gate(scores(0.92, a=1.0, b=0.95, c=0.81), champion, POLICY)
+    assert (result.candidate_macro_f1, result.champion_macro_f1) == (0.92, 0.90)
+    assert result.delta_macro_f1 == 0.02
+    assert (result.worst_class, result.worst_class_drop) == ("c", 0.09)
+    improved = promotion_gate(scores(0.95, a=0.95, b=0.95, c=0.95), champion, POLICY)
+    assert improved.passed and improved.worst_class_drop == -0.05
+    first = promotion_gate(scores(0.90, a=0.9), None, POLICY)
+    assert first.champion_macro_f1 is None and first.delta_macro_f1 is None
