@@ -228,8 +228,9 @@ def summarise(seeds: list[dict], base: _Run | None, test: ParsedFile) -> dict:
             key: everything[key] for key in ("n", "auto_accuracy", "auto_coverage", "accuracy",
                                              "top1_accuracy", "stage_share", "cache_hits",
                                              "cache_wrong_hits", "cache_wrong_hit_bound")}
-        report["baseline"].update({"bundle_version": base.info.version,
-                                   "seconds": base.seconds})
+        report["baseline"].update({
+            "bundle_version": base.info.version, "seconds": base.seconds,
+            "bundle_metrics": {k: round(float(v), 4) for k, v in base.info.metrics.items()}})
     report["targets"] = TARGETS
     met = {"unknown_rejection": (report["unknown_rejection"] or 0) >= TARGETS["unknown_rejection"],
            "auto_accuracy": (report["auto_accuracy"] or 0) >= TARGETS["auto_accuracy"]}
