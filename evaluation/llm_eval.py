@@ -137,6 +137,8 @@ def compare(cascade: Cascade, stage: LLMStage, tickets: list[Ticket], truths: li
         "n": n, "without_llm": without, "with_llm": with_llm,
         "auto_precision": {"without_llm": without["auto_accuracy"],
                            "with_llm": with_llm["auto_accuracy"]},
+        "auto_coverage": {"without_llm": without["auto_coverage"],
+                          "with_llm": with_llm["auto_coverage"]},
         "extra_coverage": round(with_llm["auto_coverage"] - without["auto_coverage"], 4),
         "llm_calibrated_precision": acceptance["llm_calibrated_precision"],
         "llm_acceptance": acceptance,

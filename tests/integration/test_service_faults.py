@@ -31,7 +31,8 @@ from cca.store import open_database
 from cca.store.server import stop_embedded
 from tests.conftest import wait_until
 from tests.fake_openai import FakeOpenAI, closed_port_url
-from tests.integration.service_harness import service, ticket, token
+from tests.integration.llm_rules import store_high_confidence_rule
+from tests.integration.service_harness import home_settings, service, ticket, token
 from tests.servers import PrivateRedis
 
 UNSURE = "zxqv blorp"  # the fixture model is unsure about it: it goes on to the LLM
@@ -150,8 +151,12 @@ def _llm_env(base_url: str) -> dict[str, str]:
 
 @pytest.fixture(scope="class")
 def llm(home: Path) -> Iterator[tuple[object, FakeOpenAI]]:
-    with FakeOpenAI() as fake, service(home, **_llm_env(fake.base_url)) as client:
-        yield client, fake
+    with FakeOpenAI() as fake:
+        # Calibrated: its high-confidence answers route tickets (an uncalibrated endpoint
+        # would only suggest, tests/integration/test_llm_calibrate.py).
+        store_high_confidence_rule(home_settings(home), fake.base_url, "gpt-4o-mini")
+        with service(home, **_llm_env(fake.base_url)) as client:
+            yield client, fake
 
 
 def _heal(client, fake: FakeOpenAI, auth: dict[str, str], timeout_s: float) -> float:
@@ -200,6 +205,7 @@ class TestLLMFaults:
         for _ in range(calls + 10):
             d, dt = _classify(client, ticket(UNSURE), auth)
             assert (d["stage"], d["label"], d["needs_review"]) == ("review", None, True), d
+            assert d["suggestion"] is None  # no answer, nothing to suggest
             seconds.append(dt)
             if len(seconds) == calls:
                 opened_at = time.perf_counter()
@@ -261,6 +267,9 @@ class TestLLMFaults:
             fake.reply = {"label": "billing_question", "confidence": 0.9,
                           "explanation": "asks about a charge"}
         assert e["needs_review"] and e["llm_explanation_status"] == "not_routed"
+        # a low-confidence answer falls in a cell measured below target: only a suggestion
+        assert (e["suggestion"], e["suggestion_confidence"]) == ("billing_question", 0.1)
+        assert "< 98%" in e["reason"]
         # Once delivered, the explanation is in PostgreSQL beside the audited decision.
         assert client.get(f"/explanations/{tid}", headers=auth).json()["explanations"]
         assert client.get("/explanations/nope", headers=auth).json()["explanations"] == []
