@@ -1,5 +1,5 @@
 """The MLflow UI as a data scientist opens it: a real `mlflow ui` (what `make mlflow-ui` runs)
-on a home with a promoted and a refused version, rendered by headless Chromium.
+on a home with a promoted version, then a refused one, rendered by headless Chromium.
 
 The UI is a JavaScript app, so the pages are read from the DOM Chromium builds (``--dump-dom``
 after a virtual-time budget), not from the HTML the server sends: what is asserted here is
@@ -53,17 +53,16 @@ def s(settings, db, tmp_path_factory) -> Settings:
 
 
 @pytest.fixture(scope="module")
-def versions(s, db) -> tuple[dict, dict]:
-    """v1 promoted by the gate; v2 refused by it (floor out of reach): both aliases in use."""
+def first(s, db) -> dict:
+    """v1, promoted by the gate: @champion and @challenger both name it."""
     load_fixture(s, db)
-    first = steps.retrain(s, db)
-    second = steps.retrain(s.model_copy(update={"promotion_min_macro_f1": 1.01}), db)
-    assert first["promoted"] and not second["promoted"], second
-    return first, second
+    result = steps.retrain(s, db)
+    assert result["promoted"], result
+    return result
 
 
 @pytest.fixture(scope="module")
-def ui(s, versions) -> Iterator[str]:
+def ui(s, first) -> Iterator[str]:
     """`mlflow ui` as the Makefile starts it, on this home's store; its base URL."""
     port = free_port()
     store = f"sqlite:///{s.mlflow_dir / 'mlflow.db'}"
@@ -111,16 +110,24 @@ def rendered(chromium: str, url: str, profile: Path) -> str:
     return re.sub(r" ([),.:;])", r"\1", text)  # no space where an element ended before it
 
 
-def test_the_ui_shows_classes_gate_decisions_and_both_aliases(s, versions, ui, chromium,
+def test_the_ui_shows_classes_gate_decisions_and_both_aliases(s, db, first, ui, chromium,
                                                                tmp_path):
-    first, second = versions
+    profile = tmp_path / "profile"
+    # after a promotion, the promoted version carries both aliases
+    model = rendered(chromium, f"{ui}/#/models/{MODEL}", profile)
+    assert re.search(r"Version 1 .*?@ ?challenger", model), model[:3000]
+    assert re.search(r"Version 1 .*?@ ?champion", model), model[:3000]
+    assert "@challenger is the latest registered candidate" in model
+
+    second = steps.retrain(s.model_copy(update={"promotion_min_macro_f1": 1.01}), db)
+    assert not second["promoted"] and second["model_version"] == "2", second
     client = MlflowClient(s.tracking_uri, s.tracking_uri)
     experiment = client.get_run(second["run_id"]).info.experiment_id
     run_page = f"{ui}/#/experiments/{experiment}/runs/{second['run_id']}"
     classes = sorted(set(first["holdout_labels"]))
 
     # the refused candidate's run: why it was refused, against which champion, at what floor
-    run = rendered(chromium, run_page, tmp_path / "profile")
+    run = rendered(chromium, run_page, profile)
     assert "Promotion gate: refused (v2 stays @challenger" in run, run[:3000]
     assert "refused because: macro-F1" in run and "< required 1.0100" in run
     assert "champion v1 on the same holdout" in run
@@ -130,13 +137,13 @@ def test_the_ui_shows_classes_gate_decisions_and_both_aliases(s, versions, ui, c
 
     # its logged model: the holdout metrics are linked to the holdout dataset
     logged = rendered(chromium, f"{ui}/#/experiments/{experiment}/models/{second['model_id']}",
-                      tmp_path / "profile")
+                      profile)
     assert "Datasets used" in logged, logged[:3000]
     assert "tickets-holdout-" in logged[logged.index("Datasets used"):], logged[:3000]
 
     # its per-class report: a table with a class column and only classes as rows
     report = rendered(chromium, f"{run_page}/artifacts/evaluation/per_class_report.csv",
-                      tmp_path / "profile")
+                      profile)
     header = re.search(r"class precision recall f1 support threshold .*? status", report)
     assert header, report[:3000]
     table = report[header.end():]
@@ -146,15 +153,14 @@ def test_the_ui_shows_classes_gate_decisions_and_both_aliases(s, versions, ui, c
 
     # the promoted version's run says it passed
     passed = rendered(chromium, f"{ui}/#/experiments/{experiment}/runs/{first['run_id']}",
-                      tmp_path / "profile")
+                      profile)
     assert "Promotion gate: passed (v1 became @champion)" in passed
     assert "gate.decision: passed" in passed
 
-    # the registered model: both aliases, each version's decision, the model's description
-    model = rendered(chromium, f"{ui}/#/models/{MODEL}", tmp_path / "profile")
+    # the registered model now: the refused v2 is @challenger, v1 stays @champion
+    model = rendered(chromium, f"{ui}/#/models/{MODEL}", profile)
     versions_table = model[model.index("Version 2"):]
     assert re.search(r"Version 2 .*?@ ?challenger .*?Version 1 .*?@ ?champion",
                      versions_table), versions_table[:3000]
     assert "gate.decision: refused" in versions_table
     assert "gate.decision: passed" in versions_table[versions_table.index("Version 1"):]
-    assert "@challenger is the latest registered candidate" in model
