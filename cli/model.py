@@ -173,7 +173,11 @@ def evaluate_cmd(
     with database() as db:
         report = do_evaluate(db, data, Columns(text=text_col, label=label_col), json_out,
                              predictions)
-    print_json(report)
+    print_json({k: v for k, v in report.items() if k != "per_class"})
+    if report.get("per_class"):
+        console.print(f"per-class table: {len(report['per_class'])} classes in the --json report"
+                      f" (worst first); below their target: "
+                      f"{', '.join(report['classes_below_target']) or 'none'}")
 
 
 def _check_unknown_options(train: Path | None, unknown_classes: int | None, seeds: int,

@@ -19,6 +19,7 @@ from cascade.cascade import Cascade
 from cca.guarantees import precision_lower_bound
 from cca.tickets import STAGES, Decision, Ticket
 from evaluation.metrics import percentiles
+from evaluation.per_class import below_target, per_class_table
 
 REVIEW = "__review__"
 
@@ -127,6 +128,9 @@ def evaluate(
             "model_version": cascade.version,
         }
     )
+    table = per_class_table(decisions, truths, info)
+    report["classes_below_target"] = below_target(table)
+    report["per_class"] = table  # last: the long part of the file
     return report, decisions
 
 

@@ -42,6 +42,12 @@ def test_evaluate_writes_report_and_predictions(settings, trained_cli, tmp_path)
     assert abs(sum(report["stage_share"].values()) - 1) < 1e-3
     assert set(report["latency_ms"]) == {"p50", "p95", "p99"}
     assert report["top1_accuracy"] >= 0.9  # these are its own training tickets
+    table = {row["class"]: row for row in report["per_class"]}
+    assert set(table) == {"billing_question", "cancel_subscription", "delivery_delay",
+                          "password_reset"}
+    # 48 tickets: no class earned a bound (the test settings use the common threshold)
+    assert {row["status"] for row in table.values()} == {"review"}
+    assert sum(row["tickets"] for row in table.values()) == 48
     lines = [json.loads(x) for x in preds.read_text().splitlines()]
     assert len(lines) == 48
     assert {"text", "label", "predicted", "stage", "confidence"} <= set(lines[0])
