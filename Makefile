@@ -23,7 +23,7 @@ lint: setup
 	$(UV) run --frozen ruff check .
 	$(UV) run --frozen lint-imports
 
-test: lint
+test: lint browser
 	$(UV) run --frozen pytest
 
 bench: setup
