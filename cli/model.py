@@ -159,8 +159,9 @@ def evaluate_cmd(
     if unknown_classes is not None or train is not None:
         _check_unknown_options(train, unknown_classes, seeds, llm or predictions is not None)
         assert train is not None and unknown_classes is not None
-        print_json(do_unknown_eval(train, data, Columns(text=text_col, label=label_col),
-                                   (unknown_classes, seeds, baseline), json_out))
+        report = do_unknown_eval(train, data, Columns(text=text_col, label=label_col),
+                                 (unknown_classes, seeds, baseline), json_out)
+        print_json(_unknown_summary(report))
         return
     if llm:
         with database() as db:
@@ -194,6 +195,17 @@ def _check_unknown_options(train: Path | None, unknown_classes: int | None, seed
         raise InputError(f"--seeds must be at least 1, not {seeds}")
     if other_mode:
         raise InputError("--unknown-classes cannot be combined with --llm or --predictions")
+
+
+def _unknown_summary(report: dict) -> dict:
+    """The headline and each seed's figures; the labels and bundle metrics stay in --json."""
+    keep = ("seed", "held_out", "unknown_rejection", "auto_accuracy", "auto_coverage",
+            "coverage_drop", "unknown_stage_share")
+    baseline = {k: v for k, v in (report.get("baseline") or {}).items()
+                if k != "bundle_metrics"}
+    return {**{k: v for k, v in report.items() if k not in ("seeds", "baseline")},
+            "baseline": baseline or None,
+            "seeds": [{k: s.get(k) for k in keep} for s in report["seeds"]]}
 
 
 def _train_scratch(s: Settings, db: Database) -> str:

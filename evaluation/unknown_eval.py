@@ -249,8 +249,8 @@ def _one_line(seed: dict) -> str:
             + (f"{rejection:.1%} of {seed['n_unknown']} out-of-scope tickets sent to review; "
                if rejection is not None else "no out-of-scope ticket in the test file; ")
             + f"in scope {seed['auto_accuracy']:.2%} right at {seed['auto_coverage']:.1%} "
-            "coverage" + (f" ({drop * 100:.1f} points less than the baseline's)"
-                          if drop is not None else ""))
+            "coverage" + (f" ({abs(drop) * 100:.1f} points {'less' if drop >= 0 else 'more'} "
+                          "than the baseline's)" if drop is not None else ""))
 
 
 def machine() -> dict:

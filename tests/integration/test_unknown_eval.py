@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -55,12 +56,28 @@ def main_settings(tmp_path_factory: pytest.TempPathFactory, settings: Settings) 
 
 
 @pytest.fixture(scope="module")
-def report(main_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> dict:
+def cli_run(main_settings: Settings, tmp_path_factory: pytest.TempPathFactory
+            ) -> tuple[subprocess.CompletedProcess[str], Path]:
     out = tmp_path_factory.mktemp("unknown-out") / "unknown.json"
     result = run_cli(main_settings, *ARGS, "--train", str(TRAIN), "--unknown-classes", "2",
                      "--seeds", "1", "--json", str(out))
     assert result.returncode == 0, result.stderr
-    return json.loads(out.read_text())
+    return result, out
+
+
+@pytest.fixture(scope="module")
+def report(cli_run: tuple[subprocess.CompletedProcess[str], Path]) -> dict:
+    return json.loads(cli_run[1].read_text())
+
+
+def test_prints_the_summary_and_writes_the_whole_report(cli_run, report):
+    printed = json.loads(cli_run[0].stdout)
+    assert printed["unknown_rejection"] == report["unknown_rejection"]
+    assert printed["seeds"][0]["held_out"] == report["seeds"][0]["held_out"]
+    assert "trained_labels" not in printed["seeds"][0] and "bundle_metrics" not in (
+        printed["baseline"])
+    assert "seed 0: " in cli_run[0].stderr and "out-of-scope tickets sent to review" in (
+        cli_run[0].stderr)
 
 
 def test_held_out_intents_are_absent_from_the_scratch_training(report):
