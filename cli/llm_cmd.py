@@ -145,9 +145,9 @@ def rules_cmd(as_json: Annotated[bool, typer.Option("--json", help="Print JSON."
 
 
 def cells_table(rule: AcceptanceRule, target: float) -> Table:
-    table = Table("rank", "neighbours", "LLM confidence", "answers", "right", "precision",
-                  f"lower bound ({rule.level:.0%})", f"routes (>= {target:.0%})",
-                  title=f"{rule.model}: precision by cell")
+    table = Table("rank", "neighbours", "LLM conf.", "answers", "right", "precision",
+                  f"bound ({rule.level:.0%})", f"routes (>= {target:.0%})",
+                  title=f"{rule.model}: precision by cell (lower bound one-sided)")
     routes = {c.cell for c in rule.accepted_cells(target)}
     for c in rule.cells:  # in the order they are tested
         table.add_row(c.cell.rank, c.cell.neighbours, c.cell.confidence, str(c.n),
@@ -162,9 +162,9 @@ def run_calibration(db: Database, path: Path, cols: Columns, *, limit: int
     stored ticket would find its own labelled copy in the cache), store the rule, report."""
     # deferred: the cascade loads scikit-learn and onnxruntime, the LLM stage openai
     from cascade.cascade import Cascade
-    from cascade.llm_acceptance import build_rule, target_precision
+    from cascade.llm_acceptance import AcceptanceRule, build_rule, target_precision
     from cascade.llm_openai import OpenAICompatibleStage
-    from cca.store.llm_rules_repo import save_rule
+    from cca.store.llm_rules_repo import latest_rule, save_rule
     from cca.store.tickets_repo import known_ids
     from evaluation.llm_eval import calibrate, passed_on, rule_report, spread
 
@@ -200,6 +200,9 @@ def run_calibration(db: Database, path: Path, cols: Columns, *, limit: int
                                 bundle_version=rule.bundle_version, sample_size=rule.asked,
                                 answered=rule.answered,
                                 overall_precision=rule.overall_precision, rule=rule.to_json())
+            stored = latest_rule(conn, rule.endpoint, rule.model)
+        if stored is not None and stored.id == rule_id:  # as stored, with its time
+            rule = AcceptanceRule.of_stored(stored)
         stats = stage.stats()
     report = {"rule_id": rule_id, **rule_report(rule, target_precision(base)),
               "data": str(path), "tickets_in_file": len(parsed.tickets),

@@ -17,7 +17,14 @@ from collections.abc import Callable
 from typing import Any
 
 from cascade.cascade import Cascade, Work
-from cascade.llm_acceptance import AcceptanceRule, Outcome, cell_of, target_precision
+from cascade.llm_acceptance import (
+    ORDER,
+    AcceptanceRule,
+    Cell,
+    Outcome,
+    cell_of,
+    target_precision,
+)
 from cascade.llm_batch import ask_batch, few_shot_texts
 from cascade.llm_prompt import Example
 from cascade.llm_stage import DisabledLLMStage, LLMStage
@@ -115,6 +122,25 @@ def _suggestions(decisions: list[Decision], truths: list[str]) -> dict[str, Any]
             "accuracy": rate(right, len(pairs))}
 
 
+def _answers_by_cell(decisions: list[Decision], truths: list[str],
+                     edge: float) -> list[dict[str, Any]]:
+    """Every LLM answer of the run (routed or suggested) by acceptance cell, right or not: the
+    rule's calibration checked on other tickets. The cell is rebuilt from what the decision
+    keeps (its top classes give the rank: 1, 2 or 3+; its neighbours; the LLM's confidence)."""
+    counts: dict[Cell, list[int]] = {}
+    for d, truth in zip(decisions, truths, strict=True):
+        said = d.label if d.stage == "llm" else d.suggestion
+        confidence = d.confidence if d.stage == "llm" else d.suggestion_confidence
+        if said is None or confidence is None:
+            continue
+        cell = cell_of(said, confidence, [c for c, _ in d.top_classes], d.neighbours, edge)
+        tally = counts.setdefault(cell, [0, 0])
+        tally[0] += 1
+        tally[1] += said == truth
+    return [{"cell": cell.key, "n": n, "correct": k, "precision": rate(k, n)}
+            for cell, (n, k) in sorted(counts.items(), key=lambda kv: ORDER.index(kv[0]))]
+
+
 def compare(cascade: Cascade, stage: LLMStage, tickets: list[Ticket], truths: list[str], *,
             latency_sample: int = 50, progress: Progress | None = None) -> dict[str, Any]:
     """The cascade on ``tickets`` without the LLM stage, then with ``stage`` (whose prices
@@ -132,7 +158,10 @@ def compare(cascade: Cascade, stage: LLMStage, tickets: list[Ticket], truths: li
     with_llm["llm_answered_share"] = with_llm["stage_share"].get("llm", 0.0)
     with_llm["llm_ms"] = percentiles([d.timings_ms["llm"] for d in asked], digits=1)
     with_llm["suggestions"] = _suggestions(decisions, truths)
-    acceptance = rule_report(cascade.llm_rule, target_precision(cascade.settings))
+    rule = cascade.llm_rule
+    with_llm["llm_answers_by_cell"] = _answers_by_cell(
+        decisions, truths, rule.confidence_edge if rule else cascade.settings.llm_min_confidence)
+    acceptance = rule_report(rule, target_precision(cascade.settings))
     return {
         "n": n, "without_llm": without, "with_llm": with_llm,
         "auto_precision": {"without_llm": without["auto_accuracy"],

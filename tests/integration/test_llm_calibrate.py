@@ -111,6 +111,7 @@ def test_a_calibrated_cell_routes_and_an_uncalibrated_endpoint_only_suggests(
     model, report, stdout = calibrated
     assert (report["passed_on"], report["asked"], report["answered"]) == (30, 30, 30)
     assert report["overall_precision"] == 1.0 and report["left_out_in_store"] == 0
+    assert report["created_at"] and report["bundle_version"].startswith("clf-")
     assert report["accepted_cells"] == 1 and report["llm_calibrated_precision"] == 1.0
     assert "precision by cell" in stdout and f"stored rule {report['rule_id']}" in stdout
     with db.begin() as conn:
@@ -212,6 +213,9 @@ def test_evaluate_llm_reports_the_calibrated_precision_and_extra_coverage(
     assert calibrated_report["extra_coverage"] == 0.8  # the rule answers, the LLM the rest
     assert calibrated_report["auto_precision"] == {"without_llm": 1.0, "with_llm": 1.0}
     assert calibrated_report["with_llm"]["stage_share"]["llm"] == 0.8
+    assert calibrated_report["auto_coverage"] == {"without_llm": 0.2, "with_llm": 1.0}
+    by_cell = calibrated_report["with_llm"]["llm_answers_by_cell"]  # checked out of sample
+    assert [(c["n"], c["correct"]) for c in by_cell] == [(4, 4)]
     (uncalibrated,) = reports.values()
     assert uncalibrated["llm_acceptance"]["calibrated"] is False
     assert uncalibrated["llm_calibrated_precision"] is None
