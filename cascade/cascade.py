@@ -15,17 +15,15 @@ from datetime import datetime
 import numpy as np
 from threadpoolctl import threadpool_limits
 
+from cascade.classifier_gate import ClassifierGate
 from cascade.llm_acceptance import judge, load_rule, target_precision
 from cascade.llm_batch import ask_batch
 from cascade.llm_prompt import describe
 from cascade.llm_stage import DisabledLLMStage, LLMStage
 from cascade.vector_cache import CachePolicy, decide
 from cca.bundle import ModelBundle, load_bundle
-from cca.classifier import Parts
 from cca.embeddings import Embedder, embedder_for_model
 from cca.errors import StateError
-from cca.operating_points import OperatingPoints
-from cca.scope import TrustModel, features, neighbour_signals
 from cca.settings import Settings
 from cca.store import Database, StoreUnavailable
 from cca.store.vectors import nearest, track_records
@@ -81,14 +79,8 @@ class Cascade:
         # classifier, LLM, logs) may see raw PII, so tickets are redacted right after the rules.
         self.sanitizer = sanitizer or Sanitizer.from_settings(settings)
         self.policy = CachePolicy.from_settings(settings)
-        self.threshold = (settings.classifier_threshold
-                          if settings.classifier_threshold is not None
-                          else bundle.info.classifier_threshold)
-        # Per-class operating points, unless one common threshold is set or asked for (or
-        # the bundle predates them): then ``threshold`` applies to every class.
-        self.points = (OperatingPoints.from_dict(bundle.info.operating_points)
-                       if settings.classifier_threshold is None
-                       and settings.per_class_thresholds else None)
+        self.gate = ClassifierGate.of(bundle, settings)
+        self.threshold = self.gate.threshold
         self.version = (
             f"{bundle.info.version}+rules.{rules.version}+{embedder.model_id}"
         )
@@ -270,11 +262,11 @@ class Cascade:
             deep_ms = (time.perf_counter() - t1) * 1000
             return vectors
 
-        parts = clf.predict_parts(
-            texts, np.vstack([w.vector for w in todo]),
-            deep_vectors if self.deep_embedder is not None else None)
+        vectors = np.vstack([w.vector for w in todo])
+        parts = clf.predict_parts(texts, vectors,
+                                  deep_vectors if self.deep_embedder is not None else None)
         proba, used_deep = parts.proba(), parts.used_deep
-        trust = self._trust(parts, todo)
+        trust = self.gate.scores(parts, clf.labels, vectors, [w.neighbours for w in todo])
         ms = ((time.perf_counter() - t0) * 1000 - deep_ms) / len(todo)
         n_deep = max(int(used_deep.sum()), 1)
         labels = clf.labels
@@ -286,40 +278,12 @@ class Cascade:
             top = order[:3]
             w.ranked = [labels[i] for i in order]
             w.top_classes = [(labels[i], round(float(p[i]), 4)) for i in top]
-            sure, why = self._sure(labels[top[0]], float(p[top[0]]),
-                                   None if trust is None else float(trust[row]))
+            sure, why = self.gate.judge(labels[top[0]], float(p[top[0]]),
+                                        None if trust is None else float(trust[row]))
             w.reason = why
             if sure:
                 w.decision = self._decision(w, "classifier", labels[top[0]], p[top[0]],
                                             top_classes=w.top_classes, reason=why)
-
-    def _trust(self, parts: Parts, todo: list[Work]) -> np.ndarray | None:
-        """The trust score of each ticket's best class, when the bundle has operating points
-        (and no common CCA_CLASSIFIER_THRESHOLD overrides them)."""
-        model = self.bundle.classifier.trust
-        if self.points is None or not isinstance(model, TrustModel):
-            return None
-        predicted = [self.bundle.classifier.labels[c] for c in parts.proba().argmax(axis=1)]
-        sim, agree = neighbour_signals([w.neighbours for w in todo], predicted)
-        x, _, _ = features(parts, model.geometry, np.vstack([w.vector for w in todo]),
-                           sim, agree)
-        return model.score(x)
-
-    def _sure(self, label: str, probability: float, trust: float | None) -> tuple[bool, str]:
-        """Whether the classifier may answer ``label`` on its own, and why (or why not)."""
-        if trust is None or self.points is None:
-            sure = probability >= self.threshold
-            sign = ">=" if sure else "<"
-            return sure, f"calibrated probability {probability:.3f} {sign} {self.threshold:.3f}"
-        point = self.points.classes.get(label)
-        if point is None or point.threshold is None:
-            return False, (f"class {label!r} has not earned automatic answers (too little "
-                           "evidence for its precision bound)")
-        sure = trust >= point.threshold
-        return sure, (f"trust {trust:.3f} {'>=' if sure else '<'} {label!r} threshold "
-                      f"{point.threshold:.3f} (precision >= {point.bound:.1%} at "
-                      f"{self.points.confidence:.0%} confidence, {point.support} tickets); "
-                      f"calibrated probability {probability:.3f}")
 
     def _review_without_llm(self, todo: list[Work]) -> None:
         """Review at once when even the classifier's best class is unlikely: the candidates

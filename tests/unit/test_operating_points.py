@@ -75,7 +75,8 @@ def test_overall_target_the_earlier_stages_break_closes_the_classifier() -> None
 
 def test_stricter_class_override_raises_its_threshold() -> None:
     ev = _evidence(np.random.default_rng(2))
-    ev = Evidence(ev.score, ev.pred, np.where(ev.pred == "good", ev.score > 0.5, ev.correct),
+    # 'good' is right above 0.3: its sequence starts where it answers half its tickets
+    ev = Evidence(ev.score, ev.pred, np.where(ev.pred == "good", ev.score > 0.3, ev.correct),
                   100, 100, 700)
     loose = choose(ev, ["good", "weak"], {}, Targets(0.5, 0.6))
     strict = choose(ev, ["good", "weak"], {"good": "Cards"},
@@ -110,3 +111,20 @@ def test_targets_yaml_overrides_and_errors(tmp_path) -> None:
     path.write_text("classes:\n  lost_card: 0.9\n")
     with pytest.raises(ConfigError, match="min_precision"):
         Targets.load(path, 0.98, 0.9)
+
+
+def test_the_classifier_gate_answers_only_above_an_earned_threshold() -> None:
+    from cascade.classifier_gate import ClassifierGate
+
+    points = choose(_evidence(np.random.default_rng(0)), ["good", "weak"], {},
+                    Targets(target_precision=0.95, min_precision=0.90))
+    good = points.classes["good"].threshold
+    gate = ClassifierGate(threshold=0.5, points=points, trust=None)
+    assert gate.judge("good", 0.99, good + 0.001)[0]
+    sure, why = gate.judge("good", 0.99, good - 0.001)
+    assert not sure and "threshold" in why and "95% confidence" in why
+    sure, why = gate.judge("weak", 0.999, 0.999)
+    assert not sure and "has not earned automatic answers" in why
+    common = ClassifierGate(threshold=0.8, points=None, trust=None)
+    assert common.judge("weak", 0.81, None) == (True, "calibrated probability 0.810 >= 0.800")
+    assert not common.judge("good", 0.79, 0.99)[0]
