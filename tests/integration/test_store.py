@@ -26,7 +26,7 @@ def test_schema_and_pgvector_are_in_place(db):
 def test_migrations_are_idempotent(settings, db):
     again = open_database(settings)  # reuses the running server, upgrade is a no-op
     with again.begin() as conn:
-        assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == "0006"
+        assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == "0007"
     again.dispose()
 
 
