@@ -62,7 +62,6 @@ class Settings(BaseSettings):
     # near-duplicate or five agreeing neighbours, and a good per-label track record.
     cache_top_k: int = 5
     cache_min_similarity: float = 0.97
-    cache_min_track_record: float = 0.98
     cache_topk_agree: int = 5
     cache_topk_min_confidence: float = 0.85
     cache_track_record_prior: float = 2.0
