@@ -17,7 +17,6 @@ from typing import Any
 from cca.errors import StateError
 from cca.model_registry import check_reachable, client, first_line, is_local_default
 from cca.settings import Settings
-from training.model_card import experiment_description
 
 _URI_VARS = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
 NOTE = "mlflow.note.content"  # the tag MLflow shows as an experiment's or run's description
@@ -38,6 +37,10 @@ def experiment_id(settings: Settings) -> str:
             location = (settings.mlflow_dir / "artifacts").as_uri()
         experiment = mlflow_client.create_experiment(settings.mlflow_experiment,
                                                      artifact_location=location)
+    # deferred: the model card module loads the model bundle (scikit-learn, pandas), which
+    # `cca models` and the other registry commands that import this module never need
+    from training.model_card import experiment_description
+
     mlflow_client.set_experiment_tag(experiment, NOTE, experiment_description(settings))
     return experiment
 

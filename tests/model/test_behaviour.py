@@ -9,8 +9,9 @@ NAMES = ["John Smith", "Maria Garcia", "Wei Zhang", "Aisha Khan", "Olga Ivanova"
 
 
 def route(cascade, text: str, **fields):
+    """Who answers, with what, and the best guess a reviewer sees when nobody may."""
     d = cascade.classify(Ticket(id="t", body=text, **fields))
-    return d.label, d.department
+    return d.label, d.department, d.top_classes[0][0] if d.top_classes else None
 
 
 @pytest.mark.parametrize(
@@ -25,7 +26,7 @@ def route(cascade, text: str, **fields):
 def test_a_name_swap_does_not_change_the_route(banking_cascade, template):
     routes = {route(banking_cascade, template.format(name=n)) for n in NAMES}
     assert len(routes) == 1, routes
-    assert next(iter(routes))[0] is not None
+    assert next(iter(routes))[2] is not None
 
 
 @pytest.mark.parametrize(
