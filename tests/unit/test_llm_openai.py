@@ -354,8 +354,10 @@ def test_cascade_asks_the_llm_for_a_batch_concurrently(fake, stage_for, tmp_path
     # Only what _redact and _llm_or_review read: no database, models or embedders needed.
     cascade = Cascade.__new__(Cascade)
     cascade.settings, cascade.llm, cascade.db = settings, stage, None  # no neighbours: no query
-    cascade.bundle = SimpleNamespace(info=SimpleNamespace(labels=LABELS, departments={}))
+    cascade.bundle = SimpleNamespace(info=SimpleNamespace(labels=LABELS, departments={},
+                                                          version="test"))
     cascade.threshold, cascade.version, cascade.descriptions = 0.95, "test", {}
+    cascade.llm_rule = None  # uncalibrated: every answer comes back as a suggestion
     cascade.sanitizer = Sanitizer(b"k" * 32, ner=False)
     raw = "Refund please, write to john.smith@example.org"
     work = [Work(ticket=Ticket(id=f"c{i}", body=raw), timings={},
@@ -369,8 +371,8 @@ def test_cascade_asks_the_llm_for_a_batch_concurrently(fake, stage_for, tmp_path
     assert all("john.smith@example.org" not in json.dumps(r) for r in fake.requests)
     for w in work:
         d = w.decision
-        assert d is not None and (d.stage, d.label, d.confidence) == ("llm", "billing_question",
-                                                                      0.9)
+        assert d is not None and (d.stage, d.label) == ("review", None)
+        assert (d.suggestion, d.suggestion_confidence) == ("billing_question", 0.9)
         assert d.cost_usd == pytest.approx(0.105)
         assert 250 < d.timings_ms["llm"] < 700
 
