@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from cca.store import intake_repo
-from cca.store.audit import text_hash
+from cca.store.audit import decision_details, text_hash
 from cca.store.tickets_repo import upsert_tickets
 from cca.tickets import Decision, Ticket
 
@@ -85,11 +85,7 @@ def decision_row(record: dict[str, Any]) -> dict[str, Any]:
         "stage": d.stage, "label": d.label, "department": d.department, "urgency": d.urgency,
         "confidence": d.confidence, "model_version": d.model_version, "cost_usd": d.cost_usd,
         "latency_ms": round(sum(d.timings_ms.values()), 3),
-        "details": json.dumps({
-            "rule_id": d.rule_id, "sla_breach": d.sla_breach,
-            "neighbours": [n.model_dump() for n in d.neighbours],
-            "top_classes": d.top_classes, "timings_ms": d.timings_ms, "reason": d.reason,
-        }),
+        "details": json.dumps(decision_details(d)),
         "caller": record.get("caller"), "request_id": record.get("request_id"),
         "endpoint": record.get("endpoint"),
     }

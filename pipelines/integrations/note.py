@@ -28,6 +28,8 @@ def routing_note(decision: Decision, marker: str, *, review: bool) -> str:
         lines.append("Top classes: " + ", ".join(f"{lb} {p:.2f}" for lb, p in top) + ".")
     if decision.rule_id:
         lines.append(f"Rule: {decision.rule_id}.")
+    if review and decision.suggestion:
+        lines.append(f"LLM suggestion (not trusted to route it): {decision.suggestion}.")
     if decision.stage == "llm":
         # The LLM's own words were written from other customers' (redacted) tickets shown
         # as examples, and from this ticket, which may try to instruct it: not repeated.
