@@ -11,7 +11,8 @@ NAMES = ["John Smith", "Maria Garcia", "Wei Zhang", "Aisha Khan", "Olga Ivanova"
 def route(cascade, text: str, **fields):
     """Who answers, with what, and the best guess a reviewer sees when nobody may."""
     d = cascade.classify(Ticket(id="t", body=text, **fields))
-    return d.label, d.department, d.top_classes[0][0] if d.top_classes else None
+    best = d.label or (d.top_classes[0][0] if d.top_classes else None)
+    return d.label, d.department, best
 
 
 @pytest.mark.parametrize(
