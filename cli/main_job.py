@@ -63,6 +63,11 @@ def run_cmd(
     table.add_row("latency_ms p50/p95/p99", "/".join(str(v) for v in report["latency_ms"].values()))
     table.add_row("stage share", ", ".join(f"{k} {v:.1%}" for k, v in
                                            report["stage_share"].items()))
+    rows = report.get("per_class", [])
+    earned = sum(r["status"] == "earned" for r in rows)
+    table.add_row("classes earning automatic answers", f"{earned} of {len(rows)}")
+    table.add_row("classes below their target on test",
+                  ", ".join(report.get("classes_below_target", [])) or "none")
     stdout.print(table)
     console.print(f"report: {json_out}\npredictions: {predictions}")
     console.print(f"MLflow: run {retrained.get('run_id')}, {s.registered_model} "
