@@ -266,7 +266,8 @@ class Cascade:
         parts = clf.predict_parts(texts, vectors,
                                   deep_vectors if self.deep_embedder is not None else None)
         proba, used_deep = parts.proba(), parts.used_deep
-        trust = self.gate.scores(parts, clf.labels, vectors, [w.neighbours for w in todo])
+        trust = self.gate.scores(parts, proba, clf.labels, vectors,
+                                 [w.neighbours for w in todo])
         ms = ((time.perf_counter() - t0) * 1000 - deep_ms) / len(todo)
         n_deep = max(int(used_deep.sum()), 1)
         labels = clf.labels

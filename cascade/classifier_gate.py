@@ -39,14 +39,14 @@ class ClassifierGate:
         return cls(threshold=common if common is not None else info.classifier_threshold,
                    points=points, trust=trust if isinstance(trust, TrustModel) else None)
 
-    def scores(self, parts: Parts, labels: list[str], vectors: np.ndarray,
+    def scores(self, parts: Parts, proba: np.ndarray, labels: list[str], vectors: np.ndarray,
                neighbours: Sequence[Sequence[Neighbour]]) -> np.ndarray | None:
         """The trust score of each row's best class; None when the common threshold rules."""
         if self.points is None or self.trust is None:
             return None
-        predicted = [labels[c] for c in parts.proba().argmax(axis=1)]
+        predicted = [labels[c] for c in proba.argmax(axis=1)]
         sim, agree = neighbour_signals(neighbours, predicted)
-        x, _, _ = features(parts, self.trust.geometry, vectors, sim, agree)
+        x, _, _ = features(parts, self.trust.geometry, vectors, sim, agree, proba=proba)
         return self.trust.score(x)
 
     def judge(self, label: str, probability: float, trust: float | None) -> tuple[bool, str]:

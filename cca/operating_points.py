@@ -216,8 +216,7 @@ def _unknown_level(unknowns: Unknowns, floors: dict[str, tuple[float, int, int] 
 
 
 def _unknown_answered(unknowns: Unknowns, classes: dict[str, ClassPoint]) -> float:
-    threshold = np.array([(classes[p].threshold if p in classes else None) or np.inf
-                          for p in unknowns.pred], dtype=float)
+    threshold = _thresholds(classes, unknowns.pred)
     return float((unknowns.score >= threshold).mean()) if len(threshold) else 0.0
 
 
@@ -271,8 +270,7 @@ def _point(score: np.ndarray, correct: np.ndarray, threshold: float | None, targ
 
 def _overall(evidence: Evidence, classes: dict[str, ClassPoint], holds: bool,
              confidence: float) -> dict[str, float | int | bool]:
-    threshold = np.array([(classes[p].threshold if p in classes else None) or np.inf
-                          for p in evidence.pred], dtype=float)
+    threshold = _thresholds(classes, evidence.pred)
     answer = evidence.score >= threshold
     answered = evidence.earlier_answered + int(answer.sum())
     right = evidence.earlier_correct + int(evidence.correct[answer].sum())
@@ -281,3 +279,9 @@ def _overall(evidence: Evidence, classes: dict[str, ClassPoint], holds: bool,
             "support": answered,
             "coverage": answered / evidence.n_total if evidence.n_total else 0.0,
             "holds": holds}
+
+
+def _thresholds(classes: dict[str, ClassPoint], predicted: np.ndarray) -> np.ndarray:
+    """Each ticket's class threshold; infinity where the class answers nothing."""
+    return np.array([t if (t := getattr(classes.get(p), "threshold", None)) is not None
+                     else np.inf for p in predicted], dtype=float)

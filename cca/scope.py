@@ -67,9 +67,12 @@ def neighbour_signals(neighbours: Sequence[Sequence[Neighbour]], predicted: Sequ
 
 def features(parts: Parts, geometry: Geometry, fast_vectors: np.ndarray,
              nn_similarity: np.ndarray, nn_agree: np.ndarray,
-             drop: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(feature matrix in ``FEATURES`` order, predicted column, its probability)."""
-    proba = parts.proba(drop)
+             drop: np.ndarray | None = None, proba: np.ndarray | None = None
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(feature matrix in ``FEATURES`` order, predicted column, its probability).
+
+    ``proba``: ``parts.proba(drop)`` when the caller has it already (the serving path)."""
+    proba = parts.proba(drop) if proba is None else proba
     order = np.argsort(-proba, axis=1)
     pred, second = order[:, 0], order[:, 1] if proba.shape[1] > 1 else order[:, 0]
     rows = np.arange(len(proba))
