@@ -8,7 +8,7 @@ UV := $(PYTHON) -m uv
 
 CCA_HOME ?= .cca
 
-.PHONY: setup run test lint bench bench-serve bench-webhooks mlflow-ui browser airflow-test clean
+.PHONY: setup run test lint bench bench-serve bench-webhooks mlflow-ui browser test-deps airflow-test clean
 
 setup:
 	@$(UV) --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet "uv>=0.5"
@@ -23,7 +23,7 @@ lint: setup
 	$(UV) run --frozen ruff check .
 	$(UV) run --frozen lint-imports
 
-test: lint browser
+test: lint test-deps
 	$(UV) run --frozen pytest
 
 bench: setup
@@ -45,14 +45,20 @@ bench-webhooks: setup
 mlflow-ui: setup
 	$(UV) run --frozen mlflow ui --backend-store-uri sqlite:///$(abspath $(CCA_HOME))/mlflow/mlflow.db --port 5000 --workers 1
 
-# Headless Chromium (Debian's package), which tests/integration/test_mlflow_ui.py renders the
-# MLflow UI with; installed only when missing, and only as root with apt-get (else the test
-# is skipped and says why).
-browser:
-	@command -v chromium >/dev/null 2>&1 || { \
+# Debian packages the tests run for real: headless Chromium (tests/integration/test_mlflow_ui.py
+# renders the MLflow UI with it) and redis-server (the Redis fault tests start private servers).
+# Installed only when missing, and only as root with apt-get; otherwise those tests skip saying
+# why, except in CI (CI=true), where a missing one fails them.
+TEST_DEBS := chromium:chromium redis-server:redis-server
+test-deps:
+	@missing=""; for pair in $(TEST_DEBS); do \
+	  command -v "$${pair%%:*}" >/dev/null 2>&1 || missing="$$missing $${pair#*:}"; done; \
+	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
-	  else echo "chromium missing and cannot be installed (needs root and apt-get)"; fi; }
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else echo "missing:$$missing (installing needs root and apt-get)"; fi; fi
+
+browser: test-deps
 
 # One DAG run without a scheduler, e.g. `make airflow-test DAG=prepare_tickets`.
 DAG ?= prepare_tickets

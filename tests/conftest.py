@@ -26,6 +26,18 @@ def fixtures() -> Path:
     return FIXTURES
 
 
+def require(present: bool, missing: str) -> None:
+    """Skip a test whose outside dependency (a binary, a server) is missing on a developer's
+    machine, but fail it in CI (``CI`` set): there the set-up installs and starts them, and a
+    test that quietly skips would leave its promise unchecked while CI stays green."""
+    if present:
+        return
+    if os.environ.get("CI", "").lower() not in ("", "0", "false"):
+        pytest.fail(f"{missing} (CI is set: a missing dependency is a failure, not a skip)",
+                    pytrace=False)
+    pytest.skip(missing)
+
+
 def wait_until(pred: Callable[[], bool], timeout: float = 5.0) -> bool:
     """Poll ``pred`` until true or ``timeout`` seconds pass; its last answer."""
     deadline = time.monotonic() + timeout

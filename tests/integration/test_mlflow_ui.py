@@ -4,8 +4,8 @@ on a home with a promoted version, then a refused one, rendered by headless Chro
 The UI is a JavaScript app, so the pages are read from the DOM Chromium builds (``--dump-dom``
 after a virtual-time budget), not from the HTML the server sends: what is asserted here is
 what a person sees. Chromium is Debian's package, installed by ``make browser`` (which
-``make test`` runs); the test installs it the same way when missing and skips, saying why,
-only where it cannot (not root, no apt-get).
+``make test`` runs); the test installs it the same way when missing and, only where it
+cannot (not root, no apt-get), skips saying why; in CI a missing Chromium fails.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import pytest
 from mlflow import MlflowClient
 
 from cca.settings import Settings
-from tests.conftest import ROOT
+from tests.conftest import ROOT, require
 from tests.integration.test_retrain import load_fixture, module_settings
 from tests.servers import free_port
 from training import steps
@@ -41,9 +41,8 @@ def chromium() -> str:
         subprocess.run(["make", "--no-print-directory", "browser"], cwd=ROOT, timeout=900,
                        capture_output=True, text=True)
         found = shutil.which("chromium")
-    if found is None:
-        pytest.skip("headless Chromium is not installed and `make browser` could not install "
-                    "it (it needs root and apt-get): the MLflow UI cannot be rendered")
+    require(found is not None, "headless Chromium is not installed and `make browser` could "
+            "not install it (it needs root and apt-get): the MLflow UI cannot be rendered")
     return found
 
 

@@ -23,6 +23,7 @@ from cca.settings import Settings
 from serving.idempotency import IdempotencyStore
 from serving.ratelimit import RateLimiter
 from serving.redis_guard import RedisUnavailable
+from tests.conftest import require
 from tests.servers import PrivateRedis, free_port
 
 REDIS_URL = Settings().redis_url
@@ -32,9 +33,10 @@ REDIS_URL = Settings().redis_url
 def shared() -> redis.Redis:
     client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=0.5)
     try:
-        client.ping()
+        up = bool(client.ping())
     except redis.RedisError:
-        pytest.skip(f"no Redis at {REDIS_URL}")
+        up = False
+    require(up, f"no Redis at {REDIS_URL}")
     return client
 
 
@@ -48,8 +50,7 @@ def prefix(shared: redis.Redis) -> Iterator[str]:
 
 @pytest.fixture
 def private_redis() -> Iterator[PrivateRedis]:
-    if shutil.which("redis-server") is None:
-        pytest.skip("redis-server binary not installed")
+    require(shutil.which("redis-server") is not None, "redis-server binary not installed")
     server = PrivateRedis()
     server.start()
     yield server

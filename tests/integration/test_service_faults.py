@@ -29,7 +29,7 @@ from cca.errors import StateError
 from cca.settings import Settings
 from cca.store import open_database
 from cca.store.server import stop_embedded
-from tests.conftest import wait_until
+from tests.conftest import require, wait_until
 from tests.fake_openai import FakeOpenAI, closed_port_url
 from tests.integration.llm_rules import store_high_confidence_rule
 from tests.integration.service_harness import home_settings, service, ticket, token
@@ -342,8 +342,7 @@ def _idem_key(ticket_id: str) -> str:  # serving.idempotency.IdempotencyStore.ke
 
 
 def test_redis_down_still_answers_and_recovers(home):
-    if shutil.which("redis-server") is None:
-        pytest.skip("redis-server binary not installed")
+    require(shutil.which("redis-server") is not None, "redis-server binary not installed")
     subject = f"redis-{uuid.uuid4().hex[:6]}"
     auth = token(home, "classify", subject=subject)
     flood = token(home, "classify", subject=f"flood-{uuid.uuid4().hex[:6]}")
