@@ -3,7 +3,9 @@
 import json
 
 import pytest
+import sqlalchemy as sa
 
+from cca.store.audit import last_decision, text_hash
 from tests.conftest import FIXTURES
 from tests.integration.conftest import run_cli
 
@@ -54,12 +56,22 @@ def test_evaluate_writes_report_and_predictions(settings, trained_cli, tmp_path)
     assert all((x["predicted"] is None) == (x["stage"] == "review") for x in lines)
 
 
-def test_classify_prints_route_and_audits(settings, trained_cli):
-    result = run_cli(settings, "classify", "I forgot my password", "--json")
+def test_classify_prints_route_and_audits(settings, db, trained_cli):
+    text = "I forgot my password"
+    result = run_cli(settings, "classify", text, "--json")
     assert result.returncode == 0, result.stderr
     decision = json.loads(result.stdout)
     assert decision["stage"] == "rules" and decision["label"] == "password_reset"
     assert decision["department"] == "Accounts"
+    with db.begin() as conn:  # the decision printed is the one in the audit, without the text
+        logged = last_decision(conn, decision["ticket_id"])
+        row = conn.execute(sa.text("SELECT text_hash, details::text AS details FROM decisions "
+                                   "WHERE ticket_id = :t"), {"t": decision["ticket_id"]}).one()
+    assert logged is not None
+    assert (logged.stage, logged.label) == ("rules", "password_reset")
+    assert logged.model_version == decision["model_version"]
+    assert logged.details["rule_id"] == decision["rule_id"]
+    assert row.text_hash == text_hash(text) and text not in row.details
 
 
 def test_rules_evaluate_shows_hits_and_precision(settings):
