@@ -1,6 +1,7 @@
-"""Benchmark PII redaction: per-type precision/recall on the labelled fixture, throughput on
-Banking77, and how many Banking77 texts were changed at all (a false-positive sanity check:
-Banking77 has almost no real PII, so every change is suspect).
+"""Benchmark PII redaction: per-type precision/recall on the labelled fixture, per-type recall
+and keep rate on the long-ticket fixtures (dev: tuned on; test: held out, issue #22), speed on
+both, and how many Banking77 texts were changed at all (a false-positive sanity check: Banking77
+has almost no real PII, so every change is suspect).
 
 Usage:
 
@@ -20,12 +21,52 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from cca.settings import Settings
-from evaluation.pii_eval import evaluate
+from evaluation.pii_eval import evaluate, load_fixture
 from redaction import Sanitizer, normalise
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 FIXTURE = PROJECT_ROOT / "tests" / "fixtures" / "pii_labelled.jsonl"
+LONG_FIXTURES = {split: PROJECT_ROOT / "tests" / "fixtures" / f"pii_long_tickets_{split}.jsonl"
+                 for split in ("dev", "test")}
+
+
+def print_quality(title: str, quality: dict, errors: int) -> None:
+    """Per-type table, the totals, the keep rates and the first ``errors`` mistakes."""
+    print(f"\n{title}\n{'type':<10} {'P':>7} {'R':>7}   tp  fp  fn")
+    for typ, s in quality["per_type"].items():
+        print(f"{typ:<10} {s['precision']:>7.3f} {s['recall']:>7.3f} "
+              f"{s['tp']:>4} {s['fp']:>3} {s['fn']:>3}")
+    for name in ("structured", "overall"):
+        s = quality[name]
+        print(f"{name:<10} {s['precision']:>7.3f} {s['recall']:>7.3f} "
+              f"{s['tp']:>4} {s['fp']:>3} {s['fn']:>3}")
+    for typ, k in quality.get("keep", {}).items():
+        print(f"keep {typ:<6} {k['rate']:>7.3f}  kept {k['kept']} lost {k['lost']}")
+    if "keep_target_types" in quality:
+        k = quality["keep_target_types"]
+        print(f"keep amounts+dates+last4+refs {k['rate']:.4f} (lost {k['lost']})")
+    for err in quality["errors"][:errors]:
+        print(f"  {err['kind']} {err['type']}: {err['text']!r}")
+
+
+def long_tickets(sanitizer: Sanitizer, errors: int) -> dict:
+    """Quality and ms/ticket on each long-ticket split (the second pass is the timed one)."""
+    out = {}
+    for split, path in LONG_FIXTURES.items():
+        if not path.exists():
+            continue
+        texts = [r["text"] for r in load_fixture(path)]
+        sanitizer.redact_many(texts)
+        start = time.perf_counter()
+        sanitizer.redact_many(texts)
+        ms = (time.perf_counter() - start) * 1000 / len(texts)
+        quality = evaluate(sanitizer, path).as_dict()
+        print_quality(f"long tickets, {split} ({len(texts)} tickets, {ms:.2f} ms/ticket)",
+                      quality, errors)
+        out[split] = {"fixture": str(path.relative_to(PROJECT_ROOT)), "tickets": len(texts),
+                      "ms_per_ticket": round(ms, 3), "quality": quality}
+    return out
 
 
 def banking77_texts(settings: Settings) -> list[str]:
@@ -38,6 +79,7 @@ def main() -> None:
     parser.add_argument("--tickets", type=int, default=0, help="0 = the whole train split")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--examples", type=int, default=15, help="changed texts to print")
+    parser.add_argument("--errors", type=int, default=40, help="mistakes to print per set")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
 
@@ -48,16 +90,8 @@ def main() -> None:
     load_s = time.perf_counter() - t0
 
     quality = evaluate(sanitizer, FIXTURE).as_dict()
-    print(f"{'type':<10} {'P':>7} {'R':>7}   tp  fp  fn")
-    for typ, s in quality["per_type"].items():
-        print(f"{typ:<10} {s['precision']:>7.3f} {s['recall']:>7.3f} "
-              f"{s['tp']:>4} {s['fp']:>3} {s['fn']:>3}")
-    for name in ("structured", "overall"):
-        s = quality[name]
-        print(f"{name:<10} {s['precision']:>7.3f} {s['recall']:>7.3f} "
-              f"{s['tp']:>4} {s['fp']:>3} {s['fn']:>3}")
-    for err in quality["errors"]:
-        print(f"  {err['kind']} {err['type']}: {err['text']!r}")
+    print_quality(f"labelled fixture ({FIXTURE.name})", quality, len(quality["errors"]))
+    long = long_tickets(sanitizer, args.errors)
 
     texts = banking77_texts(settings)
     if args.tickets:
@@ -90,6 +124,7 @@ def main() -> None:
                     "processor": platform.processor() or platform.machine()},
         "fixture": str(FIXTURE.relative_to(PROJECT_ROOT)),
         "quality": quality,
+        "long_tickets": long,
         "throughput": {"texts": len(texts), "seconds": round(elapsed, 3),
                        "tickets_per_s": round(tps, 1), "batch_size": args.batch_size,
                        "ner": sanitizer.ner, "spacy_load_s": round(load_s, 3)},

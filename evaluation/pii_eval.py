@@ -5,6 +5,10 @@ into the text as written (fixture texts are already normalised, so offsets need 
 A predicted span matches a gold span when the types agree and the ranges overlap (one-to-one):
 for redaction what matters is that the PII is covered, not that the boundary is exact, so
 exact-boundary matches are reported alongside.
+
+Records may also carry ``keep`` spans (amounts, dates, card last-4 digits, references, words
+that look like names): text the classifier needs, so redacting any part of it is counted
+against the keep rate, per keep type.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from redaction.detectors import TYPES, Span
 from redaction.sanitizer import Sanitizer, normalise
 
 STRUCTURED = tuple(t for t in TYPES if t != "PERSON")
+#: Keep types the classifier needs (issue #22's keep-rate target); WORD is reported apart.
+KEEP_TARGET = ("AMOUNT", "DATE", "LAST4", "REF")
 
 
 @dataclass
@@ -43,21 +49,45 @@ class TypeScore:
 
 
 @dataclass
+class KeepScore:
+    """How many must-keep spans survived redaction untouched."""
+
+    kept: int = 0
+    lost: int = 0
+
+    @property
+    def rate(self) -> float:
+        return self.kept / (self.kept + self.lost) if self.kept + self.lost else 1.0
+
+    def as_dict(self) -> dict[str, float | int]:
+        return {"kept": self.kept, "lost": self.lost, "rate": round(self.rate, 4)}
+
+
+@dataclass
 class EvalReport:
     per_type: dict[str, TypeScore] = field(default_factory=dict)
     errors: list[dict[str, Any]] = field(default_factory=list)
+    keep: dict[str, KeepScore] = field(default_factory=dict)
 
     def total(self, types: tuple[str, ...] = TYPES) -> TypeScore:
         scores = [self.per_type[t] for t in types if t in self.per_type]
         return TypeScore(*(sum(getattr(s, k) for s in scores) for k in ("tp", "fp", "fn", "exact")))
 
+    def keep_total(self, types: tuple[str, ...] = KEEP_TARGET) -> KeepScore:
+        scores = [self.keep[t] for t in types if t in self.keep]
+        return KeepScore(sum(s.kept for s in scores), sum(s.lost for s in scores))
+
     def as_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "per_type": {t: s.as_dict() for t, s in sorted(self.per_type.items())},
             "structured": self.total(STRUCTURED).as_dict(),
             "overall": self.total().as_dict(),
-            "errors": self.errors,
         }
+        if self.keep:
+            out["keep"] = {t: s.as_dict() for t, s in sorted(self.keep.items())}
+            out["keep_target_types"] = self.keep_total().as_dict()
+        out["errors"] = self.errors
+        return out
 
 
 def load_fixture(path: Path) -> list[dict[str, Any]]:
@@ -89,6 +119,19 @@ def score(gold: list[Span], pred: list[Span], report: EvalReport, text: str) -> 
         report.errors.append({"kind": "fp", "type": p.type, "text": text[p.start:p.end]})
 
 
+def score_keep(keep: list[Span], pred: list[Span], report: EvalReport, text: str) -> None:
+    """A keep span is lost when any predicted PII span overlaps it."""
+    for k in keep:
+        s = report.keep.setdefault(k.type, KeepScore())
+        hit = next((p for p in pred if p.start < k.end and k.start < p.end), None)
+        if hit is None:
+            s.kept += 1
+        else:
+            s.lost += 1
+            report.errors.append({"kind": "lost", "type": f"{k.type}->{hit.type}",
+                                  "text": text[k.start:k.end]})
+
+
 def evaluate(sanitizer: Sanitizer, path: Path) -> EvalReport:
     """Run the sanitizer over a labelled fixture and score it per type."""
     records = load_fixture(path)
@@ -97,4 +140,6 @@ def evaluate(sanitizer: Sanitizer, path: Path) -> EvalReport:
     for rec, res in zip(records, results, strict=True):
         gold = [Span(s["start"], s["end"], s["type"]) for s in rec["spans"]]
         score(gold, list(res.spans), report, rec["text"])
+        keep = [Span(s["start"], s["end"], s["type"]) for s in rec.get("keep", ())]
+        score_keep(keep, list(res.spans), report, rec["text"])
     return report
