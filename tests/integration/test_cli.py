@@ -66,8 +66,8 @@ def test_classify_prints_route_and_audits(settings, db, trained_cli):
     with db.begin() as conn:  # the decision printed is the one in the audit, without the text
         logged = last_decision(conn, decision["ticket_id"])
         row = conn.execute(sa.text("SELECT text_hash, details::text AS details FROM decisions "
-                                   "WHERE ticket_id = :t"), {"t": decision["ticket_id"]}).one()
-    assert logged is not None
+                                   "WHERE ticket_id = :t"), {"t": decision["ticket_id"]}).first()
+    assert logged is not None and row is not None, "the decision printed was not audited"
     assert (logged.stage, logged.label) == ("rules", "password_reset")
     assert logged.model_version == decision["model_version"]
     assert logged.details["rule_id"] == decision["rule_id"]

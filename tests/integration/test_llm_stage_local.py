@@ -70,15 +70,23 @@ def test_answers_stay_in_the_candidates_with_tokens_and_cost(stage):
 @pytest.mark.parametrize("text", HOSTILE)
 def test_hostile_tickets_cannot_change_the_labels_or_reveal_the_prompt(stage, text):
     ranked = ["declined_transfer", "refund_not_showing_up", "top_up_failed"]
+    before = stage.stats()
     answer = stage.classify(Ticket(id=f"h-{uuid.uuid4().hex[:6]}", body=text), [], LABELS,
                             ranked=ranked)
-    if answer is not None:  # abstaining is fine; a label outside the candidates is not
+    mid = stage.stats()
+    # The model was asked and its reply read: a stage that abstained without asking would
+    # pass the checks below on every hostile ticket.
+    assert mid["calls"] > before["calls"], mid
+    if answer is None:  # refusing the reply is fine; a label outside the candidates is not
+        assert mid["invalid"] > before["invalid"], mid
+    else:
         assert answer.label in ranked
         # The 0.5B model does sometimes recite its instructions when a ticket asks; the
         # stage must withhold such an explanation rather than pass it on.
         assert not any(bit.lower() in answer.explanation.lower() for bit in SECRET_BITS)
     said = stage.explain(text, "declined_transfer", "classifier's top classes: "
                          "declined_transfer 0.91")
+    assert stage.stats()["calls"] > mid["calls"]
     if said is not None:
         assert not any(bit.lower() in said.explanation.lower() for bit in SECRET_BITS)
         assert SYSTEM_PROMPT[:60] not in said.explanation
