@@ -117,12 +117,13 @@ class NearDuplicateIndex:
         return dedup_repo.count_original_signatures(conn, self.params) == self.size()
 
 
-def forget_near_duplicates(db: Database, settings: Settings, ticket_ids: list[str]) -> int:
-    """Drop erased tickets from the Redis index; how many it held. Raises when Redis is down."""
+def forget_near_duplicates(conn: Connection, settings: Settings, ticket_ids: list[str]) -> int:
+    """Drop erased tickets from the Redis index; how many it held. Run inside the erasure's
+    transaction (``conn``), so that Redis being down (``StateError``, or ``redis.RedisError``
+    if it goes down half way) rolls the erasure back instead of leaving the index behind."""
     if not ticket_ids:
         return 0
-    with db.begin() as conn:
-        index = NearDuplicateIndex(settings, dedup_repo.namespace(conn))
+    index = NearDuplicateIndex(settings, dedup_repo.namespace(conn))
     return index.forget(ticket_ids)
 
 

@@ -158,6 +158,18 @@ def customer_refs(conn: Connection, core: str) -> list[str]:
     return [ref for (ref,) in rows]
 
 
+_ERASE_QUARANTINE = sa.text(
+    "DELETE FROM quarantine q WHERE q.payload->>'id' = ANY(CAST(:ids AS text[])) "
+    "OR q.payload->>'ticket_id' = ANY(CAST(:ids AS text[])) "
+    # 'file.csv:12' / 'zendesk:zendesk-81' / 'ticket:<id>': the record's place and id
+    "OR EXISTS (SELECT 1 FROM unnest(CAST(:ids AS text[])) i "
+    "           WHERE right(q.location, length(i) + 1) = ':' || i) "
+    "OR (:core <> '' AND jsonb_typeof(q.payload) = 'object' AND EXISTS ("
+    "    SELECT 1 FROM jsonb_each_text(q.payload) e "
+    "    WHERE upper(regexp_replace(e.value, '[^0-9A-Za-z]', '', 'g')) "
+    "          IN (:core, 'CUST' || :core)))")
+
+
 @dataclass
 class Erasure:
     ticket_ids: list[str] = field(default_factory=list)
@@ -165,12 +177,14 @@ class Erasure:
 
 
 def erase_customer(conn: Connection, refs: Sequence[str], subject_hash: str,
-                   actor: str) -> Erasure:
+                   actor: str, core: str = "") -> Erasure:
     """Delete every ticket of the customer and what hangs off it (labels, vectors, signatures,
     replay records, shadow runs cascade), then append the anonymised tombstone.
 
     The decision audit keeps its rows: they hold ticket ids and hashes, never text or the
     customer reference, so the audit stays whole and the person is no longer identifiable.
+    ``core`` (the reference as ``canonical_customer`` spells it) also finds quarantined
+    records that never became tickets.
     """
     ids = [r[0] for r in conn.execute(
         sa.text("SELECT id FROM tickets WHERE customer_ref = ANY(:refs) FOR UPDATE"),
@@ -178,20 +192,19 @@ def erase_customer(conn: Connection, refs: Sequence[str], subject_hash: str,
     counts: dict[str, int] = {"tickets": len(ids)}
     if ids:
         for table, column in (("ticket_embeddings", "ticket_id"), ("ticket_labels", "ticket_id"),
+                              ("ticket_minhash", "ticket_id"),
                               ("served_decisions", "ticket_id"),
                               ("shadow_decisions", "ticket_id"),
                               ("decision_explanations", "ticket_id")):
             counts[table] = conn.execute(
                 sa.text(f"SELECT count(*) FROM {table} WHERE {column} = ANY(:ids)"),
                 {"ids": ids}).scalar_one()
-        # Quarantined copies of these tickets hold their raw text too.
-        counts["quarantine"] = conn.execute(
-            sa.text("DELETE FROM quarantine WHERE payload->>'id' = ANY(:ids) "
-                    "OR payload->>'ticket_id' = ANY(:ids)"),
-            {"ids": ids}).rowcount
         conn.execute(sa.text("UPDATE tickets SET duplicate_of = NULL "
                              "WHERE duplicate_of = ANY(:ids)"), {"ids": ids})
         conn.execute(sa.text("DELETE FROM tickets WHERE id = ANY(:ids)"), {"ids": ids})
+    # Quarantined records hold raw text too: copies of these tickets, and records of the
+    # customer's that were refused before they became tickets.
+    counts["quarantine"] = conn.execute(_ERASE_QUARANTINE, {"ids": ids, "core": core}).rowcount
     # Queued webhook events hold the customer's text too, and may not be tickets yet.
     counts["intake_events"] = intake_repo.erase(conn, list(refs), ids)
     conn.execute(
