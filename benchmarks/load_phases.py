@@ -1,5 +1,6 @@
-"""The load phases against a running `cca serve`: one client, open and closed loops,
-batches and the soak, each returning its numbers for the report (see serve_load.py)."""
+"""The load phases against a running `cca serve`: one client, open and closed loops and
+batches, each returning its numbers for the report (see serve_load.py; the soak is in
+load_soak.py)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,6 @@ import asyncio
 import time
 from typing import Any
 
-import aiohttp
-import numpy as np
 from load_client import (
     Bodies,
     Connection,
@@ -22,7 +21,7 @@ from load_client import (
     server_view,
     worst_seconds,
 )
-from load_machine import ProcTree, Usage, loadavg, machine_busy_s
+from load_machine import ProcTree, Usage
 from load_server import Server, mint_token
 
 TOKEN_MAX_AGE_S = 50 * 60
@@ -38,7 +37,9 @@ class Bench:
 
     async def fresh_token(self, force: bool = False) -> None:
         if force or time.monotonic() - self.token_at > TOKEN_MAX_AGE_S:
-            token = await asyncio.to_thread(mint_token, self.server.home)
+            # feedback too: the soak posts labels with the same token
+            token = await asyncio.to_thread(mint_token, self.server.home, "classify",
+                                            "feedback")
             self.headers = {"Authorization": f"Bearer {token}",
                             "Content-Type": "application/json"}
             self.token_at = time.monotonic()
@@ -76,7 +77,7 @@ class Bench:
 
     async def concurrent(self) -> dict[str, Any]:
         await self.fresh_token()
-        clients, duration = self.args.clients, self.args.duration
+        clients, duration = self.args.clients, self.args.phase2_s
         # Enough for 2000 req/s; past that the bodies are built in the loop (noted in the report).
         bodies = self.bodies.single("conc", int(duration * 2000))
         nxt = iter(bodies)
@@ -116,7 +117,7 @@ class Bench:
         answer cannot hide the queue behind it (no coordinated omission)."""
         await self.fresh_token()
         clients, rate = self.args.clients, self.args.paced_rate
-        total = int(rate * self.args.duration)
+        total = int(rate * self.args.phase2_s)
         bodies = self.bodies.single("paced", total)
         tally = Tally()
         conns = [Connection(self.base) for _ in range(clients)]
@@ -176,128 +177,3 @@ class Bench:
                 "error_kinds": tally.errors, "server_view": server_view(before, after),
                 "usage": u.report()}
         return out
-
-    async def soak(self) -> dict[str, Any]:
-        await self.fresh_token(force=True)
-        rate, minutes = self.args.rate, self.args.soak_minutes
-        total = int(rate * minutes * 60)
-        bodies = self.bodies.single("soak", total)
-        per_minute = [Tally() for _ in range(int(np.ceil(minutes)))]
-        overall = Tally()
-        service_ms: list[float] = []
-        rss: list[dict[str, Any]] = []
-        tasks: set[asyncio.Task] = set()
-        lag = {"max_ms": 0.0, "late_over_10ms": 0, "max_in_flight": 0}
-        url = f"{self.base}/classify"
-
-        async def one(s: aiohttp.ClientSession, body: bytes, due: float, minute: int) -> None:
-            sent = time.perf_counter()
-            t = Tally()
-            await post(s, url, body, self.headers, t, since=due)
-            for tally in (per_minute[minute], overall):
-                tally.ms.extend(t.ms)
-                tally.sent.extend(t.sent)
-                tally.n += t.n
-                tally.ok += t.ok
-                tally.replayed += t.replayed
-                for k, v in t.errors.items():
-                    tally.errors[k] = tally.errors.get(k, 0) + v
-                for k, v in t.examples.items():
-                    tally.examples.setdefault(k, v)
-            if t.ok:
-                service_ms.append((time.perf_counter() - sent) * 1000)
-
-        async def sample_rss(t0: float, stop: asyncio.Event) -> None:
-            last = None
-            while True:
-                s = self.server.tree.sample()
-                now, busy = time.perf_counter(), machine_busy_s()
-                row = {"t_s": round(now - t0, 1), "rss_mb": s["rss_mb"],
-                       "processes": s["processes"], "loadavg": loadavg()}
-                if last is not None:  # CPU over the interval: is a slow spell ours or not?
-                    dt = now - last[0]
-                    row["server_cpu_cores"] = round((s["cpu_s"] - last[1]) / dt, 3)
-                    row["machine_busy_cores"] = round((busy - last[2]) / dt, 3)
-                    row["done_per_s"] = round((overall.n - last[3]) / dt, 1)
-                last = (now, s["cpu_s"], busy, overall.n)
-                rss.append(row)
-                try:
-                    await asyncio.wait_for(stop.wait(), self.args.rss_every)
-                    return
-                except TimeoutError:
-                    pass
-
-        async def refresh_token(stop: asyncio.Event) -> None:
-            while not stop.is_set():
-                try:
-                    await asyncio.wait_for(stop.wait(), 60)
-                except TimeoutError:
-                    await self.fresh_token()
-
-        async with client_session(self.args.soak_connections) as s:
-            before = await scrape(self.base)
-            stop = asyncio.Event()
-            with Usage(self.server, self.others, total) as u:
-                t0 = time.perf_counter()
-                helpers = [asyncio.create_task(sample_rss(t0, stop)),
-                           asyncio.create_task(refresh_token(stop))]
-                for i, body in enumerate(bodies):
-                    due = t0 + i / rate
-                    delay = due - time.perf_counter()
-                    if delay > 0:
-                        await asyncio.sleep(delay)
-                    else:
-                        late = -delay * 1000
-                        lag["max_ms"] = max(lag["max_ms"], late)
-                        lag["late_over_10ms"] += late > 10
-                    task = asyncio.create_task(one(s, body, due, min(int(i / rate // 60),
-                                                                     len(per_minute) - 1)))
-                    tasks.add(task)
-                    task.add_done_callback(tasks.discard)
-                    lag["max_in_flight"] = max(lag["max_in_flight"], len(tasks))
-                if tasks:
-                    await asyncio.gather(*tasks)
-                stop.set()
-                await asyncio.gather(*helpers)
-            after = await scrape(self.base)
-
-        def window(m: int) -> list[float]:
-            return [r["rss_mb"] for r in rss if m * 60 <= r["t_s"] < (m + 1) * 60]
-
-        def cpu_in(m: int) -> dict[str, float]:
-            rows = [r for r in rss
-                    if m * 60 < r["t_s"] <= (m + 1) * 60 and "server_cpu_cores" in r]
-            if not rows:
-                return {}
-            return {k: round(float(np.mean([r[k] for r in rows])), 2)
-                    for k in ("server_cpu_cores", "machine_busy_cores")}
-
-        first, last = window(0), window(len(per_minute) - 1)
-        rss_first = round(float(np.mean(first)), 1) if first else None
-        rss_last = round(float(np.mean(last)), 1) if last else None
-        growth = (round((rss_last - rss_first) / rss_first * 100, 2)
-                  if rss_first and rss_last else None)
-        return {
-            "rate_per_s": rate, "minutes": minutes, "requests": total,
-            "achieved_req_per_s": round(overall.n / u.wall, 1),
-            "answered_2xx_per_s": round(overall.ok / u.wall, 1),
-            "errors": overall.n_errors, "error_kinds": overall.errors,
-            "error_examples": overall.examples,
-            "replayed": overall.replayed,
-            "latency_ms_from_schedule": pcts(overall.ms),
-            "latency_ms_from_send": pcts(service_ms),
-            "per_minute": [{"minute": m + 1, "requests": t.n,
-                            "errors": t.n_errors, **pcts(t.ms), **cpu_in(m)}
-                           for m, t in enumerate(per_minute)],
-            "rss_mb_minute_1_mean": rss_first, "rss_mb_last_minute_mean": rss_last,
-            "rss_growth_pct": growth,
-            "rss_mb_min": min(r["rss_mb"] for r in rss),
-            "rss_mb_max": max(r["rss_mb"] for r in rss),
-            "scheduler_lag": {"max_ms": round(lag["max_ms"], 2),
-                              "late_over_10ms": lag["late_over_10ms"]},
-            "max_in_flight": lag["max_in_flight"],
-            "rss_samples": rss, "server_view": server_view(before, after),
-            "usage": u.report()}
-
-
-# -- main --------------------------------------------------------------------------------

@@ -94,9 +94,10 @@ class Server:
         self._log.close()
 
 
-def mint_token(home: Path) -> str:
-    """`cca token --scope classify`: the token is the last line of stdout."""
-    out = subprocess.run([*_cca_cmd(), "token", "--scope", "classify", "--subject",
+def mint_token(home: Path, *scopes: str) -> str:
+    """`cca token --scope ...` (default classify): the token is the last line of stdout."""
+    flags = [x for scope in (scopes or ("classify",)) for x in ("--scope", scope)]
+    out = subprocess.run([*_cca_cmd(), "token", *flags, "--subject",
                           "serve-load-benchmark"], cwd=PROJECT_ROOT, capture_output=True,
                          text=True, env={**os.environ, "CCA_HOME": str(home)}, check=True)
     return out.stdout.strip().splitlines()[-1]

@@ -12,18 +12,30 @@ timed loop, every ticket id new (a repeated id + content would measure the repla
     2b. the same clients, each sending again as soon as answered (closed loop) -> req/s at
         saturation: the throughput target (its latency is queueing: 20 / req/s on average)
     3. /batch_classify, batches of 64 and 256, --batch-concurrency in flight -> tickets/s
-    4. --soak: open loop at --rate req/s for --soak-minutes -> errors, per-minute
-       percentiles, RSS of the server's process tree every 10 s, growth minute 1 -> last
+    4. --soak: open loop at --rate req/s of mixed classify / batch / feedback / webhook
+       traffic, Redis and PostgreSQL restarted in the middle -> 5xx inside and outside the
+       restart windows, audit records lost, per-minute percentiles, RSS of the server's
+       process tree every 10 s, growth minute 1 -> last
 
 The server runs with CCA_RATE_LIMIT_PER_S=CCA_RATE_LIMIT_BURST=100000 (the per-client limit
-would otherwise refuse the benchmark's single client) and CCA_NO_PROGRESS=1. Usage:
+would otherwise refuse the benchmark's single client) and CCA_NO_PROGRESS=1. With a soak it
+also gets its own redis-server (CCA_REDIS_URL, a free port) and a Zendesk stand-in for the
+webhooks (benchmarks/load_soak.py says what the soak sends, restarts and counts).
 
-    uv run python benchmarks/serve_load.py [--clients 20] [--duration 30] [--soak]
+--duration: phase 2's seconds (default 30); with --soak or --soak-only it is the soak's
+length in seconds instead (phase 2 then takes --phase2-duration), so the issue's
+`--soak --duration 3600` is a one-hour soak. Without --duration the soak lasts --soak-minutes.
+Restarts (--soak-restarts): Redis at a third and PostgreSQL at two thirds of the soak by
+default, e.g. `redis@1200,postgres@2400`, or `none`. Usage:
+
+    uv run python benchmarks/serve_load.py [--clients 20] [--duration 30]
+    uv run python benchmarks/serve_load.py --soak-only --duration 3600   # the 1-hour soak
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import csv
 import json
 import os
@@ -50,6 +62,15 @@ from load_machine import (
 )
 from load_phases import Bench
 from load_server import SERVER_ENV, Server, free_port
+from load_soak import (
+    Faults,
+    MixedSoak,
+    PrivateRedis,
+    ZendeskStandIn,
+    audit_count,
+    labelled,
+    usage_trees,
+)
 
 from cca.settings import get_settings
 from pipelines.banking77 import banking77_file
@@ -60,7 +81,8 @@ TARGETS = {
     "concurrent_p99_ms": 100.0,
     "concurrent_req_per_s": 200.0,
     "batch_tickets_per_s": 500.0,
-    "soak_errors": 0,
+    "soak_5xx_outside_restart_windows": 0,
+    "soak_audit_lost": 0,
     "soak_rss_growth_pct": 10.0,
 }
 PHASES = ("sequential", "paced", "concurrent", "batch")
@@ -88,7 +110,9 @@ def _verdicts(report: dict[str, Any]) -> dict[str, bool]:
     for size, p in (report.get("batch") or {}).items():
         v[f"batch_{size}_tickets_per_s>=500"] = p["tickets_per_s"] >= TARGETS["batch_tickets_per_s"]
     if p := report.get("soak"):
-        v["soak_errors==0"] = p["errors"] == 0
+        v["soak_5xx_outside_restart_windows==0"] = p["5xx_outside_windows"] == 0
+        v["soak_audit_lost==0"] = (p["audit"]["lost"] == 0 and p["audit"]["webhooks_lost"] == 0
+                                   and p["audit"]["duplicate_rows"] == 0)
         v["soak_rss_growth_pct<10"] = (p["rss_growth_pct"] is not None
                                       and p["rss_growth_pct"] < TARGETS["soak_rss_growth_pct"])
     return v
@@ -118,6 +142,7 @@ async def _run(args: argparse.Namespace, report: dict[str, Any], settings) -> No
     run_id = uuid.uuid4().hex[:10]
     report["run_id"], report["texts"] = run_id, len(texts)
     bodies = Bodies(texts, run_id)
+    soak = _soak_services(args, server) if args.soak or args.soak_only else None
     print(f"starting: {report['server']['command']} (log {log_path})", flush=True)
     server.start()
     try:
@@ -152,23 +177,77 @@ async def _run(args: argparse.Namespace, report: dict[str, Any], settings) -> No
                       f"server {u['server_cpu_cores']} cores ({u['server_cpu_ms_per_unit']} "
                       f"CPU ms/ticket), unrelated load {u['unrelated_cpu_cores']} cores",
                       flush=True)
-        if args.soak or args.soak_only:
-            print(f"4 soak: {args.rate} req/s for {args.soak_minutes} min ...", flush=True)
-            p = report["soak"] = await bench.soak()
-            for m in p["per_minute"]:
-                print(f"  minute {m['minute']}: {m['requests']} req, p50 {m['p50']} / p95 "
-                      f"{m['p95']} / p99 {m['p99']} ms, errors {m['errors']}; server "
-                      f"{m.get('server_cpu_cores')} cores, machine {m.get('machine_busy_cores')} "
-                      "cores busy", flush=True)
-            print(f"4 soak: errors {p['errors']}, RSS minute 1 {p['rss_mb_minute_1_mean']} MB"
-                  f" -> last minute {p['rss_mb_last_minute_mean']} MB "
-                  f"({p['rss_growth_pct']}%); generator {p['usage']['generator_cpu_cores']} "
-                  f"cores, server {p['usage']['server_cpu_cores']} cores, unrelated load "
-                  f"{p['usage']['unrelated_cpu_cores']} cores; at most {p['max_in_flight']} "
-                  "requests in flight", flush=True)
+        if soak is not None:
+            report["soak"] = await _soak(args, settings, bench, run_id, soak)
         report["server"]["rss_mb_at_end"] = server.tree.sample()["rss_mb"]
     finally:
         server.stop()
+        if soak is not None:
+            soak[0].kill()
+            soak[1].stop()
+
+
+def _soak_services(args: argparse.Namespace, server: Server
+                   ) -> tuple[PrivateRedis, ZendeskStandIn]:
+    """The soak's own redis-server (restarted in the middle; never the shared one) and a
+    Zendesk stand-in for the webhooks, both in the server's environment."""
+    redis, zd = PrivateRedis(), ZendeskStandIn()
+    redis.start()
+    zd.start()
+    server.env.update({"CCA_REDIS_URL": redis.url,
+                       "CCA_ZENDESK_WEBHOOK_SECRET": zd.webhook_secret,
+                       "CCA_ZENDESK_URL": zd.url, "CCA_ZENDESK_EMAIL": zd.user,
+                       "CCA_ZENDESK_TOKEN": zd.secret})
+    return redis, zd
+
+
+def _restart_plan(args: argparse.Namespace, seconds: float) -> list[tuple[str, float]]:
+    if args.soak_restarts == "none":
+        return []
+    if args.soak_restarts is None:
+        return [("redis", seconds / 3), ("postgres", 2 * seconds / 3)]
+    plan = [(what.strip(), float(at)) for what, at in
+            (x.split("@") for x in args.soak_restarts.split(",") if x.strip())]
+    if bad := [w for w, _ in plan if w not in ("redis", "postgres")]:
+        raise SystemExit(f"--soak-restarts: unknown {bad}; use redis@S,postgres@S or none")
+    return plan
+
+
+async def _soak(args: argparse.Namespace, settings, bench: Bench, run_id: str,
+                services: tuple[PrivateRedis, ZendeskStandIn]) -> dict[str, Any]:
+    redis, zd = services
+    seconds = args.soak_s
+    faults = Faults(settings, redis, _restart_plan(args, seconds), args.restart_down_s,
+                    args.restart_grace_s)
+    bench.others = usage_trees(redis)  # PostgreSQL's pid changes with its restart
+    rows = labelled(args.data or banking77_file(settings, "test"))
+    print(f"4 soak: {args.rate} req/s ({args.soak_mix}) for {seconds:g} s; restarts "
+          f"{faults.plan or 'none'}, each down {args.restart_down_s:g} s ...", flush=True)
+    p = await MixedSoak(args, bench, rows, run_id, zd, faults).run(seconds)
+    for m in p["per_minute"]:
+        print(f"  minute {m['minute']}: {m['requests']} req, classify p50 {m['p50']} / p95 "
+              f"{m['p95']} / p99 {m['p99']} ms, 5xx/failed {m['5xx_or_failed']}, other "
+              f"non-2xx {m['other_non_2xx']}; server {m.get('server_cpu_cores')} cores, "
+              f"machine {m.get('machine_busy_cores')} cores busy", flush=True)
+    for f in p["restarts"]:
+        print(f"  {f['what']}: stopped at {f['stop_s']} s, up at {f['up_s']} s; window "
+              f"{f['window_s'][0]}-{f['window_s'][1]} s", flush=True)
+    p["audit"] = await asyncio.to_thread(audit_count, settings, p.pop("answered"),
+                                         p.pop("webhooks_accepted"), args.audit_wait_s)
+    a = p["audit"]
+    print(f"4 soak: {p['requests']} requests, {p['achieved_req_per_s']} req/s; by kind "
+          f"{p['status_by_kind']}", flush=True)
+    print(f"  5xx/failed inside restart windows {p['5xx_inside_windows'] or 0}, outside "
+          f"{p['5xx_outside_windows']}; audit: {a['answered_200_tickets']} tickets answered, "
+          f"{a['audited_tickets']} audited, lost {a['lost']}, duplicate rows "
+          f"{a['duplicate_rows']}; webhooks {a['webhooks_accepted']} accepted, "
+          f"{a['webhooks_audited']} audited (waited {a['waited_s']} s)", flush=True)
+    print(f"  RSS minute 1 {p['rss_mb_minute_1_mean']} MB -> last minute "
+          f"{p['rss_mb_last_minute_mean']} MB ({p['rss_growth_pct']}%); generator "
+          f"{p['usage']['generator_cpu_cores']} cores, server {p['usage']['server_cpu_cores']}"
+          f" cores, unrelated load {p['usage']['unrelated_cpu_cores']} cores; at most "
+          f"{p['max_in_flight']} requests in flight", flush=True)
+    return p
 
 
 def main() -> None:
@@ -182,7 +261,11 @@ def main() -> None:
                         help="phase 2a: requests/s the clients offer between them")
     parser.add_argument("--batch-concurrency", type=int, default=2,
                         help="phase 3: batch requests in flight (a bulk client pipelines)")
-    parser.add_argument("--duration", type=float, default=30.0, help="phase 2 seconds")
+    parser.add_argument("--duration", type=float, default=None,
+                        help="phase 2 seconds (default 30); with --soak/--soak-only the "
+                             "soak's seconds")
+    parser.add_argument("--phase2-duration", type=float, default=30.0,
+                        help="phase 2 seconds when --duration is the soak's")
     parser.add_argument("--batch-sizes", default="64,256", help="phase 3, comma-separated")
     parser.add_argument("--batch-tickets", type=int, default=3072,
                         help="phase 3 tickets per batch size")
@@ -190,7 +273,21 @@ def main() -> None:
                         help=f"phases 1-3 to run, comma-separated (default: {','.join(PHASES)})")
     parser.add_argument("--soak", action="store_true", help="after phases 1-3, run the soak")
     parser.add_argument("--soak-only", action="store_true", help="run only the soak")
-    parser.add_argument("--soak-minutes", type=float, default=10.0)
+    parser.add_argument("--soak-minutes", type=float, default=10.0,
+                        help="soak length when --duration is not given")
+    parser.add_argument("--soak-mix", default="classify=85,batch=5,feedback=5,webhook=5",
+                        help="soak arrivals by kind, relative weights")
+    parser.add_argument("--soak-batch-size", type=int, default=4,
+                        help="tickets per soak /batch_classify request")
+    parser.add_argument("--soak-restarts", default=None,
+                        help="e.g. redis@1200,postgres@2400 (s into the soak), or none "
+                             "(default: Redis at 1/3, PostgreSQL at 2/3 of the soak)")
+    parser.add_argument("--restart-down-s", type=float, default=5.0,
+                        help="how long each restarted server stays down")
+    parser.add_argument("--restart-grace-s", type=float, default=30.0,
+                        help="a restart window ends this long after the server is back")
+    parser.add_argument("--audit-wait-s", type=float, default=60.0,
+                        help="stop waiting for audit rows after this long without a new one")
     parser.add_argument("--rate", type=float, default=100.0, help="soak arrivals per second")
     parser.add_argument("--soak-connections", type=int, default=512,
                         help="soak keep-alive connection pool (the server's max_concurrency)")
@@ -200,6 +297,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     args.batch_sizes = [int(x) for x in args.batch_sizes.split(",") if x.strip()]
+    soaking = args.soak or args.soak_only
+    args.phase2_s = args.phase2_duration if soaking or args.duration is None else args.duration
+    args.soak_s = (args.duration if soaking and args.duration is not None
+                   else args.soak_minutes * 60)
     args.phases = [x.strip() for x in args.phases.split(",") if x.strip()]
     if unknown := sorted(set(args.phases) - set(PHASES)):
         parser.error(f"unknown phase(s) {', '.join(unknown)}; choose from {', '.join(PHASES)}")
