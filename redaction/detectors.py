@@ -12,6 +12,8 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from redaction.numbers import account_spans, bare_phone_ok, reference_nearer
+
 # Higher wins when two candidates overlap; the order is "most certain first".
 PRIORITY: dict[str, int] = {
     "EMAIL": 100, "IBAN": 95, "CARD": 90, "IP": 85, "CUSTOMER": 80, "DOB": 75,
@@ -93,18 +95,15 @@ PHONE_RE = re.compile(
     r"|\b\d{3} \d{3} \d{4}"                                  # 555 123 4567
     r"|\b0\d{2,4}[ -]?\d{3,4}[ -]?\d{3,4}"                   # 020 7946 0958, 07700 900123
     r")(?![\w/-]|\.\d)")
-PHONE_CONTEXT = re.compile(
-    r"\b(?:call(?:ed)?|phone|tel|telephone|mobile|cell|text|reach|contact|landline|whatsapp|"
-    r"fax|ring|number)\b", re.I)
 BARE_DIGITS_RE = re.compile(r"(?<![\w.,£$€-])\d{10,11}(?![\w.,-])")
 
 SORT_CODE_RE = re.compile(r"(?<![\w.-])\d{2}([- ])\d{2}\1\d{2}(?![\w-]|\.\d)")
 SORT_CONTEXT = re.compile(r"\bsort[ -]?code\b", re.I)
 SORT_BARE_RE = re.compile(r"(?<![\w.-])\d{6}(?![\w-]|\.\d)")
 
-ACCOUNT_RE = re.compile(r"(?<![\w.,£$€-])\d{4}[ -]?\d{4}(?:\d{1,9})?(?![\w-]|[.,]\d)")
-ACCOUNT_CONTEXT = re.compile(r"\b(?:account|acct|acc|a/c)\b", re.I)
 
+#: "date of birth" may be asked in the previous chat turn, a name and a speaker label back.
+DOB_WINDOW = 80
 DOB_CONTEXT = re.compile(
     r"\b(?:born|birth|birthday|dob|d\.o\.b\.?|b-?day)\b", re.I)
 _MONTH = (r"(?:Jan(?:uary)?|Feb(?:ruary)?|Mar(?:ch)?|Apr(?:il)?|May|June?|July?|Aug(?:ust)?|"
@@ -131,9 +130,13 @@ ADDRESS_RE = re.compile(
     rf"(?:,? {_CAP}(?: {_CAP}){{0,2}}(?=,? (?:{_UK_POSTCODE}|[A-Z]{{2}} \d{{5}})\b))?"
     rf"(?:,? (?:{_UK_POSTCODE}|[A-Z]{{2}} \d{{5}}(?:-\d{{4}})?)\b)?")
 POSTCODE_RE = re.compile(rf"\b{_UK_POSTCODE}\b")
+#: All-lower-case tickets ("flat 5, 95 baker street, manchester m14 5rg") get the same
+#: patterns case-blind; the postcode then needs its space to keep "a1b2" words out.
+ADDRESS_RE_LOWER = re.compile(ADDRESS_RE.pattern, re.I)
+POSTCODE_RE_LOWER = re.compile(r"\b[a-z]{1,2}\d[a-z\d]? \d[abd-hjlnp-uw-z]{2}\b")
 
 DEFAULT_CUSTOMER_PATTERNS: tuple[str, ...] = (
-    r"\bCUST[-_ ]?\d{6,10}\b",
+    r"\b(?i:cust)[-_ ]?\d{6,10}\b",
     r"(?i:\bcustomer (?:number|no\.?|id|ref(?:erence)?|#)(?: is)?[:#]? ?)(?P<id>\d{6,10})\b",
 )
 
@@ -184,10 +187,11 @@ def _ip(text: str) -> Iterable[Span]:
 def _phone(text: str) -> Iterable[Span]:
     for m in PHONE_RE.finditer(text):
         n = len(_digits(m.group()))
-        if 9 <= n <= 15:
+        # An unformatted digit run after "order number" is the order, not a phone.
+        if 9 <= n <= 15 and not (m.group().isdigit() and reference_nearer(text, m.start())):
             yield Span(m.start(), m.end(), "PHONE")
     for m in BARE_DIGITS_RE.finditer(text):
-        if _context(text, m.start(), PHONE_CONTEXT, 30):
+        if bare_phone_ok(text, m.start()):
             yield Span(m.start(), m.end(), "PHONE")
 
 
@@ -208,9 +212,8 @@ def _sort_code(text: str) -> Iterable[Span]:
 
 
 def _account(text: str) -> Iterable[Span]:
-    for m in ACCOUNT_RE.finditer(text):
-        if len(_digits(m.group())) <= 17 and _context(text, m.start(), ACCOUNT_CONTEXT):
-            yield Span(m.start(), m.end(), "ACCOUNT")
+    for start, end in account_spans(text):
+        yield Span(start, end, "ACCOUNT")
 
 
 def _dob(text: str) -> Iterable[Span]:
@@ -218,7 +221,7 @@ def _dob(text: str) -> Iterable[Span]:
     for m in DATE_RE.finditer(text):
         # Context must sit between the previous date (or placeholder) and this one: in "DOB
         # 1/2/90, paid on 5/6/24" only the first date is a birth date, also once redacted.
-        lo = max(last_end, m.start() - 50)
+        lo = max(last_end, m.start() - DOB_WINDOW)
         for p in PLACEHOLDER_RE.finditer(text, lo, m.start()):
             lo = p.end()
         if DOB_CONTEXT.search(text, lo, m.start()):
@@ -227,10 +230,10 @@ def _dob(text: str) -> Iterable[Span]:
 
 
 def _address(text: str) -> Iterable[Span]:
-    for m in ADDRESS_RE.finditer(text):
-        yield Span(m.start(), m.end(), "ADDRESS")
-    for m in POSTCODE_RE.finditer(text):
-        yield Span(m.start(), m.end(), "ADDRESS")
+    lower = not any(c.isupper() for c in text)
+    for regex in (ADDRESS_RE_LOWER, POSTCODE_RE_LOWER) if lower else (ADDRESS_RE, POSTCODE_RE):
+        for m in regex.finditer(text):
+            yield Span(m.start(), m.end(), "ADDRESS")
 
 
 def customer_detector(patterns: Iterable[str]) -> Callable[[str], Iterable[Span]]:

@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import importlib
 import re
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from redaction.context_names import cue_spans
 from redaction.detectors import Span
+from redaction.lexicon import Lexicon, fold, load_given_names
+from redaction.mentions import email_names, given_name_spans, name_tokens, propagate
 
 # Everything but NER is dead weight for us: the small model's NER has its own tok2vec.
 _EXCLUDE = ["tagger", "parser", "attribute_ruler", "senter", "morphologizer"]
@@ -71,6 +75,28 @@ def common_words(nlp: Any) -> frozenset[str]:
         return frozenset()
     index = lookups.get_table("lemma_index")
     return frozenset(w for pos in ("noun", "verb", "adj", "adv") for w in index.get(pos, ()))
+
+
+def lexicon(nlp: Any, dictionary: frozenset[str]) -> Lexicon:
+    """The dictionary plus its ordinary words: verbs, adjectives, adverbs and stop words, the
+    words a name like "Grace" or "Will" can also be (``context_names``)."""
+    common: set[str] = set(getattr(getattr(nlp, "Defaults", None), "stop_words", ()) or ())
+    rules: set[tuple[str, str]] = set()
+    irregular: set[str] = set()
+    if nlp is not None and "lemmatizer" in nlp.component_names:
+        lookups = nlp.get_pipe("lemmatizer").lookups
+        if lookups.has_table("lemma_index"):
+            index = lookups.get_table("lemma_index")
+            common.update(w for pos in ("verb", "adj", "adv") for w in index.get(pos, ()))
+        if lookups.has_table("lemma_rules"):
+            table = lookups.get_table("lemma_rules")
+            rules.update((old, new) for pos in ("verb", "noun", "adj") for old, new in
+                         table.get(pos, ()) if old)
+        if lookups.has_table("lemma_exc"):
+            table = lookups.get_table("lemma_exc")
+            irregular.update(w for pos in ("verb", "adj", "adv") for w in table.get(pos, {}))
+    return Lexicon(dictionary, frozenset(common), load_given_names(),
+                   tuple(sorted(rules)), frozenset(irregular))
 
 
 def plain_words(nlp: Any, dictionary: frozenset[str]) -> frozenset[str]:
@@ -150,32 +176,50 @@ def cue_names(text: str) -> Iterator[Span]:
                 yield Span(*cleaned, "PERSON")
 
 
-def ner_names(doc: Any, dictionary: frozenset[str] = frozenset()) -> Iterator[Span]:
-    """PERSON entities of a spaCy ``Doc``, cleaned; lone dictionary words are dropped."""
-    for ent in doc.ents:
-        if ent.label_ == "PERSON":
-            cleaned = _clean(doc.text, ent.start_char, ent.end_char)
-            if cleaned is None:
-                continue
-            value = doc.text[cleaned[0]:cleaned[1]]
-            if " " not in value and value.casefold() in dictionary:
-                continue
-            yield Span(*cleaned, "PERSON")
+def ner_names(
+    text: str, ents: Iterable[Span], dictionary: frozenset[str] = frozenset(),
+    confirmed: frozenset[str] | set[str] = frozenset(),
+) -> Iterator[Span]:
+    """NER PERSON spans, cleaned; a lone dictionary word is dropped unless a cue or an e-mail
+    address in the same ticket already named someone so ("Hi Grace," ... "Grace said"), or
+    NER tagged it a person at two places at least (a one-off "my Card" stays a slip)."""
+    ents = list(ents)
+    tagged = Counter(fold(text[e.start:e.end]) for e in ents)
+    for ent in ents:
+        cleaned = _clean(text, ent.start, ent.end)
+        if cleaned is None:
+            continue
+        value = text[cleaned[0]:cleaned[1]]
+        if (" " not in value and value.casefold() in dictionary and fold(value) not in confirmed
+                and tagged[fold(value)] < 2):
+            continue
+        yield Span(*cleaned, "PERSON")
+
+
+def _ticket_names(text: str, ents: list[Span], lex: Lexicon) -> list[Span]:
+    """Cue names, then NER names, then every other mention of a name found either way."""
+    found = [*cue_names(text), *cue_spans(text, lex), *given_name_spans(text, lex)]
+    names = name_tokens(text, found) | email_names(text, lex)
+    found.extend(ner_names(text, ents, lex.dictionary, names))
+    names |= name_tokens(text, found)
+    found.extend(propagate(text, names, lex, ents, found))
+    return found
 
 
 def person_spans(
     nlp: Any, texts: list[str], batch_size: int = 256, dictionary: frozenset[str] = frozenset(),
-    plain: frozenset[str] = frozenset(),
+    plain: frozenset[str] = frozenset(), lex: Lexicon | None = None,
 ) -> list[list[Span]]:
     """Person spans for each text; NER runs batched (``nlp.pipe``) on texts that need it."""
-    out: list[list[Span]] = [list(cue_names(t)) for t in texts]
-    if nlp is None:
-        return out
-    todo = [i for i, t in enumerate(texts) if needs_ner(t, plain)]
-    docs: Iterable[Any] = nlp.pipe((texts[i] for i in todo), batch_size=batch_size)
-    for i, doc in zip(todo, docs, strict=True):
-        out[i].extend(ner_names(doc, dictionary))
-    return out
+    lex = lex or Lexicon(dictionary, plain)
+    ents: list[list[Span]] = [[] for _ in texts]
+    if nlp is not None:
+        todo = [i for i, t in enumerate(texts) if needs_ner(t, plain)]
+        docs: Iterable[Any] = nlp.pipe((texts[i] for i in todo), batch_size=batch_size)
+        for i, doc in zip(todo, docs, strict=True):
+            ents[i] = [Span(e.start_char, e.end_char, "PERSON")
+                       for e in doc.ents if e.label_ == "PERSON"]
+    return [_ticket_names(t, e, lex) for t, e in zip(texts, ents, strict=True)]
 
 
 _COMMON = frozenset({

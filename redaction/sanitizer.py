@@ -27,7 +27,8 @@ from redaction.detectors import (
     detect_rules,
     resolve_overlaps,
 )
-from redaction.names import common_words, load_nlp, person_spans, plain_words
+from redaction.lexicon import Lexicon
+from redaction.names import common_words, lexicon, load_nlp, person_spans, plain_words
 
 if TYPE_CHECKING:
     from cca.settings import Settings
@@ -84,6 +85,7 @@ class Sanitizer:
         self._nlp: Any = None
         self._dictionary: frozenset[str] = frozenset()
         self._plain: frozenset[str] = frozenset()
+        self._lex = Lexicon()
         self._lock = threading.Lock()
 
     @classmethod
@@ -104,6 +106,7 @@ class Sanitizer:
                     nlp = load_nlp(self.spacy_model)
                     self._dictionary = common_words(nlp)
                     self._plain = plain_words(nlp, self._dictionary)
+                    self._lex = lexicon(nlp, self._dictionary)
                     self._nlp = nlp
         return self._nlp
 
@@ -140,5 +143,6 @@ class Sanitizer:
     def redact_many(self, texts: Sequence[str], batch_size: int = 256) -> list[Redacted]:
         """Normalise and redact many texts; NER runs batched through ``nlp.pipe``."""
         norm = [normalise(t) for t in texts]
-        names = person_spans(self.nlp, norm, batch_size, self._dictionary, self._plain)
+        names = person_spans(self.nlp, norm, batch_size, self._dictionary, self._plain,
+                             self._lex)
         return [self._apply(t, self.detect(t, n)) for t, n in zip(norm, names, strict=True)]
