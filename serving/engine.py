@@ -38,7 +38,7 @@ from serving.batch import (
     replay_known,
     to_classify,
 )
-from serving.erasure import erase_customer_everywhere
+from serving.erasure import erase_customer_everywhere, failures
 from serving.idempotency import IdempotencyStore
 from serving.metrics import ServiceMetrics
 from serving.replay_lookup import Pair, ReplayLookup, Stored
@@ -60,6 +60,7 @@ class Engine:
                  metrics: ServiceMetrics, shadow: ShadowRunner | None = None,
                  spool_name: str = "worker-1", vector_feed: VectorFeed | None = None) -> None:
         self.settings, self.db, self.cascade, self.metrics = settings, db, cascade, metrics
+        failures(metrics)  # cca_erasure_failures_total is exported (at 0) from the start
         self.shadow, self.vector_feed = shadow, vector_feed
         key = (settings.pii_hmac_key.get_secret_value().encode() if settings.pii_hmac_key
                else load_or_create_key(settings.secrets_dir / "pii_hmac.key"))
