@@ -67,7 +67,7 @@ def do_evaluate(db: Database, path: Path, cols: Columns, json_out: Path | None,
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(report, indent=2))
     if predictions:
-        write_predictions(predictions, tickets, truths, decisions)
+        write_predictions(predictions, tickets, truths, decisions, cascade.sanitizer)
     return report
 
 

@@ -20,6 +20,7 @@ from cca.guarantees import precision_lower_bound
 from cca.tickets import STAGES, Decision, Ticket
 from evaluation.metrics import percentiles
 from evaluation.per_class import below_target, per_class_table
+from redaction import Sanitizer
 
 REVIEW = "__review__"
 
@@ -135,13 +136,17 @@ def evaluate(
 
 
 def write_predictions(
-    path: Path, tickets: list[Ticket], truths: list[str], decisions: list[Decision]
+    path: Path, tickets: list[Ticket], truths: list[str], decisions: list[Decision],
+    sanitizer: Sanitizer,
 ) -> None:
+    """One JSON line per ticket, with its text redacted: ``cca run`` writes this file under
+    ``CCA_HOME/reports``, which neither retention nor an erasure reaches."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    texts = [r.text for r in sanitizer.redact_many([t.text for t in tickets])]
     with path.open("w", encoding="utf-8") as fh:
-        for t, truth, d in zip(tickets, truths, decisions, strict=True):
+        for t, text, truth, d in zip(tickets, texts, truths, decisions, strict=True):
             fh.write(json.dumps({
-                "id": t.id, "text": t.text, "label": truth, "predicted": d.label,
+                "id": t.id, "text": text, "label": truth, "predicted": d.label,
                 "department": d.department, "stage": d.stage, "confidence": d.confidence,
                 "urgency": d.urgency, "rule_id": d.rule_id,
             }) + "\n")
