@@ -144,10 +144,12 @@ def to_index(conn: Connection, since: datetime | None = None) -> list[ToIndex]:
 
 
 def purge_raw_text(conn: Connection, created_before: datetime, now: datetime) -> int:
-    """Blank the raw text (and customer reference) of tickets created before the cutoff that
-    have a redacted copy; how many were purged."""
+    """Blank the raw text, customer reference and caller's metadata (free-form: a reporter's
+    e-mail or name lands there) of tickets created before the cutoff that have a redacted
+    copy; how many were purged."""
     return conn.execute(
         sa.text("UPDATE tickets SET subject = '', body = '', customer_ref = NULL, "
+                "metadata = '{}'::jsonb, "
                 "raw_purged_at = :now WHERE created_at < :cut AND raw_purged_at IS NULL "
                 "AND sanitized_for = content_hash"),
         {"now": now, "cut": created_before},
