@@ -93,27 +93,37 @@ class Serve:
             return []
 
     def kill(self) -> None:
-        """SIGKILL to every process of the group at once: nothing runs its shutdown."""
+        """SIGKILL to every process of the service at once: nothing runs its shutdown.
+        BentoML starts its workers in sessions of their own, so the process group is not
+        enough: each descendant, found before the kill, is killed by its pid."""
         if self.proc is None:
             return
-        family = self.pids()
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
+        family = _procs(self.pids())
+        for p in family:
+            with contextlib.suppress(psutil.Error):
+                p.kill()
         self.proc.wait(10)
-        psutil.wait_procs([p for p in _procs(family)], timeout=10)
+        _, alive = psutil.wait_procs(family, timeout=10)
+        assert not alive, f"still running after SIGKILL: {alive}"
         forget_dead_handles(self.home)
 
     def stop(self) -> None:
-        """Ctrl+C (SIGINT to the group), SIGKILL if it does not stop in 30 s."""
+        """Ctrl+C (SIGINT to the group, as a terminal sends it); whatever is left after 30 s
+        (or a worker that outlives its parent) is killed."""
         if self.proc is None or self.proc.poll() is not None:
             forget_dead_handles(self.home)
             return
+        family = _procs(self.pids())
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGINT)
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.kill()
+        _, alive = psutil.wait_procs(family, timeout=5)
+        for p in alive:
+            with contextlib.suppress(psutil.Error):
+                p.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(5)
         forget_dead_handles(self.home)
 
     def log_tail(self, lines: int = 60) -> str:

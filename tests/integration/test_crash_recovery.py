@@ -97,6 +97,8 @@ def test_killed_while_postgres_is_down_every_spooled_record_lands_once(
         # Answered means fsync'ed: every record is in the spool on disk before the kill.
         assert set(ids) <= set(spooled_by(home)), "answered but not in the spool"
         first.kill()
+        with pytest.raises(httpx.ConnectError):  # nothing of it is left to answer
+            httpx.get(f"{first.url}/readyz", timeout=2)
         start_postgres(settings)
         pg_down = False
         # Nothing was delivered by the killed process: what lands next comes from the disk.
