@@ -14,7 +14,7 @@ import re
 from collections.abc import Iterator
 
 from redaction.detectors import Span
-from redaction.lexicon import PARTICLES, STOP, TITLES, TOKEN, Lexicon
+from redaction.lexicon import PARTICLES, STOP, TITLES, TOKEN, Lexicon, fold
 
 _REL = (r"husband|wife|partner|son|daughter|mum|mom|mother|dad|father|brother|sister|"
         r"colleague|flatmate|carer|friend|manager|boss|landlord|landlady|grandson|"
@@ -30,8 +30,8 @@ _STRONG = re.compile(
     r"\bagent:|\badvisor:|\badviser:|\bcustomer:|\bhi|\bhello|\bhey|"
     r"\bthanks,?|\bthank you,?|\bcheers,?|\bregards,|\bsincerely,|\bmany thanks,?|"
     r"\bthrough to|\bspeaking (?:to|with)|\bspoke (?:to|with)|\bspoken to|\btalked to|"
-    r"\bcolleague|\bmy (?:" + _REL + r"),?|\bcalled|\b(?:agent|customer|caller|advisor|"
-    r"adviser|rep|client|member) \()(?!\w)\s*", re.I | re.M)
+    r"\bcolleague|\bmy (?:" + _REL + r"),?|\bcalled)(?!\w)\s*"
+    r"|\b(?:agent|customer|caller|advisor|adviser|rep|client|member) \(", re.I | re.M)
 #: A name alone on a line above a job title or team: "Thanh\nCustomer Operations".
 _ROLE_LINE = re.compile(
     r"^(?=[^\W\d_][^\n]{0,40}\n[^\n]{0,40}\b(?:Operations|Support|Team|Manager|Officer|"
@@ -82,7 +82,7 @@ def _take(text: str, pos: int, lex: Lexicon, *, strong: bool, lower: bool,
         if w.casefold() in PARTICLES and kept:
             kept.append(m)
             continue
-        if w.casefold() in STOP or (w.isupper() and len(w) > 1):
+        if w.casefold() in STOP or fold(w) in STOP or (w.isupper() and len(w) > 1):
             break
         cap = w[0].isupper()
         if cap:
