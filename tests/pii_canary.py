@@ -178,5 +178,5 @@ def _artifacts(client: object, run_id: str, path: str | None = None) -> list[str
     return out
 
 
-def report(hits: list[Hit], limit: int = 25) -> str:
+def report(hits: list[Hit], limit: int = 40) -> str:
     return f"{len(hits)} canary hit(s):\n" + "\n".join(str(h) for h in hits[:limit])

@@ -49,7 +49,8 @@ from tests.recording_proxy import RecordingProxy
 from tests.servers import free_port
 from tests.standins.zendesk import ZendeskStandIn
 
-pytestmark = pytest.mark.integration
+# The module's fixture runs the main job and a service: minutes on a loaded machine.
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]
 
 FUTURE = "2099-01-01T09:00:00+00:00"  # created_at in the future: the raw suite refuses it
 # (table, column) holding raw ticket text or a customer reference until retention/erasure.
