@@ -7,7 +7,8 @@ from __future__ import annotations
 import re
 import unicodedata
 from dataclasses import dataclass, field
-from pathlib import Path
+
+from cca.package_data import data_path
 
 TOKEN = re.compile(r"[^\W\d_]+(?:['\u2019-][^\W\d_]+)*")
 PARTICLES = frozenset({"van", "von", "der", "den", "de", "da", "di", "du", "le", "la", "del",
@@ -95,6 +96,6 @@ class Lexicon:
 
 def load_given_names() -> frozenset[str]:
     """The given-name gazetteer shipped in redaction/data (built from Faker's lists)."""
-    path = Path(__file__).with_name("data") / "given_names.txt"
+    path = data_path("redaction", "data", "given_names.txt")
     lines = path.read_text(encoding="utf-8").splitlines()
     return frozenset(w for w in lines if w and not w.startswith("#"))
