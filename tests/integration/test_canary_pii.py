@@ -159,7 +159,7 @@ def _serve(out: Outputs, env: dict[str, str]) -> Iterator[str]:
                 return httpx.get(f"{url}/readyz", timeout=2).status_code == 200
             return False
 
-        assert wait_until(ready, 120), out.serve_log.read_text(errors="replace")[-3000:]
+        assert wait_until(ready, 300), out.serve_log.read_text(errors="replace")[-3000:]
         yield url
     finally:
         if proc.poll() is None:
