@@ -31,7 +31,7 @@ PACKAGE_DATA = ("rules/banking.yaml", "rules/departments/banking77.yaml",
                 "pipelines/expectations/clean_tickets.json",
                 "pipelines/expectations/training_set.json",
                 "cca/store/migrations/env.py", "cca/store/migrations/versions/0001_initial.py",
-                "dags/prepare_tickets.py", "dags/assets.py")
+                "dags/prepare_tickets.py", "dags/assets.py", "redaction/data/given_names.txt")
 READY_TIMEOUT_S = 180
 
 
