@@ -28,7 +28,7 @@ from tests.conftest import ROOT
 from tests.integration.service_harness import BASE_ENV
 from tests.servers import free_port
 
-READY_TIMEOUT_S = 150
+READY_TIMEOUT_S = 300  # several workers starting at once on a busy 2-core machine
 # What a replica must not share with the first home: its audit spool (local disk, one
 # directory per live process), BentoML's and Prometheus' per-process state, its logs.
 UNSHARED = {"spool", "bentoml", "prometheus", "reports", "logs", "run"}

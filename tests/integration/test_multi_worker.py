@@ -41,21 +41,23 @@ UNSURE = "zxqv blorp"  # the fixture model is unsure: it goes on to the LLM
 SEEDED = {"delivery_delay": (200, 200), "billing_question": (200, 200)}
 
 
-def _trusted_cache(home: Path, seeds: dict[str, tuple[int, int]]
-                   ) -> dict[str, tuple[int, int]]:
-    """Set the cache's training-time track record per label; the one it replaced."""
+def _trusted_cache(home: Path, seeds: dict[str, dict[str, tuple[int, int]]] | None
+                   ) -> dict[str, dict[str, tuple[int, int]]]:
+    """Set the cache's training-time track record per label (``None``: ``SEEDED`` for every
+    embedding model indexed); the one it replaced, per model."""
     from cca.store.vectors import seed_track_record
 
     settings = home_settings(home)
     db = open_database(settings)
     try:
         with db.begin() as conn:
-            model_id = conn.execute(sa.text(
-                "SELECT DISTINCT model_id FROM ticket_embeddings")).scalar_one()
-            before = {r.label: (r.seed_reuses, r.seed_confirmed) for r in conn.execute(sa.text(
-                "SELECT label, seed_reuses, seed_confirmed FROM cache_track_record "
-                "WHERE model_id = :m AND seed_reuses > 0"), {"m": model_id})}
-            seed_track_record(conn, model_id, seeds)
+            models = conn.execute(sa.text(
+                "SELECT DISTINCT model_id FROM ticket_embeddings")).scalars().all()
+            before = {m: {r.label: (r.seed_reuses, r.seed_confirmed) for r in conn.execute(
+                sa.text("SELECT label, seed_reuses, seed_confirmed FROM cache_track_record "
+                        "WHERE model_id = :m AND seed_reuses > 0"), {"m": m})} for m in models}
+            for m in models:
+                seed_track_record(conn, m, SEEDED if seeds is None else seeds.get(m, {}))
     finally:
         db.dispose()
     return before
@@ -93,7 +95,7 @@ def cluster(service_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
            "CCA_LLM_PRICE_OUT_PER_1K_USD": str(PRICE_OUT)}
     a = Serve(service_home, logs / "a.log", workers=2, env=env)
     b = Serve(replica_home(service_home, logs / "replica"), logs / "b.log", env=env)
-    restore = _trusted_cache(service_home, SEEDED)
+    restore = _trusted_cache(service_home, None)
     try:
         a.start()
         b.start()
@@ -201,11 +203,11 @@ def _repeats(cluster: Cluster, text: str, seconds: float, until=None
     """New tickets with ``text``, 6 to A and 2 to B at a time, for ``seconds`` or until
     ``until(seen)``: (seconds since the start, ticket id, decision) each. A client of its
     own per round: the module's rate limit is small."""
-    t0, out, k = time.monotonic(), [], 0
+    t0, out = time.monotonic(), []
     while time.monotonic() - t0 < seconds and not (until and until(out)):
-        auth = token(cluster.home, "classify", subject=f"rep-{cluster.run}-{k}")
-        ids = [f"rep-{cluster.run}-{k + i}" for i in range(8)]
-        k += 8
+        round_id = uuid.uuid4().hex[:8]  # new tickets every round, never a replay
+        auth = token(cluster.home, "classify", subject=f"rep-{round_id}")
+        ids = [f"rep-{round_id}-{i}" for i in range(8)]
         urls = [cluster.a.url] * 6 + [cluster.b.url] * 2
 
         def one(url: str, tid: str, auth: dict[str, str] = auth
@@ -217,6 +219,7 @@ def _repeats(cluster: Cluster, text: str, seconds: float, until=None
             got = list(pool.map(one, urls, ids))
         for at, tid, r in got:
             assert r.status_code == 200, r.text
+            assert r.json()["decision"]["replayed"] is False
             out.append((at, tid, r.json()["decision"]))
     return out
 
