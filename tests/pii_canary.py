@@ -10,9 +10,11 @@ the surname, the street name), so a log line that reformats a value is still cau
 
 from __future__ import annotations
 
+import contextlib
 import html
 import json
 import re
+import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,9 +116,18 @@ def _unique(hits: list[Hit]) -> list[Hit]:
 
 
 def find_in_file(path: Path, where: str | None = None) -> list[Hit]:
-    data = path.read_bytes()
+    data = _inflated(path.read_bytes())
     binary = b"\x00" in data[:8192]
     return find(where or str(path), data.decode("utf-8", "replace"), digits=not binary)
+
+
+def _inflated(data: bytes) -> bytes:
+    """A zlib stream (joblib's compressed pickles: the model's vocabulary) inflated, so
+    the text inside is searched too; anything else as it is."""
+    if data[:1] == b"\x78" and data[1:2] in (b"\x01", b"\x5e", b"\x9c", b"\xda"):
+        with contextlib.suppress(zlib.error):
+            return zlib.decompress(data)
+    return data
 
 
 def walk(root: Path, skip: Iterable[Path] = ()) -> list[Path]:
