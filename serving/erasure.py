@@ -2,7 +2,7 @@
 near-duplicate index, and the ticket files kept under the inbox, with the audit keeping only
 an anonymised tombstone.
 
-Run from ``DELETE /customers/{ref}``. The spool is flushed first and the other workers'
+Run from ``POST /customers/erase``. The spool is flushed first and the other workers'
 delivery round awaited, so tickets served just before the call are deleted too.
 
 All or nothing: every store is changed inside the PostgreSQL transaction, before it commits

@@ -93,7 +93,7 @@ def too_large(limit: int) -> StarletteHTTPException:
     return StarletteHTTPException(413, f"request body over {limit} bytes")
 
 
-_JSON_POSTS = {"/classify", "/batch_classify", "/explain", "/feedback"}
+_JSON_POSTS = {"/classify", "/batch_classify", "/explain", "/feedback", "/customers/erase"}
 _ENDPOINTS = _JSON_POSTS | {"/status", "/openapi.json", "/healthz", "/livez", "/readyz",
                             "/metrics"}
 
@@ -119,7 +119,6 @@ class GuardMiddleware:
         token = request_id.set(rid)
         path = scope.get("path", "")
         endpoint = path if path in _ENDPOINTS else (
-            "/customers" if path.startswith("/customers/") else
             "/webhooks" if path.startswith("/webhooks/") else "other")
         t0 = time.perf_counter()
         response = _Response(scope, send, rid, self.balancer)

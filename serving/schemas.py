@@ -95,6 +95,15 @@ class FeedbackRequest(BaseModel):
     label: str = Field(min_length=1, max_length=200, description="The validated intent label.")
 
 
+class ErasureRequest(BaseModel):
+    """The reference travels in the body, never in the URL: a path is written to proxies'
+    access logs and BentoML's metrics labels, where erasure cannot reach it."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, str_strip_whitespace=True)
+    customer_ref: str = Field(min_length=1, max_length=200,
+                              description="The customer's reference, in any spelling.")
+
+
 class DecisionOut(BaseModel):
     """Where the ticket goes; ``needs_review`` = no stage was confident enough to route it."""
 

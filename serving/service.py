@@ -46,6 +46,7 @@ from serving.schemas import (
     ClassifyRequest,
     ClassifyResponse,
     DecisionOut,
+    ErasureRequest,
     ErasureResponse,
     ErrorOut,
     ExplainRequest,
@@ -218,16 +219,17 @@ async def feedback(body: FeedbackRequest,
                             message=message, request_id=request_id.get())
 
 
-@app.delete("/customers/{ref}", response_model=ErasureResponse, tags=["privacy"],
-            summary="Right to deletion (scope: admin)",
-            responses={503: {"model": ErrorOut}})
-async def erase(ref: Annotated[str, Path(min_length=1, max_length=200)],
+@app.post("/customers/erase", response_model=ErasureResponse, tags=["privacy"],
+          summary="Right to deletion (scope: admin)",
+          responses={503: {"model": ErrorOut}})
+async def erase(body: ErasureRequest,
                 caller: Annotated[Caller, Depends(_caller("admin"))]) -> ErasureResponse:
     """Deletes the customer's tickets, labels, embeddings, replay records, shadow runs,
     Redis keys and raw text; the audit keeps its rows (ids and hashes only) and gains an
     anonymised tombstone (a keyed hash of the reference, counts, who, when)."""
     try:
-        counts = await asyncio.to_thread(_service().runtime.engine.erase, ref, caller.subject)
+        counts = await asyncio.to_thread(_service().runtime.engine.erase, body.customer_ref,
+                                         caller.subject)
     except ValueError as exc:
         raise ServiceError(422, str(exc)) from exc
     except CCAError as exc:

@@ -77,7 +77,7 @@ DEEP = b'{"ticket": ' + b"[" * 5000 + b"]" * 5000 + b"}"
 
 
 def _rows() -> list[Row]:
-    c, b, f = "/classify", "/batch_classify", "/feedback"
+    c, b, f, e = "/classify", "/batch_classify", "/feedback", "/customers/erase"
     return [
         # -- the text
         Row("empty_text", "POST", c, 422, ("no text",), {"ticket": {"id": "bi-e", "body": ""}}),
@@ -160,8 +160,8 @@ def _rows() -> list[Row]:
         Row("wrong_audience", "POST", c, 401, ("audience",), OK, auth="wrong_aud"),
         Row("classify_scope_on_feedback", "POST", f, 403, ("lacks scope 'feedback'",),
             {"ticket_id": SEED_ID, "label": "delivery_delay"}, auth="classify"),
-        Row("classify_scope_on_erasure", "DELETE", "/customers/x", 403,
-            ("lacks scope 'admin'",), auth="classify"),
+        Row("classify_scope_on_erasure", "POST", e, 403, ("lacks scope 'admin'",),
+            {"customer_ref": "x"}, auth="classify"),
         Row("classify_scope_on_status", "GET", "/status", 403, ("lacks scope 'admin'",),
             auth="classify"),
         # -- feedback
@@ -174,10 +174,14 @@ def _rows() -> list[Row]:
         Row("feedback_script_ticket_id_not_echoed_raw", "POST", f, 404, ("no ticket",),
             {"ticket_id": "<script>alert(1)</script>", "label": "delivery_delay"}),
         # -- erasure
-        Row("erasure_ref_too_long", "DELETE", "/customers/" + "r" * 201, 422,
-            ("ref", "at most 200")),
-        Row("erasure_ref_without_letters_or_digits", "DELETE", "/customers/%20-%20", 422,
-            ("letters or digits",)),
+        Row("erasure_ref_too_long", "POST", e, 422, ("customer_ref", "at most 200"),
+            {"customer_ref": "r" * 201}),
+        Row("erasure_ref_without_letters_or_digits", "POST", e, 422, ("letters or digits",),
+            {"customer_ref": " - "}),
+        Row("erasure_ref_in_the_path_is_gone", "DELETE", "/customers/CUST-1", 404,
+            ("/customers/CUST-1",)),
+        Row("erasure_unknown_field", "POST", e, 422, ("not permitted",),
+            {"customer_ref": "CUST-1", "ref": "CUST-1"}),
         # -- routing
         Row("get_on_post_route", "GET", c, 405, ("not allowed",)),
         Row("unknown_route", "GET", "/nope", 404, ("/nope",)),

@@ -30,7 +30,7 @@ from tests.integration.service_harness import service, token
 MAX_EXAMPLES = 40
 BASE_URL = "http://testserver"
 OPERATIONS = [("POST", "/classify"), ("POST", "/batch_classify"), ("POST", "/explain"),
-              ("POST", "/feedback"), ("DELETE", "/customers/{ref}"), ("GET", "/status")]
+              ("POST", "/feedback"), ("POST", "/customers/erase"), ("GET", "/status")]
 # GET /status takes no input at all: there is nothing to make invalid.
 CASES = [(m, p, mode) for m, p in OPERATIONS for mode in (GenerationMode.POSITIVE,
                                                            GenerationMode.NEGATIVE)

@@ -85,8 +85,11 @@ def served(service_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
     finally:
         if proc.poll() is None:  # a failed test: stop everything it started
             print(server.log_tail())
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
+            # BentoML's workers run in sessions of their own: the group misses them.
+            family = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+            for p in family:
+                with contextlib.suppress(psutil.Error):
+                    p.kill()
             proc.wait(10)
         # Hygiene (see test_no_dead_database_handle_is_left): forget the handles of the
         # server's exited processes, so this session still stops its embedded PostgreSQL.

@@ -277,7 +277,8 @@ def test_feedback_and_erasure_reach_every_process_at_once(cluster: Cluster):
     # Erasure through A: from its answer on, no process answers from the erased ticket.
     seeded = _post(cluster.b.url, body, auth).json()["decision"]
     assert seeded["replayed"] is True  # B replays A's decision (Redis) before the erasure
-    r = httpx.delete(f"{cluster.a.url}/customers/{ref}", headers=auth, timeout=30)
+    r = httpx.post(f"{cluster.a.url}/customers/erase", json={"customer_ref": ref},
+                   headers=auth, timeout=30)
     assert r.status_code == 200 and r.json()["counts"]["tickets"] == 1, r.text
     after = _repeats(cluster, text, 0.5)
     assert not [d for _, _, d in after if d["stage"] == "cache"], after

@@ -42,7 +42,7 @@ def test_probes_and_openapi(client):
     assert client.get("/healthz").status_code == 200
     assert client.get("/readyz").status_code == 200
     spec = client.get("/openapi.json").json()
-    for path in ("/classify", "/batch_classify", "/explain", "/feedback", "/customers/{ref}"):
+    for path in ("/classify", "/batch_classify", "/explain", "/feedback", "/customers/erase"):
         assert path in spec["paths"], path
     assert "TicketIn" in spec["components"]["schemas"]
 
@@ -209,7 +209,7 @@ def test_feedback_waits_for_a_ticket_another_worker_is_still_delivering(client, 
 def test_erasure_waits_for_tickets_another_worker_is_still_delivering(client, auth, home):
     late = Ticket(id="gdpr-late", body="my parcel is late", customer_ref="CUST-777001")
     with _other_worker_delivers(home, late):
-        r = client.delete("/customers/CUST-777001", headers=auth)
+        r = client.post("/customers/erase", json={"customer_ref": "CUST-777001"}, headers=auth)
     assert r.status_code == 200, r.text
     assert r.json()["counts"]["tickets"] == 1
     assert _rows(home, "SELECT id FROM tickets WHERE id = 'gdpr-late'") == []
@@ -220,7 +220,7 @@ def test_erasure_removes_the_customer_and_leaves_a_tombstone(client, auth, home)
         body = ticket(f"my card number 4111 1111 1111 1111 was charged twice ({i})",
                       id=f"gdpr-{i}", customer_ref="cust 555 001")
         assert client.post("/classify", json=body, headers=auth).status_code == 200
-    r = client.delete("/customers/CUST-555001", headers=auth)
+    r = client.post("/customers/erase", json={"customer_ref": "CUST-555001"}, headers=auth)
     assert r.status_code == 200, r.text
     assert r.json()["counts"]["tickets"] == 2
     assert r.json()["counts"]["idempotency_keys"] == 2
@@ -239,7 +239,8 @@ def test_erasure_removes_the_customer_and_leaves_a_tombstone(client, auth, home)
                                                  "charged twice (0)", id="gdpr-0",
                                                  customer_ref="cust 555 001"), headers=auth)
     assert again.json()["decision"]["replayed"] is False
-    forbidden = client.delete("/customers/CUST-555001", headers=token(home, "classify"))
+    forbidden = client.post("/customers/erase", json={"customer_ref": "CUST-555001"},
+                            headers=token(home, "classify"))
     assert forbidden.status_code == 403
 
 
@@ -274,7 +275,8 @@ def test_labels_and_erasure_reach_the_in_memory_vector_cache(client, auth, home)
                     headers=auth)
     assert r.status_code == 200 and "added to the index" in r.json()["message"], r.text
     assert neighbours()[0] == ("mem-1", "billing_question")  # no waiting
-    assert client.delete("/customers/CUST-313131", headers=auth).status_code == 200
+    assert client.post("/customers/erase", json={"customer_ref": "CUST-313131"},
+                       headers=auth).status_code == 200
     assert "mem-1" not in {tid for tid, _ in neighbours()}  # no waiting either
     status = client.get("/status", headers=auth).json()["vector_cache"]
     assert status["searches"] == "memory" and status["following_changes"] is True

@@ -567,7 +567,7 @@ def test_erasure_with_spooled_records_answers_503_while_postgres_is_down(home, a
         with _postgres_down(home):
             _classify(client, ticket(PARCEL, id=f"{tid}-2"), auth)  # waits in the spool
             t0 = time.perf_counter()
-            erase = client.delete(f"/customers/{customer}", headers=auth)
+            erase = client.post("/customers/erase", json={"customer_ref": customer}, headers=auth)
             waited = time.perf_counter() - t0
         print(f"\nerasure with spooled records while PostgreSQL is down: "
               f"{erase.status_code} after {waited:.1f} s")
@@ -580,7 +580,7 @@ def test_erasure_with_spooled_records_answers_503_while_postgres_is_down(home, a
                         headers=auth)
         assert r.status_code == 200, r.text
         if _redis_reachable(Settings().redis_url):  # erasure also clears the replay keys
-            r = client.delete(f"/customers/{customer}", headers=auth)
+            r = client.post("/customers/erase", json={"customer_ref": customer}, headers=auth)
             assert r.status_code == 200 and r.json()["counts"]["tickets"] == 1, r.text
 
 
@@ -590,7 +590,7 @@ def test_erasure_and_feedback_answer_503_while_postgres_is_down(home, auth):
         with _postgres_down(home):  # nothing waits in the spool: the handlers go to the DB
             feedback = client.post("/feedback", json={"ticket_id": tid,
                                                       "label": "delivery_delay"}, headers=auth)
-            erase = client.delete(f"/customers/{customer}", headers=auth)
+            erase = client.post("/customers/erase", json={"customer_ref": customer}, headers=auth)
     print(f"\nwhile PostgreSQL is down (empty spool): feedback {feedback.status_code}, "
           f"erasure {erase.status_code}")
     _assert_503(feedback)

@@ -342,7 +342,8 @@ def test_erasure_and_retention_reach_the_queue(client, zd, service_home):
     assert rows(service_home, q, t=f"zendesk-{tid}") == [
         {"body": "My card was declined at the shop", "customer_ref": "555123"}]
     # The right to deletion takes the customer's queued events and write-back records.
-    r = client.delete("/customers/555123", headers=token(service_home, "admin"))
+    r = client.post("/customers/erase", json={"customer_ref": "555123"},
+                    headers=token(service_home, "admin"))
     assert r.status_code == 200 and r.json()["counts"]["intake_events"] == 1
     assert rows(service_home, q, t=f"zendesk-{tid}") == []
     assert rows(service_home, "SELECT id FROM writebacks WHERE ticket_id = :t",
