@@ -35,6 +35,7 @@ class AuditSpool:
 
     def __init__(self, directory: Path, sink: Sink, *, flush_interval_s: float = 0.05,
                  max_batch: int = 1000, segment_bytes: int = 8_000_000,
+                 retire_after_s: float = 60.0,
                  on_sink_error: Callable[[Exception], None] | None = None) -> None:
         if max_batch < 1 or segment_bytes < 1 or flush_interval_s <= 0:
             raise ValueError("max_batch, segment_bytes and flush_interval_s must be positive")
@@ -52,6 +53,7 @@ class AuditSpool:
                 "give each worker process its own directory") from None
         self._sink, self._on_sink_error = sink, on_sink_error or (lambda exc: None)
         self._interval, self._max_batch, self._seg_max = flush_interval_s, max_batch, segment_bytes
+        self._retire_s, self._active_opened = retire_after_s, time.monotonic()
         self._wcond = threading.Condition()  # writer state and group commit
         self._dcond = threading.Condition()  # delivered position (cursor) and pending count
         self._wake, self._stop = threading.Event(), threading.Event()
@@ -151,6 +153,10 @@ class AuditSpool:
             os.close(self._fd)
             self._synced_seq = self._write_seq
             self._wcond.notify_all()
+        if not self._abandoned and self._cursor == (self._active_id, self._active_size):
+            # all delivered: the raw text in the last segment goes too (see _retire_delivered)
+            self._commit((self._active_id + 1, 0), 0, sync_dir=True)
+            self._seg_path(self._active_id).unlink(missing_ok=True)
         fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
         os.close(self._lock_fd)
 
@@ -188,6 +194,7 @@ class AuditSpool:
             os.close(self._fd)
             self._synced_seq = self._write_seq
             self._fd, self._active_id, self._active_size = new_fd, self._active_id + 1, 0
+            self._active_opened = time.monotonic()
         view = memoryview(data)
         try:
             while view:
@@ -309,12 +316,30 @@ class AuditSpool:
                 return False
             self._failures, self._healthy = 0, True
             if batch is None:
+                self._retire_delivered()
                 if self._outage:
                     self._outage = False
                     log.info("audit sink recovered; %d spooled records flushed", self._flushed)
                 return True
             self._flushed += len(batch[0])
         return True
+
+    def _retire_delivered(self) -> None:
+        """Records hold raw ticket text: once every record of the active segment is delivered
+        and the segment is older than ``retire_after_s``, writing moves to a new segment and
+        the old one is deleted, so the text leaves the disk within that time (retention and
+        erasure only reach PostgreSQL), not when ``segment_bytes`` have piled up."""
+        with self._wcond:
+            if (self._closing or self._syncing or not self._active_size
+                    or time.monotonic() - self._active_opened < self._retire_s
+                    or self._cursor != (self._active_id, self._active_size)):
+                return
+            old, new_fd = self._active_id, self._open_segment(self._active_id + 1)
+            os.close(self._fd)  # all of it delivered: nothing left to fsync
+            self._fd, self._active_id, self._active_size = new_fd, old + 1, 0
+            self._active_opened, self._synced_seq = time.monotonic(), self._write_seq
+        self._commit((old + 1, 0), 0, sync_dir=True)
+        self._seg_path(old).unlink(missing_ok=True)
 
     def _run(self) -> None:
         while True:

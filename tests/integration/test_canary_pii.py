@@ -248,26 +248,6 @@ def outputs(tmp_path_factory: pytest.TempPathFactory, settings: Settings) -> Ite
         db.dispose()
 
 
-@dataclass(frozen=True)
-class Known:
-    """A leak this scan found that is not fixed yet (the fix is in a file another change
-    owns); its own strict-xfail test below fails once it is fixed, so this entry goes."""
-
-    why: str
-    where: str  # a substring of the hit's location
-    context: str = ""  # and of the text around it
-
-    def matches(self, hit: canary.Hit) -> bool:
-        return self.where in hit.where and self.context in hit.context
-
-
-KNOWN = {
-    "spool": Known("the audit spool keeps delivered records (raw ticket text, metadata, "
-                   "customer reference) in its segment file until the segment is full",
-                   "/spool/"),
-}
-
-
 @pytest.fixture(scope="module")
 def scans(outputs: Outputs, tmp_path_factory: pytest.TempPathFactory) -> dict[str, list]:
     """Every output searched once: output -> its canary hits."""
@@ -298,21 +278,13 @@ def scans(outputs: Outputs, tmp_path_factory: pytest.TempPathFactory) -> dict[st
 
 
 def _fail_on(hits: list[canary.Hit]) -> None:
-    new = [h for h in hits if not any(k.matches(h) for k in KNOWN.values())]
-    assert not new, canary.report(new)
+    assert not hits, canary.report(hits)
 
 
 @pytest.mark.parametrize("output", ["commands", "serve log", "llm", "metrics", "files",
                                     "mlflow"])
 def test_no_canary_in(output: str, scans: dict[str, list]) -> None:
     _fail_on(scans[output])
-
-
-@pytest.mark.parametrize("name", sorted(KNOWN))
-@pytest.mark.xfail(strict=True, reason="a known leak; see KNOWN")
-def test_known_leak_is_gone(name: str, scans: dict[str, list]) -> None:
-    found = [h for hits in scans.values() for h in hits if KNOWN[name].matches(h)]
-    assert not found, f"{KNOWN[name].why}\n{canary.report(found)}"
 
 
 def test_raw_text_stays_in_its_columns(outputs: Outputs) -> None:

@@ -420,3 +420,40 @@ def test_second_spool_on_the_same_directory_is_refused(spool_dir: Path) -> None:
         AuditSpool(spool_dir, Sink())
     first.close()
     AuditSpool(spool_dir, Sink()).close()  # free again once closed
+
+
+def _on_disk(d: Path) -> str:
+    return "".join(p.read_text() for p in segments(d))
+
+
+def test_delivered_records_leave_the_disk_after_retire_after_s(spool_dir: Path) -> None:
+    """Records carry raw ticket text: once delivered they must not wait on disk for the
+    segment to fill (retention and erasure only reach PostgreSQL)."""
+    sink = Sink()
+    spool = AuditSpool(spool_dir, sink, flush_interval_s=0.01, retire_after_s=0.2)
+    spool.start()
+    spool.append(recs(0, 5, body="raw text Zebulon"))
+    assert spool.flush(timeout_s=5)
+    assert "Zebulon" in _on_disk(spool_dir)  # younger than retire_after_s: still there
+    assert wait_until(lambda: "Zebulon" not in _on_disk(spool_dir), 5), _on_disk(spool_dir)
+    spool.append(recs(5, 3))  # writing goes on in the next segment
+    assert spool.flush(timeout_s=5)
+    assert sink.ids == [f"r{i}" for i in range(8)] and spool.pending == 0
+    spool.close()
+    assert _on_disk(spool_dir) == ""  # a clean close leaves nothing delivered behind
+
+
+def test_undelivered_records_stay_however_old(spool_dir: Path) -> None:
+    sink = Sink(fail=True)
+    spool = AuditSpool(spool_dir, sink, flush_interval_s=0.01, retire_after_s=0.05)
+    spool.start()
+    spool.append(recs(0, 4, body="raw text Zebulon"))
+    time.sleep(0.3)
+    assert spool.pending == 4 and "Zebulon" in _on_disk(spool_dir)
+    spool.close()
+    assert "Zebulon" in _on_disk(spool_dir)  # kept for the next start to deliver
+    again = Sink()
+    reopened = AuditSpool(spool_dir, again, flush_interval_s=0.01, retire_after_s=0.05)
+    reopened.start()
+    assert reopened.flush(timeout_s=5) and again.ids == [f"r{i}" for i in range(4)]
+    reopened.close()
