@@ -108,27 +108,37 @@ class Serve:
         forget_dead_handles(self.home)
 
     def stop(self) -> None:
-        """Ctrl+C (SIGINT to the group, as a terminal sends it); whatever is left after 30 s
-        (or a worker that outlives its parent) is killed."""
-        if self.proc is None or self.proc.poll() is not None:
-            forget_dead_handles(self.home)
-            return
-        family = _procs(self.pids())
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGINT)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(30)
-        _, alive = psutil.wait_procs(family, timeout=5)
-        for p in alive:
-            with contextlib.suppress(psutil.Error):
-                p.kill()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(5)
+        """Ctrl+C, as ``stop_tree``; then the home's dead database handles are forgotten."""
+        if self.proc is not None:
+            stop_tree(self.proc)
         forget_dead_handles(self.home)
 
     def log_tail(self, lines: int = 60) -> str:
         text = self.log.read_text(errors="replace") if self.log.exists() else ""
         return "\n".join(text.splitlines()[-lines:])
+
+
+def stop_tree(proc: subprocess.Popen) -> None:
+    """Ctrl+C (SIGINT to the group, as a terminal sends it); whatever is left after 30 s
+    (or a worker that outlives its parent: BentoML starts its workers in sessions of their
+    own) is killed by its pid."""
+    if proc.poll() is not None:
+        return
+    try:
+        family = _procs([proc.pid, *(c.pid for c in psutil.Process(proc.pid).children(
+            recursive=True))])
+    except psutil.Error:
+        family = []
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGINT)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(30)
+    _, alive = psutil.wait_procs(family, timeout=5)
+    for p in alive:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(5)
 
 
 def _procs(pids: list[int]) -> list[psutil.Process]:

@@ -27,7 +27,6 @@ import csv
 import io
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -44,6 +43,7 @@ from tests import pii_canary as canary
 from tests.conftest import FIXTURES, ROOT, wait_until
 from tests.fake_openai import FakeOpenAI
 from tests.integration.conftest import cli_env, run_cli
+from tests.integration.serve_process import stop_tree
 from tests.integration.service_harness import BASE_ENV, token
 from tests.recording_proxy import RecordingProxy
 from tests.servers import free_port
@@ -162,13 +162,7 @@ def _serve(out: Outputs, env: dict[str, str]) -> Iterator[str]:
         assert wait_until(ready, 300), out.serve_log.read_text(errors="replace")[-3000:]
         yield url
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGINT)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(10)
+        stop_tree(proc)
 
 
 def _service_calls(out: Outputs, url: str, zd: ZendeskStandIn) -> None:

@@ -22,6 +22,7 @@ import httpx
 import pytest
 
 from tests.conftest import FIXTURES, ROOT
+from tests.integration.serve_process import stop_tree
 from tests.servers import free_port
 
 PACKAGES = ("cli", "dags", "serving", "training", "evaluation", "pipelines", "cascade", "rules",
@@ -161,13 +162,7 @@ def _serving(installed: Installed, port: int) -> Iterator[subprocess.Popen[bytes
             pytest.fail(f"cca serve not ready:\n{log.read_text(errors='replace')[-3000:]}")
         yield proc
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGINT)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(10)
+        stop_tree(proc)
 
 
 def test_serve_answers_and_stops(trained: Installed) -> None:
